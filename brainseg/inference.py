@@ -1,0 +1,152 @@
+"""Loading a trained model and predicting probability maps for images of any size."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch.nn import functional as TF
+
+from .config import WEIGHTS_FILE, ModelConfig
+from .model import UNet
+from .postprocess import binarize
+from .transforms import preprocess, uint8_batch_to_input
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU/CUDA when enabled, otherwise a no-op."""
+    if enabled and device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """H x W or H x W x C array -> H x W x 3 uint8 (grayscale is replicated, alpha dropped)."""
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"expected an H x W or H x W x 3 image, got shape {array.shape}")
+    array = array[:, :, :3]
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if array.dtype == np.uint16:
+        return (array >> 8).astype(np.uint8)
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating) and np.isfinite(array).all():
+        top = 1.0 if array.max() <= 1.0 else 255.0
+        return (np.clip(array / top, 0, 1) * 255).round().astype(np.uint8)
+    raise ValueError(f"unsupported pixel type {array.dtype}: use 8- or 16-bit images")
+
+
+class Segmenter:
+    """A U-Net plus the preprocessing and post-processing its weights were trained with."""
+
+    def __init__(self, model: UNet, config: ModelConfig, source: str = "", device: str = "auto", bf16: bool = False):
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.config = config
+        self.source = source
+        self.bf16 = bf16
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path | None = None, device: str = "auto", bf16: bool = False) -> "Segmenter":
+        """Load the bundled default model (``source=None``) or a saved model folder."""
+        folder = Path(DEFAULT_MODEL_DIR if source is None else source)
+        config = ModelConfig.load(folder)
+        model = UNet(**config.architecture())
+        load_weights(model, folder / WEIGHTS_FILE)
+        return cls(model, config, source=str(source or "bundled default"), device=device, bf16=bf16)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` into ``folder``."""
+        return save_model(self.model, self.config, folder)
+
+    @torch.inference_mode()
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.bf16):
+            proba = torch.sigmoid(self.model(batch).float())
+            if self.config.flip_tta:
+                proba = (proba + torch.sigmoid(self.model(batch.flip(-1)).float()).flip(-1)) / 2
+        return proba[:, 0].float().cpu()
+
+    def predict_proba(self, image: np.ndarray, normalize: bool | None = None) -> np.ndarray:
+        """Probability map (H x W float32, input size) for one H x W x 3 or H x W image.
+
+        ``normalize`` overrides the trained preprocessing (for comparisons); default: the config's.
+        """
+        rgb = as_rgb_uint8(image)
+        height, width = rgb.shape[:2]
+        norm = self.config.normalize if normalize is None else normalize
+        batch = preprocess(rgb, self.config.input_size, norm)[None]
+        proba = self._forward(batch)
+        if (height, width) != proba.shape[1:]:
+            proba = TF.interpolate(proba[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        return proba[0].numpy().astype(np.float32)
+
+    def predict_proba_batch(self, images: np.ndarray, batch_size: int = 32, normalize: bool | None = None) -> np.ndarray:
+        """(N, S, S, 3) uint8 slices at the model's input size -> (N, S, S) float32 probabilities."""
+        if images.shape[1:3] != (self.config.input_size, self.config.input_size):
+            return np.stack([self.predict_proba(img, normalize) for img in images])
+        norm = self.config.normalize if normalize is None else normalize
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
+            out.append(self._forward(uint8_batch_to_input(chunk, norm)))
+        return torch.cat(out).numpy().astype(np.float32)
+
+    def to_mask(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Binary mask from a probability map with the model's threshold and post-processing."""
+        return binarize(proba, self.config.threshold if threshold is None else threshold, self.config.min_component_px)
+
+    def predict_mask(self, image: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        return self.to_mask(self.predict_proba(image), threshold)
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load safetensors weights into ``model`` with a clear message on any mismatch."""
+    if not path.is_file():
+        raise FileNotFoundError(f"missing weights file {path}: train a model or download one")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable safetensors file ({exc}): re-download it") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ValueError(f"weights in {path} do not match config.json ({first})") from None
+
+
+def save_model(model: torch.nn.Module, config: ModelConfig, folder: str | Path) -> Path:
+    """Write weights (safetensors) and config atomically into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = folder / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(folder / WEIGHTS_FILE)
+    config.save(folder)
+    return folder

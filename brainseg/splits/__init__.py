@@ -1,0 +1,1 @@
+"""Committed split files (package data)."""

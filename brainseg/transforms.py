@@ -1,0 +1,65 @@
+"""Preprocessing exactly as the article, and flip augmentation."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torchvision import transforms
+from torchvision.transforms import functional as F
+
+MIN_STD = 1e-6
+
+
+def normalize_per_image(images: torch.Tensor) -> torch.Tensor:
+    """``Normalize(mean, 2*std)`` with each image's own mean/std over (C, H, W).
+
+    Accepts (C, H, W) or (N, C, H, W). A constant image (std 0) maps to zeros, not NaN.
+    """
+    dims = (-3, -2, -1)
+    std, mean = torch.std_mean(images, dim=dims, keepdim=True)
+    return (images - mean) / (2 * std.clamp_min(MIN_STD))
+
+
+def image_to_tensor(image: np.ndarray, size: int = 256) -> torch.Tensor:
+    """``ToTensor`` then ``Resize((size, size))``: H x W x 3 uint8 -> 3 x size x size float in [0, 1]."""
+    tensor = F.to_tensor(image)
+    return transforms.Resize((size, size), antialias=True)(tensor)
+
+
+def preprocess(image: np.ndarray, size: int = 256, normalize: bool = True) -> torch.Tensor:
+    """The model input for one H x W x 3 uint8 image, shape 3 x size x size."""
+    tensor = image_to_tensor(image, size)
+    return normalize_per_image(tensor) if normalize else tensor
+
+
+def mask_to_tensor(mask: np.ndarray, size: int = 256) -> torch.Tensor:
+    """``ToTensor`` then ``Resize`` for a mask, kept binary: 1 x size x size float of 0/1."""
+    tensor = F.to_tensor((np.asarray(mask) > 0).astype(np.float32))
+    resized = transforms.Resize((size, size), interpolation=transforms.InterpolationMode.NEAREST)(tensor)
+    return (resized > 0.5).float()
+
+
+def uint8_batch_to_input(images: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> float model input; the same numbers as :func:`preprocess` at native size."""
+    floats = images.float().div_(255.0)
+    return normalize_per_image(floats) if normalize else floats
+
+
+def flip_dataset_offline(images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The article's augmentation: append a horizontally flipped copy (``cv2.flip(x, 1)``) of every pair."""
+    flipped_images = np.stack([cv2.flip(img, 1) for img in images])
+    flipped_masks = np.stack([cv2.flip(m.astype(np.uint8), 1).astype(masks.dtype) for m in masks])
+    return np.concatenate([images, flipped_images]), np.concatenate([masks, flipped_masks])
+
+
+def random_hflip(
+    images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, p: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip each (image, mask) pair of a batch left-right with probability ``p``."""
+    flip = torch.rand(images.shape[0], generator=generator) < p
+    if flip.any():
+        images = images.clone()
+        masks = masks.clone()
+        images[flip] = images[flip].flip(-1)
+        masks[flip] = masks[flip].flip(-1)
+    return images, masks
