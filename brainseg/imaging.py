@@ -1,0 +1,173 @@
+"""Decoding uploaded slices and masks (TIFF, PNG, JPEG; 8- or 16-bit; RGB or grayscale)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .inference import as_rgb_uint8
+
+MIN_SIDE = 8
+MAX_SIDE = 4096
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+# MINISBLACK and RGB; other photometrics (palette, MINISWHITE, CMYK, YCbCr...) are left to Pillow.
+TIFF_PLAIN_PHOTOMETRIC = {1, 2}
+Source = str | Path | bytes
+
+
+class ImageError(ValueError):
+    """An upload that cannot be used as a slice or mask; the message says why and what to do."""
+
+
+def read_bytes(source: Source) -> tuple[bytes, str]:
+    """The file's bytes and a short name for messages."""
+    if isinstance(source, bytes):
+        return source, "upload"
+    path = Path(source)
+    if not path.is_file():
+        raise ImageError(f"{path.name or path}: no such file")
+    return path.read_bytes(), path.name
+
+
+def decode_array(source: Source) -> np.ndarray:
+    """The raw pixels, H x W or H x W x C, in the file's own dtype (alpha channels kept)."""
+    return _decode(source)[0]
+
+
+def _decode(source: Source) -> tuple[np.ndarray, str]:
+    data, name = read_bytes(source)
+    if not data:
+        raise ImageError(f"{name} is empty: upload a TIFF, PNG or JPEG slice")
+    array = None
+    if data[:4] in TIFF_MAGIC:
+        array = _decode_tiff(data, name)
+    if array is None:
+        array = _decode_pillow(data, name)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (2, 3, 4)):
+        raise ImageError(f"{name} has shape {array.shape}: expected one grayscale or RGB slice")
+    _check_size(array.shape[:2], name)
+    return array, name
+
+
+def decode_image(source: Source) -> np.ndarray:
+    """An uploaded slice as H x W x 3 uint8: grayscale is replicated to 3 channels, alpha dropped.
+
+    16-bit images map to 8 bits by their top byte (the inverse of the usual 8 -> 16 bit expansion).
+    """
+    array, name = _decode(source)
+    if array.ndim == 3 and array.shape[2] == 2:  # grayscale + alpha
+        array = array[:, :, 0]
+    if array.dtype.kind in "iu" and array.dtype.itemsize > 2:
+        array = _narrow_int(array, name)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ImageError(f"{name} holds NaN or infinite pixel values")
+    try:
+        return as_rgb_uint8(array)
+    except ValueError as exc:
+        raise ImageError(f"{name}: {exc}") from None
+
+
+def decode_mask(source: Source, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """An uploaded mask as H x W bool (white / non-zero = abnormality).
+
+    Values 0/1 count as binary; otherwise pixels above half the 8-bit (or 16-bit) range are set.
+    ``shape`` (H, W) is the slice's size: a mask of another size is refused.
+    """
+    array = decode_array(source)
+    if array.ndim == 3:  # any colour channel set counts; alpha is ignored
+        colour = array[:, :, :1] if array.shape[2] == 2 else array[:, :, :3]
+        array = colour.max(axis=2)
+    mask = binarize_mask_values(array)
+    if shape is not None and mask.shape != tuple(shape):
+        raise ImageError(
+            f"the ground-truth mask is {mask.shape[1]}x{mask.shape[0]} px but the slice is "
+            f"{shape[1]}x{shape[0]} px: upload the mask that belongs to this slice"
+        )
+    return mask
+
+
+def binarize_mask_values(array: np.ndarray) -> np.ndarray:
+    """bool mask from raw mask values (bool, 0/1, 8-bit, 16-bit or float)."""
+    if array.dtype == bool:
+        return array.copy()
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ImageError("the mask holds NaN or infinite values")
+        return array > (0.5 if array.max() <= 1.0 else 127.5)
+    top = int(array.max()) if array.size else 0
+    if top <= 1:
+        return array > 0
+    return array > (127 if top <= 255 else 32767)
+
+
+def _decode_tiff(data: bytes, name: str) -> np.ndarray | None:
+    """Pixels of a single-slice TIFF, or None to let Pillow try (palette, CMYK, unknown codecs)."""
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            series = tif.series[0]
+            if int(tif.pages[0].photometric) not in TIFF_PLAIN_PHOTOMETRIC:
+                return None
+            sizes = dict(zip(series.axes, series.shape))
+            if max(sizes.get("Y", 0), sizes.get("X", 0)) > MAX_SIDE:
+                _check_size((sizes["Y"], sizes["X"]), name)
+            array, axes = series.asarray(), series.axes
+    except ImageError:
+        raise
+    except Exception:  # noqa: BLE001 - any tifffile failure: Pillow tries next and reports clearly
+        return None
+    # drop singleton axes, then expect Y, X and at most one channel axis
+    keep = [i for i, n in enumerate(array.shape) if n > 1 or axes[i] in "YX"]
+    array = array.reshape([array.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    extra = [a for a in axes if a not in "YXSC"]
+    if extra or axes.count("S") + axes.count("C") > 1:
+        raise ImageError(f"{name} holds several images (TIFF axes {axes}, shape {array.shape}): upload a single slice")
+    order = [axes.index("Y"), axes.index("X")] + [i for i, a in enumerate(axes) if a in "SC"]
+    return np.ascontiguousarray(array.transpose(order))
+
+
+def _decode_pillow(data: bytes, name: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            _check_size((img.height, img.width), name)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _pillow_to_array(img)
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise ImageError(f"{name} is not a readable image: upload a TIFF, PNG or JPEG slice") from None
+    except (OSError, SyntaxError) as exc:
+        raise ImageError(f"{name} could not be decoded ({exc}): the file may be truncated or corrupt") from None
+
+
+def _pillow_to_array(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("L", "LA", "RGB", "RGBA", "F") or mode.startswith("I;16"):
+        return np.asarray(img)
+    if mode == "I":
+        return np.asarray(img, dtype=np.int32)
+    if mode == "1":
+        return np.asarray(img.convert("L"))
+    if mode in ("P", "PA"):
+        return np.asarray(img.convert("RGBA" if "transparency" in img.info or mode == "PA" else "RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def _narrow_int(array: np.ndarray, name: str) -> np.ndarray:
+    """32/64-bit integer pixels that fit 16 bits -> uint16 (Pillow reads 16-bit PNGs as 32-bit)."""
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high > 65535:
+        raise ImageError(f"{name} has pixel values {low}..{high}: use 8- or 16-bit images")
+    return array.astype(np.uint16)
+
+
+def _check_size(shape: tuple[int, int], name: str) -> None:
+    height, width = int(shape[0]), int(shape[1])
+    if min(height, width) < MIN_SIDE:
+        raise ImageError(f"{name} is {width}x{height} px: a slice needs at least {MIN_SIDE} px per side")
+    if max(height, width) > MAX_SIDE:
+        raise ImageError(f"{name} is {width}x{height} px: the largest supported side is {MAX_SIDE} px")
