@@ -1,0 +1,80 @@
+import numpy as np
+import torch
+from torchvision import transforms
+
+from brainseg.data import read_image, read_mask, scan_dataset
+from brainseg.transforms import (
+    flip_dataset_offline,
+    mask_to_tensor,
+    preprocess,
+    random_hflip,
+    uint8_batch_to_input,
+)
+
+
+def article_preprocess(image: np.ndarray) -> torch.Tensor:
+    """The article's calls, verbatim."""
+    tensor = transforms.Compose([transforms.ToTensor(), transforms.Resize((256, 256))])(image)
+    std, mean = torch.std_mean(tensor, dim=(0, 1, 2))
+    return transforms.Normalize(mean, 2 * std)(tensor)
+
+
+def test_preprocess_equals_the_articles_torchvision_calls(lgg_test_dir) -> None:
+    record = next(r for r in scan_dataset(lgg_test_dir)[0].slices if r.index == 12)
+    image = read_image(record.image_path)
+    torch.testing.assert_close(preprocess(image), article_preprocess(image), rtol=0, atol=1e-6)
+    odd = np.random.default_rng(0).integers(0, 256, (300, 210, 3), dtype=np.uint8)
+    torch.testing.assert_close(preprocess(odd), article_preprocess(odd), rtol=0, atol=1e-5)
+
+
+def test_batch_path_equals_single_image_path(lgg_test_dir) -> None:
+    records = scan_dataset(lgg_test_dir)[1].slices[10:14]
+    images = np.stack([read_image(r.image_path) for r in records])
+    batch = uint8_batch_to_input(torch.from_numpy(images).permute(0, 3, 1, 2), normalize=True)
+    for i, image in enumerate(images):
+        torch.testing.assert_close(batch[i], preprocess(image), rtol=0, atol=1e-5)
+    raw = uint8_batch_to_input(torch.from_numpy(images).permute(0, 3, 1, 2), normalize=False)
+    torch.testing.assert_close(raw[0], preprocess(images[0], normalize=False))
+    assert 0 <= raw.min() and raw.max() <= 1
+
+
+def test_normalized_image_has_zero_mean_and_half_unit_std() -> None:
+    image = np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    out = preprocess(image)
+    assert abs(out.mean().item()) < 1e-5
+    assert abs(out.std().item() - 0.5) < 1e-4
+
+
+def test_constant_image_gives_zeros_not_nan() -> None:
+    for value in (0, 255):
+        out = preprocess(np.full((256, 256, 3), value, dtype=np.uint8))
+        assert torch.isfinite(out).all() and out.abs().max() == 0
+
+
+def test_mask_stays_binary_after_resize(lgg_test_dir) -> None:
+    record = next(r for p in scan_dataset(lgg_test_dir) for r in p.slices if read_mask(r.mask_path).any())
+    mask = read_mask(record.mask_path)
+    tensor = mask_to_tensor(mask)
+    assert tensor.shape == (1, 256, 256) and set(tensor.unique().tolist()) <= {0.0, 1.0}
+    assert int(tensor.sum()) == int(mask.sum())
+    small = mask_to_tensor(mask, size=128)
+    assert set(small.unique().tolist()) == {0.0, 1.0}
+
+
+def test_offline_flip_doubles_and_mirrors() -> None:
+    images = np.arange(2 * 4 * 5 * 3, dtype=np.uint8).reshape(2, 4, 5, 3)
+    masks = np.zeros((2, 4, 5), bool)
+    masks[:, :, 0] = True
+    out_images, out_masks = flip_dataset_offline(images, masks)
+    assert out_images.shape == (4, 4, 5, 3) and out_masks.shape == (4, 4, 5)
+    np.testing.assert_array_equal(out_images[2], images[0][:, ::-1])
+    assert out_masks[3][:, -1].all() and not out_masks[3][:, 0].any()
+
+
+def test_random_flip_moves_image_and_mask_together() -> None:
+    images = torch.arange(8 * 3 * 4 * 4, dtype=torch.float32).reshape(8, 3, 4, 4)
+    masks = images[:, :1].clone()
+    out_images, out_masks = random_hflip(images, masks, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out_images[:, :1], out_masks)
+    flipped = [not torch.equal(out_images[i], images[i]) for i in range(8)]
+    assert any(flipped) and not all(flipped)
