@@ -6,16 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch.nn import functional as TF
 
-from .config import WEIGHTS_FILE, ModelConfig
+from .config import ModelConfig
+from .hub import BUNDLED_MODEL_DIR, load_model, resolve_model
 from .model import UNet
 from .postprocess import binarize
 from .transforms import preprocess, uint8_batch_to_input
+from .weights import load_weights, save_model
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
+DEFAULT_MODEL_DIR = BUNDLED_MODEL_DIR
+__all__ = [
+    "DEFAULT_MODEL_DIR", "Segmenter", "as_rgb_uint8", "autocast", "load_weights", "pick_device", "save_model",
+]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -59,25 +62,36 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
 
 
 class Segmenter:
-    """A U-Net plus the preprocessing and post-processing its weights were trained with."""
+    """A U-Net plus the preprocessing and post-processing its weights were trained with.
 
-    def __init__(self, model: UNet, config: ModelConfig, source: str = "", device: str = "auto", bf16: bool = False):
+    ``source`` says where the weights came from (``"bundled default"``, a folder, or
+    ``"ORG/NAME@<commit>"``), ``revision`` is the Hub commit they were pinned to (None when
+    not from the Hub) and ``description`` is a one-line summary for a UI.
+    """
+
+    def __init__(self, model: UNet, config: ModelConfig, source: str = "", device: str = "auto", bf16: bool = False,
+                 revision: str | None = None, description: str | None = None):
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.config = config
         self.source = source
+        self.revision = revision
+        self.description = description or source
         self.bf16 = bf16
 
     @classmethod
     def from_pretrained(cls, source: str | Path | None = None, device: str = "auto", bf16: bool = False) -> "Segmenter":
-        """Load the bundled default model (``source=None``) or a saved model folder."""
-        folder = Path(DEFAULT_MODEL_DIR if source is None else source)
-        config = ModelConfig.load(folder)
-        model = UNet(**config.architecture())
-        load_weights(model, folder / WEIGHTS_FILE)
-        return cls(model, config, source=str(source or "bundled default"), device=device, bf16=bf16)
+        """Load the bundled default model (``source=None``), a saved model folder, or a Hub model.
+
+        Hub models are given as ``"ORG/NAME"`` or ``"ORG/NAME@REVISION"`` (branch, tag or commit)
+        and go through the Hugging Face cache. Every failure raises :class:`brainseg.hub.ModelLoadError`.
+        """
+        resolved = resolve_model(source)
+        config, model = load_model(resolved)
+        return cls(model, config, source=resolved.source, device=device, bf16=bf16,
+                   revision=resolved.revision, description=resolved.describe())
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into ``folder``."""
@@ -123,30 +137,3 @@ class Segmenter:
 
     def predict_mask(self, image: np.ndarray, threshold: float | None = None) -> np.ndarray:
         return self.to_mask(self.predict_proba(image), threshold)
-
-
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load safetensors weights into ``model`` with a clear message on any mismatch."""
-    if not path.is_file():
-        raise FileNotFoundError(f"missing weights file {path}: train a model or download one")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{path} is not a readable safetensors file ({exc}): re-download it") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ValueError(f"weights in {path} do not match config.json ({first})") from None
-
-
-def save_model(model: torch.nn.Module, config: ModelConfig, folder: str | Path) -> Path:
-    """Write weights (safetensors) and config atomically into ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(folder / WEIGHTS_FILE)
-    config.save(folder)
-    return folder

@@ -1,0 +1,198 @@
+"""Publish a model to a Hugging Face Hub model repo: evaluate -> model card -> push (or --dry-run DIR)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brainseg.card import build_card, check_evaluation, find_training_dir, metrics_summary, read_training_info
+from brainseg.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
+from brainseg.data import bundled_test_patients, scan_dataset
+from brainseg.hub import ModelLoadError, ResolvedModel, load_model, parse_repo_arg, resolve_model
+from brainseg.inference import Segmenter
+from brainseg.model import UNet, count_parameters
+
+CARD_FILE = "README.md"
+EVAL_FILE = "evaluation.json"
+PUBLISHED_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, EVAL_FILE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.publish",
+        description="Evaluate a brainseg model on the held-out patients, write its model card and push "
+        "model.safetensors + config.json + README.md + evaluation.json to a Hub model repo. The token comes "
+        "from `hf auth login` or HF_TOKEN; HF_ENDPOINT selects another Hub.",
+    )
+    parser.add_argument("--repo-id", required=True, help="target model repo, ORG/NAME (created if missing)")
+    parser.add_argument("--model", default=None, help="model folder or Hub repo id[@revision]; default: bundled")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data-dir", help="Kaggle-layout folder to evaluate on (e.g. ../shared/data/lgg-test)")
+    source.add_argument("--eval-json", help="use this `python -m train.evaluate --json` output instead")
+    parser.add_argument("--split", choices=["auto", "all", "test"], default="auto",
+                        help="patients of --data-dir to evaluate: auto = all when the folder holds only held-out "
+                        "patients, else the held-out test split")
+    parser.add_argument("--dry-run", metavar="DIR", help="write the folder that would be pushed into DIR, push nothing")
+    parser.add_argument("--train-dir", help="run folder with train_config.json / log.csv (default: the model "
+                        "folder or its parent)")
+    parser.add_argument("--train-hardware", help="hardware the model was trained on, for the card")
+    parser.add_argument("--train-command", help="training command for the card (default: rebuilt from "
+                        "train_config.json)")
+    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.add_argument("--commit-message", default="Publish brainseg model", help="commit message on the Hub")
+    return parser
+
+
+def check_output_dir(folder: Path) -> None:
+    """A dry-run folder must be new, empty, or hold only files a previous dry run wrote."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--dry-run {folder} is a file, not a folder")
+    if folder.is_dir():
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in PUBLISHED_FILES)
+        if foreign:
+            raise ValueError(f"--dry-run folder {folder} already holds other files ({', '.join(foreign[:3])}): "
+                             "use a new or empty folder")
+
+
+def pick_split(data_dir: str, split: str) -> str:
+    if split != "auto":
+        return split
+    held_out = set(bundled_test_patients())
+    return "all" if all(p.folder in held_out for p in scan_dataset(data_dir)) else "test"
+
+
+def run_evaluation(data_dir: str, model_folder: Path, split: str, workdir: Path) -> dict[str, Any] | int:
+    """Run ``train.evaluate`` and return its JSON, or its exit status when it failed (it printed why)."""
+    from train import evaluate
+
+    out = workdir / EVAL_FILE
+    status = evaluate.main(["--data-dir", data_dir, "--model", str(model_folder), "--split",
+                            pick_split(data_dir, split), "--json", str(out)])
+    if status != 0:
+        return status
+    return json.loads(out.read_text())
+
+
+def check_held_out(evaluation: dict[str, Any]) -> None:
+    """The card promises metrics on held-out patients: refuse anything else."""
+    leaked = sorted(set(evaluation["per_patient_dice"]) - set(bundled_test_patients()))
+    if leaked:
+        raise ValueError(f"the evaluation includes {len(leaked)} patients outside the held-out test split "
+                         f"(e.g. {leaked[0]}): evaluate on the held-out patients only (--split test)")
+
+
+def published_config(config: ModelConfig, evaluation: dict[str, Any], training: dict[str, Any]) -> ModelConfig:
+    """``config.json`` for the Hub: the model's config plus data, split, training facts and held-out metrics."""
+    extra = dict(config.extra)
+    extra.update(
+        architecture="unet (bilinear upsampling)",
+        data={"dataset": "Kaggle lgg-mri-segmentation (kaggle_3m), from TCIA TCGA-LGG",
+              "licence": "CC BY-NC-SA 4.0", "split": training.get("split", "patient"),
+              "test_patients": bundled_test_patients()},
+        training={k: v for k, v in training.items() if k != "command"},
+        metrics=metrics_summary(evaluation),
+    )
+    return dataclasses.replace(config, extra=extra)
+
+
+def write_folder(out: Path, source: ResolvedModel, config: ModelConfig, card: str, evaluation: dict[str, Any]) -> Path:
+    """Write exactly the files that get pushed."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source.folder / WEIGHTS_FILE, out / WEIGHTS_FILE)
+    config.save(out)
+    (out / CARD_FILE).write_text(card)
+    (out / EVAL_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
+    return out
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
+def verify(model_arg: str, model: UNet, config: ModelConfig) -> Segmenter:
+    """Load ``model_arg`` back and check it holds the same weights and config."""
+    loaded = Segmenter.from_pretrained(model_arg, device="cpu")
+    if not same_weights(loaded.model, model) or loaded.config != config:
+        raise ValueError(f"{model_arg} does not load back to the same weights and config")
+    return loaded
+
+
+def push(folder: Path, repo_id: str, private: bool, message: str) -> str:
+    """Create the repo if needed and upload the folder in one commit; returns the commit sha."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="model", private=private or None, exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=folder, commit_message=message).oid
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def publish(args: argparse.Namespace, workdir: Path) -> int:
+    parsed = parse_repo_arg(args.repo_id)
+    if parsed is None or parsed[1] is not None:
+        raise ValueError(f"--repo-id {args.repo_id!r} must look like ORG/NAME (no @revision)")
+    if args.dry_run:
+        check_output_dir(Path(args.dry_run))
+    else:
+        from huggingface_hub import get_token
+
+        if get_token() is None:
+            raise ValueError("not logged in to the Hub: run `hf auth login` or set HF_TOKEN (or use --dry-run DIR)")
+    if not (args.data_dir or args.eval_json):
+        raise ValueError("give --data-dir to evaluate the model, or --eval-json with an existing evaluation")
+
+    source = resolve_model(args.model)
+    config, model = load_model(source)
+    if args.eval_json:
+        evaluation = json.loads(Path(args.eval_json).read_text())
+    else:
+        evaluation = run_evaluation(args.data_dir, source.folder, args.split, workdir)
+        if isinstance(evaluation, int):
+            return evaluation
+    check_evaluation(evaluation, config)
+    check_held_out(evaluation)
+
+    run_dir = Path(args.train_dir) if args.train_dir else (None if source.repo_id else find_training_dir(source.folder))
+    if run_dir is not None and not (run_dir / "train_config.json").is_file():
+        raise ValueError(f"--train-dir {run_dir} has no train_config.json")
+    training = read_training_info(run_dir, config, args.train_hardware, args.train_command)
+    final_config = published_config(config, evaluation, training.to_dict())
+    card = build_card(args.repo_id, final_config, evaluation, training, count_parameters(model))
+
+    out = Path(args.dry_run) if args.dry_run else workdir / "upload"
+    write_folder(out, source, final_config, card, evaluation)
+    verify(str(out), model, final_config)
+    if args.dry_run:
+        print(f"dry run: wrote {', '.join(PUBLISHED_FILES)} to {out}; nothing was pushed")
+        return 0
+
+    commit = push(out, args.repo_id, args.private, args.commit_message)
+    loaded = verify(f"{args.repo_id}@{commit}", model, final_config)
+    print(f"pushed {args.repo_id} at commit {commit}; verified by loading {loaded.source}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory(prefix="brainseg-publish-") as tmp:
+            return publish(args, Path(tmp))
+    except (ModelLoadError, ValueError, OSError, ImportError) as exc:  # HfHubHTTPError is an OSError
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
