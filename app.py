@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,9 @@ import gradio as gr
 import numpy as np
 
 from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position
-from brainseg.imaging import decode_image, decode_mask
+from brainseg.imaging import decode_image, decode_mask, save_png
 from brainseg.inference import Segmenter
-from brainseg.overlay import probability_heatmap, render_views
+from brainseg.overlay import TRUTH_COLOUR, fill_and_contour, probability_heatmap, render_views
 
 DATA_DIR_ENV = "BRAINSEG_DATA_DIR"
 # bf16 keeps the test-set masks equal to fp32 at threshold 0.5 (benchmarks/bf16_agreement.py).
@@ -27,6 +27,7 @@ DEFAULT_PRECISION = "bf16"
 DEFAULT_THRESHOLD = 0.5
 MAX_FILE_SIZE = "25mb"
 STATE_TTL_S = 3600
+IMAGE_HEIGHT = 320
 KAGGLE_URL = "https://www.kaggle.com/datasets/mateuszbuda/lgg-mri-segmentation"
 
 DISCLAIMER = (
@@ -44,12 +45,14 @@ CSS = "#disclaimer {border: 2px solid #d97706; border-radius: 8px; padding: 4px 
 
 @dataclass(frozen=True)
 class SliceState:
-    """Per-session state: the decoded slice, its probability map and the optional ground truth."""
+    """Per-session state: the decoded slice, its probability map, the optional ground truth
+    (and the cached PNG of its overlay, drawn once)."""
 
     image: np.ndarray
     proba: np.ndarray
-    truth: np.ndarray | None
     normalize: bool
+    truth: np.ndarray | None = None
+    truth_view: str | None = None
 
 
 def load_segmenter(model: str | None = None, precision: str = DEFAULT_PRECISION) -> Segmenter:
@@ -72,9 +75,21 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None) -> gr.B
     cfg = segmenter.config
     index = DatasetIndex(data_dir) if data_dir else None
 
+    demo = gr.Blocks(title="brainseg: FLAIR abnormality segmentation", analytics_enabled=False,
+                     delete_cache=(3600, 3600))
+
+    def png(array: np.ndarray | None, name: str) -> str | None:
+        """Encode straight into Gradio's cache (fast PNG), so Gradio only serves the file."""
+        return None if array is None else save_png(array, demo.GRADIO_CACHE, name)
+
+    def with_truth(image: np.ndarray, proba: np.ndarray, normalize: bool, truth: np.ndarray | None) -> SliceState:
+        view = None if truth is None else png(fill_and_contour(image, truth, TRUTH_COLOUR), "ground_truth")
+        return SliceState(image, proba, normalize, truth, view)
+
     def outputs_for(state: SliceState, threshold: float) -> tuple[Any, ...]:
-        """Values for the threshold-dependent outputs (see ``live`` below)."""
+        """The threshold-dependent outputs (``live_outputs`` below): no model run."""
         views = render_views(state.image, segmenter.to_mask(state.proba, threshold), state.truth)
+        overlay = png(views.overlay, "prediction")
         stats = views.summary.to_dict() | {
             "threshold": round(float(threshold), 4),
             "normalize": state.normalize,
@@ -83,14 +98,14 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None) -> gr.B
             "probability_max": round(float(state.proba.max()), 6),
             "probability_mean": round(float(state.proba.mean()), 6),
         }
-        pair = None if views.truth_overlay is None else (views.truth_overlay, views.overlay)
-        return views.mask, stats, views.overlay, views.agreement, pair, views.summary.markdown()
+        pair = None if state.truth_view is None else (state.truth_view, overlay)
+        agreement = png(views.agreement, "agreement")
+        return png(views.mask, "prediction_mask"), stats, overlay, agreement, pair, views.summary.markdown()
 
     def all_outputs(state: SliceState, threshold: float) -> tuple[Any, ...]:
         mask, stats, overlay, agreement, pair, summary = outputs_for(state, threshold)
-        heat = probability_heatmap(state.proba, state.image)
-        truth_view = pair[0] if pair else None
-        return mask, stats, overlay, heat, truth_view, agreement, pair, summary, state
+        heat = png(probability_heatmap(state.proba, state.image), "probability")
+        return mask, stats, overlay, heat, state.truth_view, agreement, pair, summary, state
 
     def segment(image_file: str | None, threshold: float, normalize: bool, truth_file: str | None):
         """Segment one slice; returns the binary mask (white = abnormality), the numbers and the views."""
@@ -102,7 +117,7 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None) -> gr.B
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         proba = segmenter.predict_proba(image, normalize=bool(normalize))
-        return all_outputs(SliceState(image, proba, truth, bool(normalize)), threshold)
+        return all_outputs(with_truth(image, proba, bool(normalize), truth), threshold)
 
     def segment_new_upload(image_file: str | None, threshold: float, normalize: bool):
         # a new slice invalidates the previous ground truth
@@ -118,7 +133,7 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None) -> gr.B
             truth = decode_mask(truth_file, state.image.shape[:2]) if truth_file else None
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
-        return all_outputs(replace(state, truth=truth), threshold)
+        return all_outputs(with_truth(state.image, state.proba, state.normalize, truth), threshold)
 
     def rethreshold(state: SliceState | None, threshold: float):
         """Redraw for a new threshold from the stored probability map (no model run)."""
@@ -129,8 +144,7 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None) -> gr.B
     def clear_all():
         return None, None, None, None, None, None, None, "Upload a slice to start.", None, None
 
-    with gr.Blocks(title="brainseg: FLAIR abnormality segmentation", analytics_enabled=False,
-                   delete_cache=(3600, 3600)) as demo:
+    with demo:
         gr.Markdown(
             "# brainseg: FLAIR abnormality (lower-grade glioma) on brain-MRI slices\n"
             "Upload a 3-channel slice from the Kaggle LGG set (pre-contrast, FLAIR, post-contrast) or a "
@@ -163,23 +177,20 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None) -> gr.B
                         position = gr.Slider(1, 2, value=1, step=1, label="Slice", elem_id="slice-position")
                         caption = gr.Markdown(f"{len(index.names)} patients in `{index.root}`.")
             with gr.Column(scale=2):
+                shown = {"format": "png", "interactive": False, "height": IMAGE_HEIGHT}
                 with gr.Row():
-                    overlay_img = gr.Image(label="Prediction (red)", format="png", interactive=False,
-                                           elem_id="overlay")
-                    heat_img = gr.Image(label="Probability (black 0 → yellow 1)", format="png",
-                                        interactive=False, elem_id="heatmap")
+                    overlay_img = gr.Image(label="Prediction (red)", elem_id="overlay", **shown)
+                    heat_img = gr.Image(label="Probability (black 0 → yellow 1)", elem_id="heatmap", **shown)
                 with gr.Row():
-                    truth_img = gr.Image(label="Ground truth (green)", format="png", interactive=False,
-                                         elem_id="truth")
+                    truth_img = gr.Image(label="Ground truth (green)", elem_id="truth", **shown)
                     agreement_img = gr.Image(
                         label="Agreement: green = true pos. · orange = false pos. · blue = false neg.",
-                        format="png", interactive=False, elem_id="agreement")
+                        elem_id="agreement", **shown)
                 with gr.Row():
-                    compare = gr.ImageSlider(label="Ground truth ↔ prediction", format="png",
-                                             interactive=False, elem_id="compare")
-                    mask_img = gr.Image(label="Binary mask (white = abnormality), PNG", format="png",
-                                        image_mode="L", interactive=False, buttons=["download"],
-                                        elem_id="mask")
+                    compare = gr.ImageSlider(label="Ground truth ↔ prediction", format="png", interactive=False,
+                                             max_height=IMAGE_HEIGHT, elem_id="compare")
+                    mask_img = gr.Image(label="Binary mask (white = abnormality), PNG", buttons=["download"],
+                                        elem_id="mask", **shown)
                 with gr.Accordion("Numbers (JSON)", open=False):
                     stats = gr.JSON(label="Numbers", elem_id="stats")
 

@@ -1,9 +1,11 @@
 """Decoding uploaded slices and masks (TIFF, PNG, JPEG; 8- or 16-bit; RGB or grayscale)."""
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
+import cv2
 import numpy as np
 import tifffile
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -171,3 +173,29 @@ def _check_size(shape: tuple[int, int], name: str) -> None:
         raise ImageError(f"{name} is {width}x{height} px: a slice needs at least {MIN_SIDE} px per side")
     if max(height, width) > MAX_SIDE:
         raise ImageError(f"{name} is {width}x{height} px: the largest supported side is {MAX_SIDE} px")
+
+
+def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
+    """PNG bytes of an H x W (gray) or H x W x 3 (RGB) uint8 array.
+
+    Level 1 is ~5x faster than the usual 6 for ~10 % more bytes: the right trade for a live demo.
+    """
+    array = np.asarray(image, np.uint8)
+    if array.ndim == 3:
+        array = np.ascontiguousarray(array[:, :, ::-1])  # OpenCV wants BGR
+    ok, data = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
+    if not ok:
+        raise ValueError(f"could not encode an array of shape {array.shape} as PNG")
+    return data.tobytes()
+
+
+def save_png(image: np.ndarray, folder: str | Path, name: str) -> str:
+    """Write ``image`` as ``folder/<sha256>/<name>.png`` (content-addressed, like Gradio's cache)."""
+    data = encode_png(image)
+    target = Path(folder) / hashlib.sha256(data).hexdigest() / f"{name}.png"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    return str(target)

@@ -1,0 +1,110 @@
+"""The app without a server: CLI, data folder resolution, dataset browser helpers, UI wiring."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+import app
+from brainseg.config import ModelConfig
+from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position, mask_areas
+from brainseg.inference import Segmenter
+from brainseg.model import UNet
+
+TUMOR_PX = {2: 40, 3: 300, 4: 120}  # slice number -> square tumor area (others empty)
+
+
+def synthetic_dataset(root: Path, patients: int = 3, slices: int = 6) -> Path:
+    """A Kaggle-layout folder of synthetic noise slices with square masks (no real data)."""
+    rng = np.random.default_rng(0)
+    for p in range(patients):
+        folder = root / f"TCGA_AB_{1000 + p}_2000010{p + 1}"
+        folder.mkdir(parents=True)
+        for n in range(1, slices + 1):
+            tifffile.imwrite(folder / f"{folder.name}_{n}.tif", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+            mask = np.zeros((32, 32), np.uint8)
+            side = int(round(TUMOR_PX.get(n, 0) ** 0.5)) if p != 1 else 0  # patient 1 has no tumor
+            mask[:side, :side] = 255
+            tifffile.imwrite(folder / f"{folder.name}_{n}_mask.tif", mask)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_dataset(tmp_path_factory.mktemp("kaggle_3m"))
+
+
+@pytest.fixture(scope="module")
+def tiny_segmenter() -> Segmenter:
+    config = ModelConfig(base_channels=2, depth=2, input_size=32)
+    return Segmenter(UNet(**config.architecture()), config, source="tiny test model", device="cpu")
+
+
+def test_dataset_index_and_positions(dataset: Path) -> None:
+    index = DatasetIndex(dataset)
+    assert len(index.names) == 3
+    first = index.patient(index.names[0])
+    assert [int(a) for a in mask_areas(first)] == [0, 36, 289, 121, 0, 0]
+    assert largest_tumor_position(first) == 2
+    assert largest_tumor_position(index.patient(index.names[1])) == 3  # no tumor: the middle slice
+    assert index.slice(index.names[0], 0).index == 1 and index.slice(index.names[0], 99).index == 6
+    with pytest.raises(ValueError, match="unknown patient"):
+        index.patient("TCGA_XX_0000_19990101")
+
+
+def test_curated_examples_have_tumor_and_empty_slices(dataset: Path) -> None:
+    examples = curated_examples(DatasetIndex(dataset).patients)
+    tumors = [e for e in examples if e.tumor_px]
+    assert tumors and any(e.tumor_px == 0 for e in examples)
+    assert tumors[0].tumor_px == 289 and tumors[0].record.index == 3
+    assert any(e.tumor_px == 121 for e in tumors), "one smaller tumor as well"
+    assert "slice 3 · tumor 289 px" in tumors[0].label
+    assert examples[-1].label.endswith("no tumor")
+
+
+def test_data_dir_comes_from_the_flag_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(app.DATA_DIR_ENV, raising=False)
+    assert app.resolve_data_dir(None) is None
+    monkeypatch.setenv(app.DATA_DIR_ENV, "/data/lgg")
+    assert app.resolve_data_dir(None) == "/data/lgg"
+    assert app.resolve_data_dir("/other") == "/other"
+
+
+def test_cli_defaults_are_loopback_friendly() -> None:
+    args = app.parse_args([])
+    assert args.host is None and args.port is None and not args.share and args.model is None
+    assert args.precision == app.DEFAULT_PRECISION
+    args = app.parse_args(["--host", "0.0.0.0", "--port", "7000", "--share", "--model", "m", "--data-dir", "d"])
+    assert (args.host, args.port, args.share, args.model, args.data_dir) == ("0.0.0.0", 7000, True, "m", "d")
+
+
+def test_bundled_model_loads_in_the_chosen_precision() -> None:
+    assert app.load_segmenter(None, "fp32").bf16 is False
+    assert app.load_segmenter(None, "bf16").bf16 is True
+
+
+def endpoints(demo) -> set[str]:
+    return {dep.api_name for dep in demo.fns.values() if dep.api_name and dep.api_visibility == "public"}
+
+
+def test_ui_with_dataset_has_browser_examples_and_public_api(tiny_segmenter: Segmenter, dataset: Path) -> None:
+    demo = app.build_demo(tiny_segmenter, dataset)
+    assert endpoints(demo) == {"segment", "threshold"}
+    config = demo.get_config_file()
+    ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+    assert {"disclaimer", "slice-file", "truth-file", "threshold", "normalize", "patient", "compare"} <= ids
+    assert "no-data-hint" not in ids
+    assert any(c["type"] == "dataset" for c in config["components"]), "the examples gallery"
+    slider = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "threshold")
+    assert (slider["props"]["minimum"], slider["props"]["maximum"], slider["props"]["value"]) == (0.05, 0.95, 0.5)
+
+
+def test_ui_without_dataset_explains_how_to_get_examples(tiny_segmenter: Segmenter) -> None:
+    demo = app.build_demo(tiny_segmenter, None)
+    config = demo.get_config_file()
+    hint = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "no-data-hint")
+    assert "--data-dir" in hint["props"]["value"] and app.DATA_DIR_ENV in hint["props"]["value"]
+    disclaimer = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "disclaimer")
+    assert "not a medical device" in disclaimer["props"]["value"]
