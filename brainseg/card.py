@@ -257,19 +257,25 @@ def _training(training: TrainingInfo, config: ModelConfig) -> str:
         epochs += f"{training.epochs_planned if training.epochs_planned is not None else '?'} planned"
     if training.best_epoch is not None:
         epochs += f"; weights from epoch {training.best_epoch} (best validation Dice)"
-    split = training.split or "patient"
-    split_text = ("patient-level: the 11 held-out test patients are excluded, and "
-                  f"{training.val_fraction if training.val_fraction is not None else 0.1:.0%} of the remaining "
-                  f"patients (seed {training.seed if training.seed is not None else 'n/a'}) form the validation set "
-                  "used to pick the checkpoint and the threshold") if split == "patient" else (
-                  f"`{split}` (see the brainseg repository)")
+    if training.split is None:
+        split_text = "not recorded (no train_config.json next to the weights)"
+    elif training.split == "patient":
+        split_text = ("patient-level: the 11 held-out test patients are excluded, and "
+                      f"{training.val_fraction if training.val_fraction is not None else 0.1:.0%} of the remaining "
+                      f"patients (seed {training.seed}) form the validation set used to pick the checkpoint "
+                      "and the post-processing")
+    else:
+        split_text = f"`{training.split}` (see the brainseg repository)"
+    duration = _duration(training.seconds)
+    if training.seconds is not None:
+        duration += " (sum of epoch times in `log.csv`)"
     command = f"```bash\n{training.command}\n```" if training.command else "Command not recorded."
     return f"""## Training
 
 - **Data:** Kaggle "LGG MRI Segmentation" (`kaggle_3m`), 110 patients, 3,929 slices with manual FLAIR masks.
 - **Split:** {split_text}.
 - **Epochs:** {epochs}.
-- **Training time:** {_duration(training.seconds)} (sum of epoch times in `log.csv`).
+- **Training time:** {duration}.
 - **Hardware:** {training.hardware or 'not recorded'}.
 - **Post-processing** (chosen on validation patients): threshold {config.threshold},
   minimum component {config.min_component_px} px, flip TTA {'on' if config.flip_tta else 'off'}.

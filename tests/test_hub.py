@@ -333,13 +333,13 @@ print(json.dumps({"url": str(url), "same": same(model, again) and same(model, se
 
 
 # ------------------------------------------------------------------------------------ publish
-def make_run(tmp_path: Path) -> Path:
+def make_run(tmp_path: Path, name: str = "run", split: str = "patient") -> Path:
     """A finished training run: RUN/best (the model), RUN/train_config.json, RUN/log.csv."""
     from brainseg.training import TrainConfig
 
-    run = tmp_path / "run"
+    run = tmp_path / name
     best = make_model(run / "best", threshold=0.6, extra={"best_epoch": 2, "val_slice_dice": 0.5})
-    cfg = TrainConfig(data_dir="../data/kaggle_3m", out_dir=str(run), base_channels=4, depth=2, epochs=3)
+    cfg = TrainConfig(data_dir="../data/kaggle_3m", out_dir=str(run), base_channels=4, depth=2, epochs=3, split=split)
     (run / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     with open(run / "log.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["epoch", "train_loss", "seconds"])
@@ -421,16 +421,20 @@ def test_publish_dry_run_round_trips_and_push_sends_the_same_folder(hub, tmp_pat
     assert loaded["equal"] and loaded["revision"] == sha and loaded["config"] == config.to_dict()
 
 
-def test_publish_cli_errors_are_one_line(tmp_path):
+def test_publish_cli_errors_are_one_line(tmp_path, capsys):
+    from train.publish import main
+
     best = make_run(tmp_path)
-    env = hf_env(tmp_path, "http://127.0.0.1:9")
+    leaky_run = make_run(tmp_path, "leaky-run", split="article")
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
     leaky = tmp_path / "leaky.json"
-    leaky.write_text(json.dumps({"slice_dice": 0.5, "slice_iou": 0.4, "tumor_slice_dice": 0.3, "tumor_slice_iou": 0.2,
-                                 "empty_fp_rate": 0.1, "volume_dice": 0.6, "n_slices": 3, "n_tumor_slices": 1,
-                                 "n_patients": 1, "per_patient_dice": {"TCGA_XX_0000_20000101": 0.6}}))
+    metrics = {"slice_dice": 0.5, "slice_iou": 0.4, "tumor_slice_dice": 0.3, "tumor_slice_iou": 0.2,
+               "empty_fp_rate": 0.1, "volume_dice": 0.6, "n_slices": 3, "n_tumor_slices": 1, "n_patients": 1}
+    leaky.write_text(json.dumps({**metrics, "per_patient_dice": {"TCGA_XX_0000_20000101": 0.6}}))
+    held_out = tmp_path / "held-out.json"
+    held_out.write_text(json.dumps({**metrics, "per_patient_dice": {bundled_test_patients()[0]: 0.6}}))
     cases = [
         (["--repo-id", "not a repo", "--dry-run", str(tmp_path / "o1"), "--eval-json", str(leaky)], "ORG/NAME"),
         (["--repo-id", "org/x", "--dry-run", str(busy), "--eval-json", str(leaky)], "already holds other files"),
@@ -441,6 +445,11 @@ def test_publish_cli_errors_are_one_line(tmp_path):
           "--eval-json", str(leaky)], "neither an existing model folder"),
         (["--repo-id", "org/x", "--model", str(best), "--dry-run", str(tmp_path / "o5"), "--data-dir",
           str(tmp_path / "no-data")], "does not exist"),
+        (["--repo-id", "org/x", "--model", str(leaky_run), "--dry-run", str(tmp_path / "o6"), "--eval-json",
+          str(held_out)], "trained with the 'article' split"),
     ]
     for args, message in cases:
-        assert message in one_line_error(publish(env, *args)), args
+        assert main(args) == 2, args
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, captured.err)

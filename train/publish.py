@@ -94,7 +94,7 @@ def published_config(config: ModelConfig, evaluation: dict[str, Any], training: 
     extra.update(
         architecture="unet (bilinear upsampling)",
         data={"dataset": "Kaggle lgg-mri-segmentation (kaggle_3m), from TCIA TCGA-LGG",
-              "licence": "CC BY-NC-SA 4.0", "split": training.get("split", "patient"),
+              "licence": "CC BY-NC-SA 4.0", "split": training.get("split", "not recorded"),
               "test_patients": bundled_test_patients()},
         training={k: v for k, v in training.items() if k != "command"},
         metrics=metrics_summary(evaluation),
@@ -168,6 +168,9 @@ def publish(args: argparse.Namespace, workdir: Path) -> int:
     if run_dir is not None and not (run_dir / "train_config.json").is_file():
         raise ValueError(f"--train-dir {run_dir} has no train_config.json")
     training = read_training_info(run_dir, config, args.train_hardware, args.train_command)
+    if training.split not in (None, "patient"):
+        raise ValueError(f"the model was trained with the {training.split!r} split, which puts the held-out test "
+                         "patients in training: publish only models trained with --split patient")
     final_config = published_config(config, evaluation, training.to_dict())
     card = build_card(args.repo_id, final_config, evaluation, training, count_parameters(model))
 
