@@ -419,6 +419,13 @@ def test_publish_dry_run_round_trips_and_push_sends_the_same_folder(hub, tmp_pat
         assert files[name] == (out / name).read_bytes(), name
     [loaded] = load_all(env, ("org/brainseg-unet", best / WEIGHTS_FILE))
     assert loaded["equal"] and loaded["revision"] == sha and loaded["config"] == config.to_dict()
+    assert evaluation["model"] == "org/brainseg-unet" and evaluation["data_dir"] == "data"
+    # publishing the same folder again changes nothing on the Hub
+    commits = len(hub.repos["org/brainseg-unet"].commits)
+    again = publish({**env, "HF_TOKEN": TOKEN}, "--repo-id", "org/brainseg-unet", "--model", str(best),
+                    "--eval-json", str(out / "evaluation.json"), "--train-hardware", "test CPU")
+    assert again.returncode == 0 and f"at commit {sha}" in again.stdout, again.stderr[-3000:]
+    assert len(hub.repos["org/brainseg-unet"].commits) == commits
 
 
 def test_publish_cli_errors_are_one_line(tmp_path, capsys):

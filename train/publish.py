@@ -102,13 +102,33 @@ def published_config(config: ModelConfig, evaluation: dict[str, Any], training: 
     return dataclasses.replace(config, extra=extra)
 
 
+def json_safe(value: Any) -> Any:
+    """NaN -> null (strict JSON), recursively."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def public_evaluation(evaluation: dict[str, Any], repo_id: str) -> dict[str, Any]:
+    """The evaluation as published: strict JSON, without local paths."""
+    public = json_safe(evaluation)
+    public["model"] = repo_id
+    if "data_dir" in public:
+        public["data_dir"] = Path(str(public["data_dir"])).name
+    return public
+
+
 def write_folder(out: Path, source: ResolvedModel, config: ModelConfig, card: str, evaluation: dict[str, Any]) -> Path:
     """Write exactly the files that get pushed."""
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source.folder / WEIGHTS_FILE, out / WEIGHTS_FILE)
     config.save(out)
     (out / CARD_FILE).write_text(card)
-    (out / EVAL_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
+    (out / EVAL_FILE).write_text(json.dumps(evaluation, indent=2, allow_nan=False) + "\n")
     return out
 
 
@@ -175,7 +195,7 @@ def publish(args: argparse.Namespace, workdir: Path) -> int:
     card = build_card(args.repo_id, final_config, evaluation, training, count_parameters(model))
 
     out = Path(args.dry_run) if args.dry_run else workdir / "upload"
-    write_folder(out, source, final_config, card, evaluation)
+    write_folder(out, source, final_config, card, public_evaluation(evaluation, args.repo_id))
     verify(str(out), model, final_config)
     if args.dry_run:
         print(f"dry run: wrote {', '.join(PUBLISHED_FILES)} to {out}; nothing was pushed")
