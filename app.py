@@ -56,7 +56,8 @@ class SliceState:
 
 
 def load_segmenter(model: str | None = None, precision: str = DEFAULT_PRECISION) -> Segmenter:
-    """The one place the app gets its model: the bundled default (None) or a local model folder."""
+    """The one place the app gets its model: the bundled default (None), a local model folder or,
+    through ``brainseg.hub``, a Hub repo id ``ORG/NAME[@REVISION]``."""
     return Segmenter.from_pretrained(model, bf16=precision == "bf16")
 
 
@@ -182,10 +183,9 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None) -> gr.B
                     overlay_img = gr.Image(label="Prediction (red)", elem_id="overlay", **shown)
                     heat_img = gr.Image(label="Probability (black 0 → yellow 1)", elem_id="heatmap", **shown)
                 with gr.Row():
-                    truth_img = gr.Image(label="Ground truth (green)", elem_id="truth", **shown)
-                    agreement_img = gr.Image(
-                        label="Agreement: green = true pos. · orange = false pos. · blue = false neg.",
-                        elem_id="agreement", **shown)
+                    truth_img = gr.Image(label="Ground truth (blue)", elem_id="truth", **shown)
+                    agreement_img = gr.Image(label="Agreement: TP yellow · FP orange · FN blue",
+                                             elem_id="agreement", **shown)
                 with gr.Row():
                     compare = gr.ImageSlider(label="Ground truth ↔ prediction", format="png", interactive=False,
                                              max_height=IMAGE_HEIGHT, elem_id="compare")
@@ -274,8 +274,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     data_dir = resolve_data_dir(args.data_dir)
-    segmenter = load_segmenter(args.model, args.precision)
-    demo = build_demo(segmenter, data_dir)
+    try:
+        demo = build_demo(load_segmenter(args.model, args.precision), data_dir)
+    except (FileNotFoundError, ValueError) as exc:  # a bad --model or --data-dir: say why, no traceback
+        raise SystemExit(f"app.py: error: {exc}") from None
     demo.queue(default_concurrency_limit=4, max_size=64)
     demo.launch(
         server_name=args.host,

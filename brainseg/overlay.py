@@ -9,10 +9,11 @@ import numpy as np
 from .metrics import dice_score, iou_score
 
 Colour = tuple[int, int, int]
+# The slices are RGB composites where FLAIR (green channel) makes the abnormality greenish: no green here.
 PREDICTION_COLOUR: Colour = (255, 40, 40)
-TRUTH_COLOUR: Colour = (40, 220, 90)
-# Okabe-Ito colours, distinguishable with the common colour-vision deficiencies.
-TRUE_POSITIVE_COLOUR: Colour = (0, 158, 115)
+TRUTH_COLOUR: Colour = (30, 144, 255)
+# Okabe-Ito yellow, vermillion and sky blue: distinguishable with the common colour-vision deficiencies.
+TRUE_POSITIVE_COLOUR: Colour = (240, 228, 66)
 FALSE_POSITIVE_COLOUR: Colour = (213, 94, 0)
 FALSE_NEGATIVE_COLOUR: Colour = (86, 180, 233)
 

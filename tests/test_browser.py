@@ -147,3 +147,17 @@ def test_examples_load_slice_and_ground_truth(page) -> None:
     assert area_px(text) >= 0
     assert image_src(page, "overlay") and image_src(page, "truth")
     shoot(page, "5_example")
+
+
+def test_dataset_browser_loads_image_and_ground_truth_together(page) -> None:
+    patient = page.locator("#patient input")
+    patient.click()
+    option = page.locator("[role=option]").nth(1)
+    name = option.inner_text().strip()
+    option.click()
+    text = wait_for_summary(page, r"Dice \d\.\d{3}")
+    assert area_px(text) >= 0
+    assert name.split("_")[2] in page.locator("#slice-file").inner_text(), "the patient's slice is loaded"
+    assert "_mask" in page.locator("#truth-file").inner_text(), "with its ground truth"
+    assert image_src(page, "truth") and image_src(page, "agreement")
+    shoot(page, "6_dataset_browser")
