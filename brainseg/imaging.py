@@ -59,19 +59,46 @@ def _decode(source: Source) -> tuple[np.ndarray, str]:
 def decode_image(source: Source) -> np.ndarray:
     """An uploaded slice as H x W x 3 uint8: grayscale is replicated to 3 channels, alpha dropped.
 
-    16-bit images map to 8 bits by their top byte (the inverse of the usual 8 -> 16 bit expansion).
+    Deeper pixels are brought to 8 bits by :func:`to_uint8`.
     """
     array, name = _decode(source)
     if array.ndim == 3 and array.shape[2] == 2:  # grayscale + alpha
         array = array[:, :, 0]
-    if array.dtype.kind in "iu" and array.dtype.itemsize > 2:
-        array = _narrow_int(array, name)
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise ImageError(f"{name} holds NaN or infinite pixel values")
     try:
-        return as_rgb_uint8(array)
+        return as_rgb_uint8(to_uint8(array, name))
     except ValueError as exc:
         raise ImageError(f"{name}: {exc}") from None
+
+
+def to_uint8(array: np.ndarray, name: str = "image") -> np.ndarray:
+    """8-bit pixels from 8/16-bit integers or floats.
+
+    Integers up to 255 are kept; an exact 8 -> 16 bit expansion (every value a multiple of 257) is
+    inverted exactly; other 16-bit data (e.g. 12-bit MRI in a 16-bit file) is scaled by its maximum
+    so no detail is lost. Floats in
+    [0, 1] or [0, 255] keep their scale; other float ranges are stretched min..max to 0..255.
+    """
+    if array.dtype in (np.uint8, bool):
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ImageError(f"{name} holds NaN or infinite pixel values")
+        low, high = float(array.min()), float(array.max())
+        if low >= 0 and high <= 255:
+            scale = 255.0 if high <= 1.0 else 1.0
+            return np.clip(array * scale, 0, 255).round().astype(np.uint8)
+        return ((array - low) * (255.0 / (high - low or 1.0))).round().astype(np.uint8)
+    if array.dtype.kind not in "iu":
+        raise ImageError(f"{name} has unsupported pixel type {array.dtype}: use 8- or 16-bit images")
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high > 65535:
+        raise ImageError(f"{name} has pixel values {low}..{high}: use 8- or 16-bit images")
+    if high <= 255:  # 8-bit values, whatever the container
+        return array.astype(np.uint8)
+    wide = array.astype(np.uint32)
+    if not (wide % 257).any():
+        return (wide // 257).astype(np.uint8)
+    return ((wide * 255 + high // 2) // max(high, 1)).astype(np.uint8)
 
 
 def decode_mask(source: Source, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -157,14 +184,6 @@ def _pillow_to_array(img: Image.Image) -> np.ndarray:
     if mode in ("P", "PA"):
         return np.asarray(img.convert("RGBA" if "transparency" in img.info or mode == "PA" else "RGB"))
     return np.asarray(img.convert("RGB"))
-
-
-def _narrow_int(array: np.ndarray, name: str) -> np.ndarray:
-    """32/64-bit integer pixels that fit 16 bits -> uint16 (Pillow reads 16-bit PNGs as 32-bit)."""
-    low, high = int(array.min()), int(array.max())
-    if low < 0 or high > 65535:
-        raise ImageError(f"{name} has pixel values {low}..{high}: use 8- or 16-bit images")
-    return array.astype(np.uint16)
 
 
 def _check_size(shape: tuple[int, int], name: str) -> None:

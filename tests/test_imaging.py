@@ -54,6 +54,24 @@ def test_grayscale_is_replicated_to_three_channels(gray: np.ndarray) -> None:
     assert np.array_equal(decode_image(pil_bytes(sixteen, "PNG")), expected)
 
 
+def test_12_bit_data_in_16_bit_files_keeps_its_detail() -> None:
+    ramp = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (8, 1))  # 12-bit values
+    decoded = decode_image(tiff_bytes(ramp))[:, :, 0]
+    assert decoded.min() == 0 and decoded.max() == 255
+    assert len(np.unique(decoded)) == 256, "no levels merged"
+    assert np.all(np.diff(decoded[0].astype(int)) >= 0)
+
+
+def test_8_bit_values_in_wider_containers_and_float_ranges() -> None:
+    values = np.arange(64, dtype=np.uint16).reshape(8, 8) * 3
+    assert np.array_equal(decode_image(tiff_bytes(values))[:, :, 0], values.astype(np.uint8))
+    unit = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    assert np.array_equal(decode_image(tiff_bytes(unit))[:, :, 0], (unit * 255).round().astype(np.uint8))
+    wide = unit * 3000 - 500
+    stretched = decode_image(tiff_bytes(wide))[:, :, 0]
+    assert stretched.min() == 0 and stretched.max() == 255
+
+
 def test_planar_tiff_alpha_palette_and_jpeg() -> None:
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)
