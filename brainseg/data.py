@@ -83,7 +83,7 @@ def scan_dataset(data_dir: str | Path) -> list[Patient]:
 def read_image(path: str | Path) -> np.ndarray:
     """A dataset slice as H x W x 3 uint8 (pre-contrast, FLAIR, post-contrast)."""
     with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
 def read_mask(path: str | Path | None, shape: tuple[int, int] = (256, 256)) -> np.ndarray:
@@ -91,7 +91,7 @@ def read_mask(path: str | Path | None, shape: tuple[int, int] = (256, 256)) -> n
     if path is None:
         return np.zeros(shape, dtype=bool)
     with Image.open(path) as img:
-        return np.asarray(img.convert("L")) > 127
+        return np.array(img.convert("L")) > 127
 
 
 def load_slices(records: list[SliceRecord]) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +130,7 @@ def patient_split(
     test_ids = set(bundled_test_patients() if test_patients is None else test_patients)
     rest = sorted(p.folder for p in patients if p.folder not in test_ids)
     rng = random.Random(seed)
-    n_val = max(1, round(val_fraction * len(rest))) if val_fraction > 0 else 0
+    n_val = min(len(rest), max(1, round(val_fraction * len(rest)))) if val_fraction > 0 and rest else 0
     val_ids = set(rng.sample(rest, n_val))
     by_part: dict[str, list[SliceRecord]] = {"train": [], "val": [], "test": []}
     for patient in patients:
