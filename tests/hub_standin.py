@@ -12,8 +12,8 @@ Serves model repos the way the Hub's endpoints do (as read from huggingface_hub 
   (every file is answered ``uploadMode: regular``, so content travels base64 in the commit) and
   ``POST /api/models/{repo}/commit/{rev}`` (ndjson). Writes need ``Authorization: Bearer <token>``.
 
-Faults for tests: ``truncate_transfer`` / ``corrupt_transfer`` hold paths whose CDN download is cut short
-or has flipped bytes.
+Faults for tests: ``truncate_transfer`` / ``corrupt_transfer`` hold ``"repo_id/path"`` entries whose CDN
+download is cut short or has flipped bytes.
 """
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ class FakeHub:
         data = self.blobs.get(parts[-1]) if parts[0] == "lfs" else None
         if data is None:
             return send_bytes(handler, 404, b"not found")
-        path = unquote(parse_qs(urlsplit(handler.path).query).get("path", [""])[0])
+        path = unquote(parse_qs(urlsplit(handler.path).query).get("file", [""])[0])
         if path in self.truncate_transfer:
             data = data[: len(data) // 2]
         elif path in self.corrupt_transfer:
@@ -239,7 +239,7 @@ class FakeHub:
             digest = hashlib.sha256(data).hexdigest()
             pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{digest}\nsize {len(data)}\n".encode()
             headers = {
-                "Location": f"{self.cdn}/lfs/{digest}?path={quote(path)}",
+                "Location": f"{self.cdn}/lfs/{digest}?file={quote(f'{repo_id}/{path}')}",
                 "X-Linked-Etag": f'"{digest}"',
                 "X-Linked-Size": str(len(data)),
                 "ETag": f'"{git_blob_sha1(pointer)}"',

@@ -76,7 +76,7 @@ def hf_env(tmp_path: Path, endpoint: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_python(args: list[str], env: dict[str, str], timeout: int = 180) -> subprocess.CompletedProcess:
+def run_python(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -198,19 +198,21 @@ def test_hub_revisions_are_pinned(hub, tmp_path):
     assert results[0]["description"] == f"org/tiny @ v1.0 (commit {sha1[:12]})"
 
 
-@pytest.fixture
-def failing_hub(hub, tmp_path):
-    """One stand-in with a repo per failure, loaded once in a single interpreter."""
+@pytest.fixture(scope="module")
+def failing_hub(tmp_path_factory):
+    """One stand-in with a repo per failure, all loaded once in a single interpreter."""
+    tmp_path = tmp_path_factory.mktemp("failures")
+    hub = FakeHub(token=TOKEN).start()
     good = make_model(tmp_path / "good")
+    config, weights = (good / CONFIG_FILE).read_bytes(), (good / WEIGHTS_FILE).read_bytes()
     hub.add_folder("org/tiny", good)
     hub.create_repo("org/no-weights")
-    hub.commit("org/no-weights", {CONFIG_FILE: (good / CONFIG_FILE).read_bytes()})
-    weights = (good / WEIGHTS_FILE).read_bytes()
+    hub.commit("org/no-weights", {CONFIG_FILE: config})
     hub.create_repo("org/truncated")
-    hub.commit("org/truncated", {CONFIG_FILE: (good / CONFIG_FILE).read_bytes(), WEIGHTS_FILE: weights[:5000]})
-    newer = json.loads((good / CONFIG_FILE).read_text())
+    hub.commit("org/truncated", {CONFIG_FILE: config, WEIGHTS_FILE: weights[:5000]})
     hub.create_repo("org/newer")
-    hub.commit("org/newer", {CONFIG_FILE: json.dumps({**newer, "version": 99}).encode(), WEIGHTS_FILE: weights})
+    hub.commit("org/newer", {CONFIG_FILE: json.dumps({**json.loads(config), "version": 99}).encode(),
+                             WEIGHTS_FILE: weights})
     cases = {
         "wrong revision": "org/tiny@no-such-branch",
         "unknown repo": "org/does-not-exist",
@@ -219,7 +221,10 @@ def failing_hub(hub, tmp_path):
         "incompatible config": "org/newer",
         "not a repo id": "just-a-name",
     }
-    results = load_all(hf_env(tmp_path, hub.endpoint), *[(arg, good / WEIGHTS_FILE) for arg in cases.values()])
+    try:
+        results = load_all(hf_env(tmp_path, hub.endpoint), *[(arg, good / WEIGHTS_FILE) for arg in cases.values()])
+    finally:
+        hub.stop()
     return dict(zip(cases, results))
 
 
@@ -242,16 +247,12 @@ def test_broken_transfers_are_detected(hub, tmp_path):
     hub.add_folder("org/flipped", folder)
     hub.add_folder("org/ok", folder)
     env = hf_env(tmp_path, hub.endpoint)
-    hub.truncate_transfer.add(WEIGHTS_FILE)
-    [cut] = load_all(env, ("org/cut", folder / WEIGHTS_FILE))
+    hub.truncate_transfer.add(f"org/cut/{WEIGHTS_FILE}")
+    hub.corrupt_transfer.add(f"org/flipped/{WEIGHTS_FILE}")  # same size, wrong bytes: only the checksum can tell
+    cut, flipped, ok = load_all(env, *[(repo, folder / WEIGHTS_FILE) for repo in ("org/cut", "org/flipped", "org/ok")])
     assert "Consistency check failed" in cut["error"] and "model.safetensors of org/cut" in cut["error"]
-    hub.truncate_transfer.clear()
-    hub.corrupt_transfer.add(WEIGHTS_FILE)  # same size, wrong bytes: only the checksum can tell
-    [flipped] = load_all(env, ("org/flipped", folder / WEIGHTS_FILE))
     assert "does not match the Hub's checksum" in flipped["error"]
-    hub.corrupt_transfer.clear()
     # a cached blob damaged on disk is noticed and downloaded again
-    [ok] = load_all(env, ("org/ok", folder / WEIGHTS_FILE))
     blob = next((tmp_path / "hf-home" / "hub" / "models--org--ok" / "blobs").glob("?" * 64))
     data = bytearray(blob.read_bytes())
     data[200] ^= 0xFF
@@ -366,7 +367,7 @@ def make_dataset(tmp_path: Path, patients: list[str]) -> Path:
 
 
 def publish(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return run_python(["-m", "train.publish", *args], env, timeout=300)
+    return run_python(["-m", "train.publish", *args], env)
 
 
 def test_publish_dry_run_round_trips_and_push_sends_the_same_folder(hub, tmp_path):
