@@ -21,6 +21,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -143,12 +144,23 @@ def gradio_client_latency(url: str, slices: list[tuple[Path, Path]], repeats: in
 
 
 def in_process(slices: list[tuple[Path, Path]], precision: str, model: str | None) -> dict[str, dict[str, float]]:
-    """The same steps without HTTP: where the time goes."""
-    from brainseg.imaging import decode_image
+    """The same steps without HTTP: where the time goes.
+
+    Like the app, the model is loaded in the main thread and run in a worker thread (on a CPU shared
+    with other work, torch in the main thread can be several times slower).
+    """
     from brainseg.inference import Segmenter
-    from brainseg.overlay import probability_heatmap, render_views
 
     segmenter = Segmenter.from_pretrained(model, bf16=precision == "bf16")
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(_steps, segmenter, slices).result()
+
+
+def _steps(segmenter, slices: list[tuple[Path, Path]]) -> dict[str, dict[str, float]]:
+    from brainseg.imaging import decode_image, encode_png
+    from brainseg.overlay import probability_heatmap, render_views
+
+    # threshold_redraw: mask + overlay drawn and PNG-encoded, what one threshold change costs the server
     steps: dict[str, list[float]] = {"decode": [], "model": [], "heatmap": [], "threshold_redraw": []}
     for i, (path, _) in enumerate(slices + slices[:2]):
         t0 = time.perf_counter()
@@ -158,7 +170,8 @@ def in_process(slices: list[tuple[Path, Path]], precision: str, model: str | Non
         t2 = time.perf_counter()
         probability_heatmap(proba, image)
         t3 = time.perf_counter()
-        render_views(image, segmenter.to_mask(proba, 0.4))
+        views = render_views(image, segmenter.to_mask(proba, 0.4))
+        encode_png(views.overlay), encode_png(views.mask)
         t4 = time.perf_counter()
         if i >= 2:
             for key, ms in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):

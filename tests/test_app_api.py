@@ -78,10 +78,11 @@ def test_threshold_changes_area_monotonically(client: Client, tumor_slice: tuple
         assert not (stricter & ~looser).any(), "a stricter threshold may only remove pixels"
 
 
-def test_threshold_needs_no_model_run_and_matches_segment(client: Client, tumor_slice: tuple[Path, Path]) -> None:
+def test_threshold_redraw_matches_a_fresh_segment(client: Client, tumor_slice: tuple[Path, Path]) -> None:
     image_path, mask_path = tumor_slice
-    segment(client, image_path, threshold=0.5, truth=mask_path)
+    first = segment(client, image_path, threshold=0.5, truth=mask_path)
     live = client.predict(0.3, api_name="/threshold")
+    assert live[LIVE_STATS]["probability_mean"] == first[STATS]["probability_mean"], "same stored map"
     fresh = segment(Client(client.src, verbose=False), image_path, threshold=0.3, truth=mask_path)
     assert np.array_equal(as_mask(live[LIVE_MASK]), as_mask(fresh[MASK]))
     assert live[LIVE_STATS]["dice"] == pytest.approx(fresh[STATS]["dice"])
