@@ -44,8 +44,8 @@ def tune_postprocessing(
     images: np.ndarray,
     masks: np.ndarray,
     patients: Sequence[str],
-    thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
-    min_sizes: Sequence[int] = (0, 10, 20, 40, 80, 120, 160),
+    thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    min_sizes: Sequence[int] = (0, 10, 20, 40, 80, 120, 160, 240, 320),
 ) -> ModelConfig:
     """Pick threshold and minimum component size that maximise validation slice Dice + volume Dice.
 

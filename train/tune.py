@@ -1,0 +1,46 @@
+"""Tune a model's threshold, minimum component size and flip TTA on the validation patients.
+
+The choice is written into the model's config.json, so the app and evaluation use it.
+Only validation patients are used: the held-out test patients never influence it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from brainseg import Segmenter
+from brainseg.data import load_slices, patient_split, scan_dataset
+from brainseg.evaluation import evaluate_arrays, tune_postprocessing
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.tune", description=__doc__)
+    parser.add_argument("--model", required=True, help="model folder to tune (its config.json is updated)")
+    parser.add_argument("--data-dir", required=True, help="the full dataset (kaggle_3m layout)")
+    parser.add_argument("--seed", type=int, default=2026, help="split seed used in training")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share used in training")
+    parser.add_argument("--bf16", action="store_true", help="bf16 inference while tuning")
+    args = parser.parse_args(argv)
+    try:
+        segmenter = Segmenter.from_pretrained(args.model, bf16=args.bf16)
+        split = patient_split(scan_dataset(args.data_dir), val_fraction=args.val_fraction, seed=args.seed)
+        if not split.val:
+            raise ValueError("no validation patients under --data-dir: give the full dataset")
+        images, masks = load_slices(list(split.val))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    tuned = tune_postprocessing(segmenter, images, masks, [r.patient for r in split.val])
+    tuned.extra["tuned_on"] = f"{len(split.patients('val'))} validation patients, {len(split.val)} slices"
+    tuned.save(args.model)
+    segmenter.config = tuned
+    report = evaluate_arrays(segmenter, images, masks, [r.patient for r in split.val]).to_dict()
+    report.pop("per_patient_dice")
+    chosen = {k: getattr(tuned, k) for k in ("threshold", "min_component_px", "flip_tta")}
+    print(json.dumps({"chosen": chosen, "validation": report}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
