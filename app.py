@@ -23,7 +23,7 @@ from brainseg.overlay import TRUTH_COLOUR, fill_and_contour, probability_heatmap
 
 DATA_DIR_ENV = "BRAINSEG_DATA_DIR"
 # fp32: bf16 autocast does not keep the test-set masks equal to fp32 at threshold 0.5 (it flips
-# boundary pixels in about half the slices; benchmarks/bf16_agreement.py, numbers in the README).
+# a few boundary pixels in many slices; benchmarks/bf16_agreement.py, numbers in the README).
 DEFAULT_PRECISION = "fp32"
 DEFAULT_THRESHOLD = 0.5
 MAX_FILE_SIZE = "25mb"

@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,12 @@ from brainseg.postprocess import binarize  # noqa: E402
 
 
 def per_slice_ms(segmenter: Segmenter, images: np.ndarray, n: int) -> float:
-    """Median milliseconds of one single-slice ``predict_proba`` call."""
+    """Median milliseconds of one single-slice ``predict_proba`` call, in a worker thread like the app."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(_median_ms, segmenter, images, n).result()
+
+
+def _median_ms(segmenter: Segmenter, images: np.ndarray, n: int) -> float:
     segmenter.predict_proba(images[0])
     times = []
     for image in images[:n]:
