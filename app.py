@@ -41,7 +41,10 @@ NO_DATA_HINT = (
     f"[lgg-mri-segmentation]({KAGGLE_URL}) set and start `python app.py --data-dir PATH` "
     f"(or set `{DATA_DIR_ENV}=PATH`) with PATH holding its `TCGA_*` folders (`kaggle_3m`)."
 )
-CSS = "#disclaimer {border: 2px solid #d97706; border-radius: 8px; padding: 4px 12px; background: #fff7ed; color: #7c2d12}"
+CSS = (
+    "#disclaimer {border: 2px solid #d97706; border-radius: 8px; padding: 4px 12px;"
+    " background: #fff7ed; color: #7c2d12}"
+)
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     records = [r for p in scan_dataset(args.data_dir) for r in p.slices if r.mask_path]
     step = max(1, len(records) // args.repeats)
     slices = [(r.image_path, r.mask_path) for r in records[::step]][: args.repeats]
-    extra = (["--precision", args.precision] if args.precision else []) + (["--model", args.model] if args.model else [])
+    extra = ["--precision", args.precision] if args.precision else []
+    extra += ["--model", args.model] if args.model else []
     process = None
     url = args.url
     if url is None:
