@@ -17,7 +17,8 @@ import gradio as gr
 import numpy as np
 
 from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position
-from brainseg.imaging import decode_image, decode_mask, save_png
+from brainseg.imaging import decode_image, inspect_mask, save_png, slice_notes
+from brainseg.hub import load_segmenter as load_model_source
 from brainseg.inference import Segmenter
 from brainseg.overlay import TRUTH_COLOUR, fill_and_contour, probability_heatmap, render_views
 
@@ -57,25 +58,28 @@ class SliceState:
     normalize: bool
     truth: np.ndarray | None = None
     truth_view: str | None = None
+    notes: tuple[str, ...] = ()
 
 
-def load_segmenter(model: str | None = None, precision: str = DEFAULT_PRECISION) -> Segmenter:
-    """The one place the app gets its model: the bundled default (None), a local model folder or,
-    through ``brainseg.hub``, a Hub repo id ``ORG/NAME[@REVISION]``."""
-    return Segmenter.from_pretrained(model, bf16=precision == "bf16")
+def load_segmenter(model: str | None = None, precision: str = DEFAULT_PRECISION) -> tuple[Segmenter, str]:
+    """The one place the app gets its model: a local folder or Hub repo id ``ORG/NAME[@REVISION]``
+    (``--model``, else ``BRAINSEG_MODEL``), else the bundled default. Returns the model and a note
+    for the UI (which revision was pinned, or why it fell back to the bundled model)."""
+    return load_model_source(model, bf16=precision == "bf16")
 
 
-def model_description(segmenter: Segmenter) -> str:
+def model_description(segmenter: Segmenter, note: str = "") -> str:
     cfg = segmenter.config
     trained = "per-image normalization, Normalize(mean, 2·std)" if cfg.normalize else "raw [0, 1] input"
     precision = "bf16" if segmenter.bf16 else "fp32"
     return (
         f"**Model:** `{segmenter.source}` · trained with **{trained}** · tuned threshold {cfg.threshold:g}"
         f" · min. component {cfg.min_component_px} px · {precision} on {segmenter.device.type}"
+        + (f"\n\n{note}" if note else "")
     )
 
 
-def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None) -> gr.Blocks:
+def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None, model_note: str = "") -> gr.Blocks:
     """The demo's UI; ``data_dir`` (a Kaggle-layout folder) adds the patient browser and examples."""
     cfg = segmenter.config
     index = DatasetIndex(data_dir) if data_dir else None
@@ -87,9 +91,16 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None) -> gr.B
         """Encode straight into Gradio's cache (fast PNG), so Gradio only serves the file."""
         return None if array is None else save_png(array, demo.GRADIO_CACHE, name)
 
-    def with_truth(image: np.ndarray, proba: np.ndarray, normalize: bool, truth: np.ndarray | None) -> SliceState:
+    def with_truth(image: np.ndarray, proba: np.ndarray, normalize: bool, truth: np.ndarray | None,
+                   notes: tuple[str, ...] = ()) -> SliceState:
         view = None if truth is None else png(fill_and_contour(image, truth, TRUTH_COLOUR), "ground_truth")
-        return SliceState(image, proba, normalize, truth, view)
+        for note in notes:  # a visible toast; also in the numbers and the summary
+            gr.Warning(note)
+        return SliceState(image, proba, normalize, truth, view, notes)
+
+    def read_truth(truth_file: str | None, image: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
+        """The ground-truth mask (checked against the slice's size) and notes about it."""
+        return inspect_mask(truth_file, image.shape[:2]) if truth_file else (None, [])
 
     def outputs_for(state: SliceState, threshold: float) -> tuple[Any, ...]:
         """The threshold-dependent outputs (``live_outputs`` below): no model run."""
@@ -102,10 +113,12 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None) -> gr.B
             "height": int(state.image.shape[0]),
             "probability_max": round(float(state.proba.max()), 6),
             "probability_mean": round(float(state.proba.mean()), 6),
+            "notes": list(state.notes),
         }
         pair = None if state.truth_view is None else (state.truth_view, overlay)
         agreement = png(views.agreement, "agreement")
-        return png(views.mask, "prediction_mask"), stats, overlay, agreement, pair, views.summary.markdown()
+        text = views.summary.markdown() + "".join(f"\n\n**Note:** {note}" for note in state.notes)
+        return png(views.mask, "prediction_mask"), stats, overlay, agreement, pair, text
 
     def all_outputs(state: SliceState, threshold: float) -> tuple[Any, ...]:
         mask, stats, overlay, agreement, pair, summary = outputs_for(state, threshold)
@@ -118,11 +131,12 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None) -> gr.B
             raise gr.Error("Upload a slice first (TIFF, PNG or JPEG).")
         try:
             image = decode_image(image_file)
-            truth = decode_mask(truth_file, image.shape[:2]) if truth_file else None
+            truth, truth_notes = read_truth(truth_file, image)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         proba = segmenter.predict_proba(image, normalize=bool(normalize))
-        return all_outputs(with_truth(image, proba, bool(normalize), truth), threshold)
+        notes = (*slice_notes(image), *truth_notes)
+        return all_outputs(with_truth(image, proba, bool(normalize), truth, notes), threshold)
 
     def segment_new_upload(image_file: str | None, threshold: float, normalize: bool):
         # a new slice invalidates the previous ground truth
@@ -135,10 +149,11 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None) -> gr.B
         if state is None:
             return tuple(gr.skip() for _ in range(9))
         try:
-            truth = decode_mask(truth_file, state.image.shape[:2]) if truth_file else None
+            truth, truth_notes = read_truth(truth_file, state.image)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
-        return all_outputs(with_truth(state.image, state.proba, state.normalize, truth), threshold)
+        notes = (*slice_notes(state.image), *truth_notes)
+        return all_outputs(with_truth(state.image, state.proba, state.normalize, truth, notes), threshold)
 
     def rethreshold(state: SliceState | None, threshold: float):
         """Redraw for a new threshold from the stored probability map (no model run)."""
@@ -157,7 +172,7 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None) -> gr.B
             "Add its ground-truth mask to see Dice and IoU."
         )
         gr.Markdown(DISCLAIMER, elem_id="disclaimer")
-        gr.Markdown(model_description(segmenter), elem_id="model-info")
+        gr.Markdown(model_description(segmenter, model_note), elem_id="model-info")
         state = gr.State(None, time_to_live=STATE_TTL_S)
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
@@ -267,7 +282,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=None, help="address to bind (default 127.0.0.1 or $GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=None, help="port (default 7860 or $GRADIO_SERVER_PORT)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    parser.add_argument("--model", default=None, help="model folder (default: the bundled model in assets/model)")
+    parser.add_argument("--model", default=None, help="model folder or Hub repo id ORG/NAME[@REVISION] (default: $BRAINSEG_MODEL, "
+                        "else the bundled model in assets/model)")
     parser.add_argument("--data-dir", default=None,
                         help=f"Kaggle-layout folder for the patient browser and examples (or ${DATA_DIR_ENV})")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default=DEFAULT_PRECISION,
@@ -279,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     data_dir = resolve_data_dir(args.data_dir)
     try:
-        demo = build_demo(load_segmenter(args.model, args.precision), data_dir)
+        segmenter, note = load_segmenter(args.model, args.precision)
+        demo = build_demo(segmenter, data_dir, note)
     except (FileNotFoundError, ValueError) as exc:  # a bad --model or --data-dir: say why, no traceback
         raise SystemExit(f"app.py: error: {exc}") from None
     demo.queue(default_concurrency_limit=4, max_size=64)

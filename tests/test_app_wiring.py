@@ -81,8 +81,8 @@ def test_cli_defaults_are_loopback_friendly() -> None:
 
 
 def test_bundled_model_loads_in_the_chosen_precision() -> None:
-    assert app.load_segmenter(None, "fp32").bf16 is False
-    assert app.load_segmenter(None, "bf16").bf16 is True
+    assert app.load_segmenter(None, "fp32")[0].bf16 is False
+    assert app.load_segmenter(None, "bf16")[0].bf16 is True
 
 
 def endpoints(demo) -> set[str]:
