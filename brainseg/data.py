@@ -80,6 +80,14 @@ def scan_dataset(data_dir: str | Path) -> list[Patient]:
     return [p for p in patients if p.slices]
 
 
+def require_masks(patients: list[Patient], data_dir: str | Path) -> list[Patient]:
+    """``patients``, or a ValueError when none of their slices has a ``*_mask.tif`` ground truth."""
+    if not any(r.mask_path for p in patients for r in p.slices):
+        raise ValueError(f"no ground-truth masks (*_<n>_mask.tif next to each slice) in {data_dir}: "
+                         "training and evaluation need them")
+    return patients
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """A dataset slice as H x W x 3 uint8 (pre-contrast, FLAIR, post-contrast)."""
     with Image.open(path) as img:

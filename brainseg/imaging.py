@@ -44,10 +44,11 @@ def _decode(source: Source) -> tuple[np.ndarray, str]:
     if not data:
         raise ImageError(f"{name} is empty: upload a TIFF, PNG or JPEG slice")
     array = None
-    if data[:4] in TIFF_MAGIC:
+    is_tiff = data[:4] in TIFF_MAGIC
+    if is_tiff:
         array = _decode_tiff(data, name)
     if array is None:
-        array = _decode_pillow(data, name)
+        array = _decode_pillow(data, name, is_tiff)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (2, 3, 4)):
@@ -107,7 +108,17 @@ def decode_mask(source: Source, shape: tuple[int, int] | None = None) -> np.ndar
     Values 0/1 count as binary; otherwise pixels above half the 8-bit (or 16-bit) range are set.
     ``shape`` (H, W) is the slice's size: a mask of another size is refused.
     """
+    return inspect_mask(source, shape)[0]
+
+
+def inspect_mask(source: Source, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, list[str]]:
+    """:func:`decode_mask`, plus notes for the user (a mask that is not strictly binary)."""
     array = decode_array(source)
+    notes = []
+    levels = len(np.unique(array))
+    if levels > 2:
+        notes.append(f"the ground-truth mask is not binary ({levels} distinct values): pixels above half "
+                     "the value range count as abnormality")
     if array.ndim == 3:  # any colour channel set counts; alpha is ignored
         colour = array[:, :, :1] if array.shape[2] == 2 else array[:, :, :3]
         array = colour.max(axis=2)
@@ -117,7 +128,21 @@ def decode_mask(source: Source, shape: tuple[int, int] | None = None) -> np.ndar
             f"the ground-truth mask is {mask.shape[1]}x{mask.shape[0]} px but the slice is "
             f"{shape[1]}x{shape[0]} px: upload the mask that belongs to this slice"
         )
-    return mask
+    return mask, notes
+
+
+def slice_notes(image: np.ndarray) -> list[str]:
+    """Warnings about a decoded H x W x 3 uint8 slice: a constant image, or one that looks like a mask."""
+    low, high = int(image.min()), int(image.max())
+    if low == high:
+        tone = "black" if high == 0 else "white" if high == 255 else f"one grey level ({high})"
+        return [f"the slice is all {tone}: there is nothing to segment, so the mask is empty"]
+    values = np.unique(image[::4, ::4])
+    channels_equal = bool((image[:, :, 0] == image[:, :, 1]).all() and (image[:, :, 1] == image[:, :, 2]).all())
+    if channels_equal and len(values) == 2 and len(np.unique(image)) == 2:
+        return ["this looks like a segmentation mask (only two grey levels), not an MRI slice: upload it as the "
+                "ground-truth mask, and the slice itself above"]
+    return []
 
 
 def binarize_mask_values(array: np.ndarray) -> np.ndarray:
@@ -138,6 +163,8 @@ def _decode_tiff(data: bytes, name: str) -> np.ndarray | None:
     """Pixels of a single-slice TIFF, or None to let Pillow try (palette, CMYK, unknown codecs)."""
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            if len(tif.pages) > 1:
+                raise ImageError(f"{name} holds several images ({len(tif.pages)} TIFF pages): upload a single slice")
             series = tif.series[0]
             if int(tif.pages[0].photometric) not in TIFF_PLAIN_PHOTOMETRIC:
                 return None
@@ -160,14 +187,21 @@ def _decode_tiff(data: bytes, name: str) -> np.ndarray | None:
     return np.ascontiguousarray(array.transpose(order))
 
 
-def _decode_pillow(data: bytes, name: str) -> np.ndarray:
+def _decode_pillow(data: bytes, name: str, is_tiff: bool = False) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             _check_size((img.height, img.width), name)
+            if getattr(img, "n_frames", 1) > 1:
+                raise ImageError(f"{name} holds {img.n_frames} frames: upload a single slice")
             img.load()
             img = ImageOps.exif_transpose(img)
             return _pillow_to_array(img)
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name} is too large to decode safely: the largest supported side is {MAX_SIDE} px") from None
+    except UnidentifiedImageError:
+        if is_tiff:
+            raise ImageError(f"{name} starts like a TIFF but could not be read: the file may be truncated or "
+                             "corrupt") from None
         raise ImageError(f"{name} is not a readable image: upload a TIFF, PNG or JPEG slice") from None
     except (OSError, SyntaxError) as exc:
         raise ImageError(f"{name} could not be decoded ({exc}): the file may be truncated or corrupt") from None

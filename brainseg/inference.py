@@ -110,9 +110,12 @@ class Segmenter:
         """Probability map (H x W float32, input size) for one H x W x 3 or H x W image.
 
         ``normalize`` overrides the trained preprocessing (for comparisons); default: the config's.
+        A constant image (all black, all white) gives all zeros: it has no contrast to segment.
         """
         rgb = as_rgb_uint8(image)
         height, width = rgb.shape[:2]
+        if rgb.min() == rgb.max():  # a constant slice (e.g. all black) holds nothing to find
+            return np.zeros((height, width), np.float32)
         norm = self.config.normalize if normalize is None else normalize
         batch = preprocess(rgb, self.config.input_size, norm)[None]
         proba = self._forward(batch)

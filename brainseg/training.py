@@ -16,7 +16,7 @@ from torch.nn import functional as TF
 from tqdm import tqdm
 
 from .config import ModelConfig
-from .data import SliceRecord, Split, article_split, load_slices, patient_split, scan_dataset
+from .data import SliceRecord, Split, article_split, load_slices, patient_split, require_masks, scan_dataset
 from .evaluation import evaluate_arrays, tune_postprocessing
 from .inference import Segmenter, autocast, pick_device, save_model
 from .model import UNet
@@ -84,7 +84,7 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, use_dice: bool) ->
 
 
 def make_split(cfg: TrainConfig) -> Split:
-    patients = scan_dataset(cfg.data_dir)
+    patients = require_masks(scan_dataset(cfg.data_dir), cfg.data_dir)
     if cfg.split == "patient":
         return patient_split(patients, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if cfg.split == "article":

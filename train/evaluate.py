@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from brainseg import Segmenter
-from brainseg.data import load_slices, patient_split, scan_dataset
+from brainseg.data import load_slices, patient_split, require_masks, scan_dataset
 from brainseg.evaluation import count_slices, timed_probabilities
 from brainseg.figures import example_grid, patient_dice_plot
 from brainseg.metrics import summarize
@@ -73,7 +73,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         segmenter.config = dataclasses.replace(segmenter.config, threshold=args.threshold)
     if args.normalize is not None:
         segmenter.config = dataclasses.replace(segmenter.config, normalize=args.normalize)
-    patients = scan_dataset(args.data_dir)
+    patients = require_masks(scan_dataset(args.data_dir), args.data_dir)
     if args.split == "all":
         records = [r for p in patients for r in p.slices]
     else:
