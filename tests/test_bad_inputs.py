@@ -205,16 +205,27 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("cli", ["train.train", "train.evaluate"])
+def cli_extra_args(cli: str, tmp_path: Path) -> list[str]:
+    """What each CLI needs besides --data-dir (tune gets a copy of the bundled model: it writes there)."""
+    if cli == "train.train":
+        return ["--out-dir", str(tmp_path / "out")]
+    if cli == "train.tune":
+        from brainseg.hub import BUNDLED_MODEL_DIR
+
+        return ["--model", shutil.copytree(BUNDLED_MODEL_DIR, tmp_path / "model", dirs_exist_ok=True).as_posix()]
+    return []
+
+
+@pytest.mark.parametrize("cli", ["train.train", "train.evaluate", "train.tune"])
 def test_clis_report_bad_data_folders_in_one_line(cli: str, tmp_path: Path, real_slice: Path) -> None:
     (tmp_path / "empty").mkdir()
+    extra = cli_extra_args(cli, tmp_path)
     cases = {
         "missing": (tmp_path / "missing", "does not exist"),
         "empty": (tmp_path / "empty", "no TCGA_"),
         "no masks": (folder_without_masks(tmp_path, real_slice), "no ground-truth masks"),
     }
     for name, (folder, message) in cases.items():
-        extra = ["--out-dir", str(tmp_path / "out")] if cli == "train.train" else []
         result = run_cli("-m", cli, "--data-dir", str(folder), *extra)
         assert result.returncode != 0, name
         assert "Traceback" not in result.stderr, result.stderr

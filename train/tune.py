@@ -10,7 +10,7 @@ import json
 import sys
 
 from brainseg import Segmenter
-from brainseg.data import load_slices, patient_split, scan_dataset
+from brainseg.data import load_slices, patient_split, require_masks, scan_dataset
 from brainseg.evaluation import evaluate_arrays, tune_postprocessing
 
 
@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         segmenter = Segmenter.from_pretrained(args.model, bf16=args.bf16)
-        split = patient_split(scan_dataset(args.data_dir), val_fraction=args.val_fraction, seed=args.seed)
+        patients = require_masks(scan_dataset(args.data_dir), args.data_dir)
+        split = patient_split(patients, val_fraction=args.val_fraction, seed=args.seed)
         if not split.val:
             raise ValueError("no validation patients under --data-dir: give the full dataset")
         images, masks = load_slices(list(split.val))
