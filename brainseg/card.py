@@ -201,8 +201,8 @@ Demonstrations, teaching and research on the Kaggle LGG MRI dataset or images pr
 (skull-stripped, co-registered pre-contrast / FLAIR / post-contrast slices of adult lower-grade glioma).
 
 **Out of scope:** any clinical use; other tumour types, other sequences or channel orders, 3D volumes, and
-scans from different protocols without re-validation. The model was trained on 110 patients from five
-institutions of one archive and will not generalise reliably beyond data like it."""
+scans from different protocols without re-validation. The model was trained on patients of one public archive (the
+Kaggle LGG set: 110 patients, five institutions, of which 89 trained it) and will not generalise reliably beyond data like it."""
 
 
 def _usage(repo_id: str) -> str:
