@@ -32,6 +32,7 @@ from demo_server import DemoServer, read_png, require_test_data
 USERS = int(os.environ.get("BRAINSEG_LOAD_USERS", "8"))
 REQUESTS = int(os.environ.get("BRAINSEG_LOAD_REQUESTS", "25"))
 MEMORY_SLACK_MB = 200
+WARMUP_REQUESTS = 5
 THRESHOLDS = (0.2, 0.35, 0.5, 0.65, 0.8)
 # a pixel this close to the threshold may flip between processes (thread count changes float sums)
 BOUNDARY = 1e-4
@@ -100,6 +101,12 @@ def run_user(url: str, seed: int, uploads: list[Upload], segmenter, requests: in
     return log
 
 
+def run_users(url: str, uploads: list[Upload], segmenter, seeds: range, requests: int) -> list[UserLog]:
+    """One concurrent user per seed."""
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        return list(pool.map(lambda seed: run_user(url, seed, uploads, segmenter, requests), seeds))
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -118,12 +125,12 @@ def test_concurrent_users_get_correct_masks_and_memory_stays_flat() -> None:
     server = DemoServer.start(folder / "app.log")
     try:
         process = psutil.Process(server.process.pid)
-        warm = run_user(server.url, -1, uploads, segmenter, 8)  # warm-up: model, caches, thread pools
-        assert not warm.errors, warm.errors
+        # warm-up, as concurrent as the run: model, caches, and every worker thread's malloc arena
+        warm = run_users(server.url, uploads, segmenter, seeds=range(-USERS, 0), requests=WARMUP_REQUESTS)
+        assert not [e for log in warm for e in log.errors], warm
         before = rss_mb(process)
         started = time.perf_counter()
-        with ThreadPoolExecutor(USERS) as pool:
-            logs = list(pool.map(lambda s: run_user(server.url, s, uploads, segmenter), range(USERS)))
+        logs = run_users(server.url, uploads, segmenter, seeds=range(USERS), requests=REQUESTS)
         wall = time.perf_counter() - started
         after = rss_mb(process)
     finally:
