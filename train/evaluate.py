@@ -62,7 +62,7 @@ def pick_examples(masks: np.ndarray, count: int = 8) -> list[int]:
     areas = masks.reshape(len(masks), -1).sum(axis=1)
     tumor = [int(i) for i in np.argsort(-areas) if areas[i] > 0]
     empty = [int(i) for i in np.flatnonzero(areas == 0)]
-    picked = tumor[: count * 3 // 4 : 1]
+    picked = tumor[: count * 3 // 4]
     picked += empty[:: max(1, len(empty) // max(1, count - len(picked)))][: count - len(picked)]
     return picked
 
@@ -81,7 +81,6 @@ def evaluate(args: argparse.Namespace) -> dict:
     if not records:
         raise ValueError(f"no slices for split {args.split!r} under {args.data_dir}")
     images, masks = load_slices(records)
-    torch.set_num_threads(torch.get_num_threads())
     probas, ms_per_slice = timed_probabilities(segmenter, images)
     cfg = segmenter.config
     counts = count_slices(probas, masks, [r.patient for r in records], cfg.threshold, cfg.min_component_px)
