@@ -15,10 +15,11 @@ import torch
 from torch.nn import functional as TF
 from tqdm import tqdm
 
-from .config import ModelConfig
+from .config import WEIGHTS_FILE, ModelConfig
 from .data import SliceRecord, Split, article_split, load_slices, patient_split, require_masks, scan_dataset
 from .evaluation import evaluate_arrays, tune_postprocessing
 from .inference import Segmenter, autocast, pick_device, save_model
+from .weights import load_weights
 from .model import UNet
 from .transforms import flip_dataset_offline, random_hflip, uint8_batch_to_input
 
@@ -58,6 +59,7 @@ class TrainConfig:
     max_train_slices: int = 0  # 0 = all; small values for smoke tests
     max_val_slices: int = 0
     stop_after_epochs: int = 0  # stop early (still resumable), 0 = run to the end
+    init_from: str = ""  # model folder whose weights start the run (fine-tuning); "" = random init
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(base_channels=self.base_channels, depth=self.depth, normalize=self.normalize)
@@ -147,6 +149,17 @@ def _epoch_indices(labels: np.ndarray, cfg: TrainConfig, epoch: int) -> np.ndarr
     return order
 
 
+def _check_same_architecture(model_cfg: ModelConfig, folder: Path) -> None:
+    """Refuse to fine-tune from a model folder whose architecture or preprocessing differs."""
+    start = ModelConfig.load(folder)
+    if start.architecture() != model_cfg.architecture() or start.normalize != model_cfg.normalize:
+        raise ValueError(
+            f"--init-from {folder} holds {start.architecture()} normalize={start.normalize}, but this run "
+            f"trains {model_cfg.architecture()} normalize={model_cfg.normalize}: pass matching "
+            "--base-channels/--depth/--normalize"
+        )
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) into ``cfg.out_dir``; returns the folder of the best model."""
     out = Path(cfg.out_dir)
@@ -170,7 +183,12 @@ def train(cfg: TrainConfig) -> Path:
     masks_t = torch.from_numpy(train_masks)
 
     model_cfg = cfg.model_config()
-    model = UNet(**model_cfg.architecture()).to(device)
+    model = UNet(**model_cfg.architecture())
+    if cfg.init_from:
+        _check_same_architecture(model_cfg, Path(cfg.init_from))
+        load_weights(model, Path(cfg.init_from) / WEIGHTS_FILE)
+        print(f"initialised from {cfg.init_from}", flush=True)
+    model = model.to(device)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     if cfg.optimizer == "adam":

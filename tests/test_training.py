@@ -3,6 +3,7 @@ import csv
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from brainseg import Segmenter
@@ -63,3 +64,21 @@ def test_cli_reports_a_missing_data_dir_in_one_line(tmp_path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_init_from_starts_where_the_given_model_ended(lgg_test_dir, tmp_path) -> None:
+    first = train(tiny_config(lgg_test_dir, tmp_path / "a"))
+    tuned = train(tiny_config(lgg_test_dir, tmp_path / "b", epochs=1, lr=1e-7, init_from=str(first)))
+    start, after = Segmenter.from_pretrained(first).model, Segmenter.from_pretrained(tuned).model
+    for name, tensor in start.state_dict().items():
+        if tensor.is_floating_point() and "running" not in name:
+            assert torch.allclose(tensor, after.state_dict()[name], atol=1e-4), name
+    first_loss = float(read_log(tmp_path / "a")[0]["train_loss"])
+    tuned_loss = float(read_log(tmp_path / "b")[0]["train_loss"])
+    assert tuned_loss < first_loss
+
+
+def test_init_from_refuses_a_different_architecture(lgg_test_dir, tmp_path) -> None:
+    first = train(tiny_config(lgg_test_dir, tmp_path / "a", epochs=1))
+    with pytest.raises(ValueError, match="--base-channels"):
+        train(tiny_config(lgg_test_dir, tmp_path / "b", base_channels=8, init_from=str(first)))
