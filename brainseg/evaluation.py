@@ -46,12 +46,13 @@ def tune_postprocessing(
     patients: Sequence[str],
     thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
     min_sizes: Sequence[int] = (0, 10, 20, 40, 80, 120, 160, 240, 320),
-) -> ModelConfig:
+) -> tuple[ModelConfig, Report]:
     """Pick threshold and minimum component size that maximise validation slice Dice + volume Dice.
 
-    Only ever call this with validation slices: the chosen values are stored in the model config.
+    Returns the chosen config and its report on these slices. Only ever call this with validation
+    slices: the chosen values are stored in the model config.
     """
-    best_cfg, best_score = segmenter.config, -1.0
+    best_cfg, best_report, best_score = segmenter.config, None, -1.0
     for flip_tta in (False, True):
         trial = Segmenter(segmenter.model, dataclasses.replace(segmenter.config, flip_tta=flip_tta),
                           device=str(segmenter.device), bf16=segmenter.bf16)
@@ -61,9 +62,9 @@ def tune_postprocessing(
                 report = summarize(count_slices(probas, masks, patients, threshold, min_px))
                 score = report.slice_dice + report.volume_dice
                 if score > best_score + 1e-9:
-                    best_score = score
+                    best_score, best_report = score, report
                     best_cfg = dataclasses.replace(
                         segmenter.config, threshold=threshold, min_component_px=min_px, flip_tta=flip_tta,
                         extra=dict(segmenter.config.extra),
                     )
-    return best_cfg
+    return best_cfg, best_report

@@ -15,11 +15,11 @@ import torch
 from torch.nn import functional as TF
 from tqdm import tqdm
 
-from .config import WEIGHTS_FILE, ModelConfig
+from .config import ModelConfig
 from .data import SliceRecord, Split, article_split, load_slices, patient_split, require_masks, scan_dataset
 from .evaluation import evaluate_arrays, tune_postprocessing
+from .hub import load_model, resolve_model
 from .inference import Segmenter, autocast, pick_device, save_model
-from .weights import load_weights
 from .model import UNet
 from .transforms import flip_dataset_offline, random_hflip, uint8_batch_to_input
 
@@ -149,15 +149,22 @@ def _epoch_indices(labels: np.ndarray, cfg: TrainConfig, epoch: int) -> np.ndarr
     return order
 
 
-def _check_same_architecture(model_cfg: ModelConfig, folder: Path) -> None:
-    """Refuse to fine-tune from a model folder whose architecture or preprocessing differs."""
-    start = ModelConfig.load(folder)
-    if start.architecture() != model_cfg.architecture() or start.normalize != model_cfg.normalize:
+def starting_model(cfg: TrainConfig, model_cfg: ModelConfig) -> UNet:
+    """A freshly initialised U-Net, or the weights of ``cfg.init_from`` (model folder or Hub id) to fine-tune.
+
+    A starting model with another architecture or preprocessing is refused.
+    """
+    if not cfg.init_from:
+        return UNet(**model_cfg.architecture())
+    start_cfg, model = load_model(resolve_model(cfg.init_from))
+    if start_cfg.architecture() != model_cfg.architecture() or start_cfg.normalize != model_cfg.normalize:
         raise ValueError(
-            f"--init-from {folder} holds {start.architecture()} normalize={start.normalize}, but this run "
-            f"trains {model_cfg.architecture()} normalize={model_cfg.normalize}: pass matching "
+            f"--init-from {cfg.init_from} holds {start_cfg.architecture()} normalize={start_cfg.normalize}, but "
+            f"this run trains {model_cfg.architecture()} normalize={model_cfg.normalize}: pass matching "
             "--base-channels/--depth/--normalize"
         )
+    print(f"initialised from {cfg.init_from}", flush=True)
+    return model
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -167,6 +174,10 @@ def train(cfg: TrainConfig) -> Path:
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
+    model_cfg = cfg.model_config()
+    model = starting_model(cfg, model_cfg).to(device)  # before the data: a bad --init-from fails at once
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
 
     split = make_split(cfg)
     train_records = _subset(split.train, cfg.max_train_slices, cfg.seed)
@@ -182,15 +193,6 @@ def train(cfg: TrainConfig) -> Path:
     images_t = torch.from_numpy(train_images).permute(0, 3, 1, 2)  # uint8, channels-last in memory
     masks_t = torch.from_numpy(train_masks)
 
-    model_cfg = cfg.model_config()
-    model = UNet(**model_cfg.architecture())
-    if cfg.init_from:
-        _check_same_architecture(model_cfg, Path(cfg.init_from))
-        load_weights(model, Path(cfg.init_from) / WEIGHTS_FILE)
-        print(f"initialised from {cfg.init_from}", flush=True)
-    model = model.to(device)
-    if device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)
     if cfg.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     elif cfg.optimizer == "adamw":
@@ -278,7 +280,7 @@ def train(cfg: TrainConfig) -> Path:
     finished = not log_rows or int(log_rows[-1]["epoch"]) >= cfg.epochs
     if finished and cfg.tune_postprocessing and best_dir.exists():
         best = Segmenter.from_pretrained(best_dir, device=str(device), bf16=cfg.amp)
-        best.config = tune_postprocessing(best, val_images, val_masks, val_patients)
+        best.config, _ = tune_postprocessing(best, val_images, val_masks, val_patients)
         best.config.extra.update({"best_epoch": best_epoch, "val_slice_dice": best_score})
         best.config.save(best_dir)
         print(f"post-processing tuned on validation: {best.config.to_dict()}", flush=True)

@@ -11,7 +11,7 @@ import sys
 
 from brainseg import Segmenter
 from brainseg.data import load_slices, patient_split, require_masks, scan_dataset
-from brainseg.evaluation import evaluate_arrays, tune_postprocessing
+from brainseg.evaluation import tune_postprocessing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,11 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    tuned = tune_postprocessing(segmenter, images, masks, [r.patient for r in split.val])
+    tuned, validation = tune_postprocessing(segmenter, images, masks, [r.patient for r in split.val])
     tuned.extra["tuned_on"] = f"{len(split.patients('val'))} validation patients, {len(split.val)} slices"
     tuned.save(args.model)
-    segmenter.config = tuned
-    report = evaluate_arrays(segmenter, images, masks, [r.patient for r in split.val]).to_dict()
+    report = validation.to_dict()
     report.pop("per_patient_dice")
     chosen = {k: getattr(tuned, k) for k in ("threshold", "min_component_px", "flip_tta")}
     print(json.dumps({"chosen": chosen, "validation": report}))
