@@ -124,7 +124,10 @@ class Segmenter:
         return proba[0].numpy().astype(np.float32)
 
     def predict_proba_batch(self, images: np.ndarray, batch_size: int = 32, normalize: bool | None = None) -> np.ndarray:
-        """(N, S, S, 3) uint8 slices at the model's input size -> (N, S, S) float32 probabilities."""
+        """(N, S, S, 3) uint8 slices at the model's input size -> (N, S, S) float32 probabilities.
+
+        Same results as :meth:`predict_proba` slice by slice (constant slices give all zeros).
+        """
         if images.shape[1:3] != (self.config.input_size, self.config.input_size):
             return np.stack([self.predict_proba(img, normalize) for img in images])
         norm = self.config.normalize if normalize is None else normalize
@@ -132,7 +135,10 @@ class Segmenter:
         for start in range(0, len(images), batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
             out.append(self._forward(uint8_batch_to_input(chunk, norm)))
-        return torch.cat(out).numpy().astype(np.float32)
+        probas = torch.cat(out).numpy().astype(np.float32)
+        flat = images.reshape(len(images), -1)
+        probas[flat.min(axis=1) == flat.max(axis=1)] = 0.0  # constant slices: nothing to find
+        return probas
 
     def to_mask(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Binary mask from a probability map with the model's threshold and post-processing."""

@@ -156,6 +156,18 @@ def test_constant_slice_gives_an_empty_mask_and_a_note(value: int) -> None:
     assert torch_isfinite(tensor), "a zero std must not give NaN"
 
 
+def test_batch_prediction_treats_a_constant_slice_like_single_prediction(lgg_test_dir: Path) -> None:
+    from brainseg import Segmenter
+
+    segmenter = Segmenter.from_pretrained(None)
+    record = next(r for p in scan_dataset(lgg_test_dir) for r in p.slices)
+    images = np.stack([read_image(record.image_path), np.zeros((256, 256, 3), np.uint8)])
+    batch = segmenter.predict_proba_batch(images)
+    assert not batch[1].any()
+    for image, proba in zip(images, batch):
+        assert np.allclose(proba, segmenter.predict_proba(image), atol=1e-5)
+
+
 def torch_isfinite(tensor) -> bool:
     import torch
 
