@@ -21,7 +21,7 @@ from .evaluation import evaluate_arrays, tune_postprocessing
 from .hub import load_model, resolve_model
 from .inference import Segmenter, autocast, pick_device, save_model
 from .model import UNet
-from .transforms import flip_dataset_offline, random_hflip, uint8_batch_to_input
+from .transforms import flip_dataset_offline, normalize_per_image, random_affine_gamma, random_hflip
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.csv"
@@ -48,6 +48,7 @@ class TrainConfig:
     schedule: str = "onecycle"  # constant | onecycle | cosine
     loss: str = "bce_dice"  # bce | bce_dice
     flip: str = "random"  # none | random | offline
+    augment: str = "none"  # none | affine_gamma (random rotation/scale/shift + per-channel gamma)
     split: str = "patient"  # patient | article
     val_fraction: float = 0.1
     empty_fraction: float = 1.0  # share of tumor-free training slices drawn each epoch
@@ -169,6 +170,8 @@ def starting_model(cfg: TrainConfig, model_cfg: ModelConfig) -> UNet:
 
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) into ``cfg.out_dir``; returns the folder of the best model."""
+    if cfg.augment not in ("none", "affine_gamma"):
+        raise ValueError(f"unknown augment {cfg.augment!r}: use none or affine_gamma")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
@@ -231,7 +234,12 @@ def train(cfg: TrainConfig) -> Path:
             images, masks = images_t[idx], masks_t[idx].unsqueeze(1).float()
             if cfg.flip == "random":
                 images, masks = random_hflip(images, masks, generator)
-            inputs = uint8_batch_to_input(images, cfg.normalize).to(device)
+            inputs = images.float().div_(255.0)
+            if cfg.augment == "affine_gamma":
+                inputs, masks = random_affine_gamma(inputs, masks, generator)
+            if cfg.normalize:
+                inputs = normalize_per_image(inputs)
+            inputs = inputs.to(device)
             if device.type == "cpu":
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             masks = masks.to(device)

@@ -63,3 +63,38 @@ def random_hflip(
         images[flip] = images[flip].flip(-1)
         masks[flip] = masks[flip].flip(-1)
     return images, masks
+
+
+def random_affine_gamma(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    generator: torch.Generator,
+    max_degrees: float = 15.0,
+    scale_range: tuple[float, float] = (0.9, 1.1),
+    max_shift: float = 0.06,
+    gamma_range: tuple[float, float] = (0.8, 1.25),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patient-to-patient variation for a training batch, applied before normalization.
+
+    ``images`` (N, 3, H, W) floats in [0, 1], ``masks`` (N, 1, H, W) of 0/1. Each pair gets its own random
+    rotation, isotropic scale and shift (bilinear for the image, nearest for the mask, zero outside: MRI
+    background is black), and each image channel its own gamma (contrast differs between scanners).
+    """
+    n = images.shape[0]
+
+    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
+        return low + (high - low) * torch.rand(*shape, generator=generator)
+
+    angle = torch.deg2rad(uniform(-max_degrees, max_degrees, n))
+    scale = uniform(*scale_range, n)
+    shift = uniform(-max_shift, max_shift, n, 2) * 2  # affine_grid coordinates span [-1, 1]
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], dim=1), torch.stack([sin, cos, shift[:, 1]], dim=1)], dim=1
+    )
+    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    images = torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    masks = torch.nn.functional.grid_sample(masks, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    log_gamma = uniform(float(np.log(gamma_range[0])), float(np.log(gamma_range[1])), n, images.shape[1], 1, 1)
+    images = images.clamp(0.0, 1.0).pow(log_gamma.exp())
+    return images, masks

@@ -7,6 +7,7 @@ from brainseg.transforms import (
     flip_dataset_offline,
     mask_to_tensor,
     preprocess,
+    random_affine_gamma,
     random_hflip,
     uint8_batch_to_input,
 )
@@ -78,3 +79,39 @@ def test_random_flip_moves_image_and_mask_together() -> None:
     torch.testing.assert_close(out_images[:, :1], out_masks)
     flipped = [not torch.equal(out_images[i], images[i]) for i in range(8)]
     assert any(flipped) and not all(flipped)
+
+
+def test_affine_gamma_identity_settings_change_nothing() -> None:
+    images = torch.rand(4, 3, 64, 64)
+    masks = (torch.rand(4, 1, 64, 64) > 0.7).float()
+    out_images, out_masks = random_affine_gamma(
+        images, masks, torch.Generator().manual_seed(0),
+        max_degrees=0.0, scale_range=(1.0, 1.0), max_shift=0.0, gamma_range=(1.0, 1.0),
+    )
+    assert torch.allclose(out_images, images, atol=1e-5)
+    assert torch.equal(out_masks, masks)
+
+
+def test_affine_gamma_moves_image_and_mask_together() -> None:
+    masks = torch.zeros(6, 1, 128, 128)
+    masks[:, :, 40:90, 30:70] = 1.0
+    images = masks.repeat(1, 3, 1, 1)  # the image is the mask, so both must land in the same place
+    out_images, out_masks = random_affine_gamma(images, masks, torch.Generator().manual_seed(1), gamma_range=(1.0, 1.0))
+    assert set(out_masks.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(out_masks, masks)  # it did move
+    bright = out_images[:, 0:1] > 0.5
+    inter = (bright & (out_masks > 0)).sum().item()
+    union = (bright | (out_masks > 0)).sum().item()
+    assert inter / union > 0.95
+    assert out_images.min() >= 0.0 and out_images.max() <= 1.0
+
+
+def test_affine_gamma_changes_contrast_per_channel() -> None:
+    images = torch.linspace(0, 1, 64).repeat(2, 3, 64, 1)
+    masks = torch.zeros(2, 1, 64, 64)
+    out_images, _ = random_affine_gamma(
+        images, masks, torch.Generator().manual_seed(2), max_degrees=0.0, scale_range=(1.0, 1.0), max_shift=0.0
+    )
+    means = out_images.mean(dim=(2, 3))  # (N, C): a gamma other than 1 moves the mean of a 0..1 ramp
+    assert len({round(m, 4) for m in means.flatten().tolist()}) == 6
+    assert not torch.allclose(out_images, images, atol=1e-3)
