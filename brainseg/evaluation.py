@@ -46,14 +46,17 @@ def tune_postprocessing(
     patients: Sequence[str],
     thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
     min_sizes: Sequence[int] = (0, 10, 20, 40, 80, 120, 160, 240, 320),
+    flip_tta_options: Sequence[bool] = (False, True),
 ) -> tuple[ModelConfig, Report]:
-    """Pick threshold and minimum component size that maximise validation slice Dice + volume Dice.
+    """Pick threshold, minimum component size and flip TTA that maximise validation slice Dice + volume Dice.
+
+    ``flip_tta_options=(False,)`` keeps inference single-pass (what a latency budget may require).
 
     Returns the chosen config and its report on these slices. Only ever call this with validation
     slices: the chosen values are stored in the model config.
     """
     best_cfg, best_report, best_score = segmenter.config, None, -1.0
-    for flip_tta in (False, True):
+    for flip_tta in flip_tta_options:
         trial = Segmenter(segmenter.model, dataclasses.replace(segmenter.config, flip_tta=flip_tta),
                           device=str(segmenter.device), bf16=segmenter.bf16)
         probas = trial.predict_proba_batch(images)

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=2026, help="split seed used in training")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share used in training")
     parser.add_argument("--bf16", action="store_true", help="bf16 inference while tuning")
+    parser.add_argument("--flip-tta", choices=["search", "off", "on"], default="search",
+                        help="'search' tries both; 'off' keeps inference single-pass (half the latency)")
     args = parser.parse_args(argv)
     try:
         segmenter = Segmenter.from_pretrained(args.model, bf16=args.bf16)
@@ -32,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    tuned, validation = tune_postprocessing(segmenter, images, masks, [r.patient for r in split.val])
+    tta_options = {"search": (False, True), "off": (False,), "on": (True,)}[args.flip_tta]
+    tuned, validation = tune_postprocessing(
+        segmenter, images, masks, [r.patient for r in split.val], flip_tta_options=tta_options
+    )
     tuned.extra["tuned_on"] = f"{len(split.patients('val'))} validation patients, {len(split.val)} slices"
     tuned.save(args.model)
     report = validation.to_dict()
