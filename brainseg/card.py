@@ -46,6 +46,7 @@ class TrainingInfo:
     epochs_planned: int | None = None
     epochs_run: int | None = None
     best_epoch: int | None = None
+    last_epoch: int | None = None  # set when the weights are the run's final epoch (``RUN/last``)
     seconds: float | None = None
     hardware: str | None = None
     split: str | None = None
@@ -92,11 +93,13 @@ def read_training_info(run_dir: Path | None, config: ModelConfig, hardware: str 
                 rows = list(csv.DictReader(fh))
     seconds = sum(float(r.get("seconds") or 0) for r in rows) if rows else None
     best = config.extra.get("best_epoch")
+    last = config.extra.get("epoch") if best is None else None
     return TrainingInfo(
         command=command or (train_command(train_config) if train_config else None),
         epochs_planned=train_config.get("epochs"),
         epochs_run=len(rows) if rows else None,
         best_epoch=int(best) if best is not None else None,
+        last_epoch=int(last) if last is not None else None,
         seconds=seconds,
         hardware=hardware or train_config.get("hardware"),
         split=train_config.get("split"),
@@ -257,6 +260,10 @@ def _training(training: TrainingInfo, config: ModelConfig) -> str:
         epochs += f"{training.epochs_planned if training.epochs_planned is not None else '?'} planned"
     if training.best_epoch is not None:
         epochs += f"; weights from epoch {training.best_epoch} (best validation Dice)"
+    elif training.last_epoch is not None:
+        epochs += f"; weights from epoch {training.last_epoch}, the run's last"
+        if config.extra.get("weights_note"):
+            epochs += f" ({config.extra['weights_note']})"
     if training.split is None:
         split_text = "not recorded (no train_config.json next to the weights)"
     elif training.split == "patient":

@@ -169,7 +169,10 @@ def starting_model(cfg: TrainConfig, model_cfg: ModelConfig) -> UNet:
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Train (or resume) into ``cfg.out_dir``; returns the folder of the best model."""
+    """Train (or resume) into ``cfg.out_dir``; returns the folder of the best model.
+
+    ``best/`` holds the epoch with the best validation slice Dice, ``last/`` the final epoch's weights.
+    """
     if cfg.augment not in ("none", "affine_gamma"):
         raise ValueError(f"unknown augment {cfg.augment!r}: use none or affine_gamma")
     out = Path(cfg.out_dir)
@@ -286,6 +289,9 @@ def train(cfg: TrainConfig) -> Path:
 
     best_dir = out / "best"
     finished = not log_rows or int(log_rows[-1]["epoch"]) >= cfg.epochs
+    if finished and epochs_run:
+        last_cfg = dataclasses.replace(model_cfg, extra={"epoch": int(log_rows[-1]["epoch"])})
+        save_model(model, last_cfg, out / "last")  # the final weights, an alternative to the best epoch
     if finished and cfg.tune_postprocessing and best_dir.exists():
         best = Segmenter.from_pretrained(best_dir, device=str(device), bf16=cfg.amp)
         best.config, _ = tune_postprocessing(best, val_images, val_masks, val_patients)

@@ -429,6 +429,18 @@ def test_publish_dry_run_round_trips_and_push_sends_the_same_folder(hub, tmp_pat
     assert len(hub.repos["org/brainseg-unet"].commits) == commits
 
 
+def test_card_names_the_epoch_of_last_epoch_weights(tmp_path):
+    from brainseg.card import _training, read_training_info
+
+    best = make_run(tmp_path)
+    last = make_model(best.parent / "last", extra={"epoch": 3, "weights_note": "beat the best epoch on validation"})
+    text = _training(read_training_info(best.parent, ModelConfig.load(last)), ModelConfig.load(last))
+    assert "3 of 3 planned; weights from epoch 3, the run's last (beat the best epoch on validation)" in text
+    assert "best validation Dice" not in text
+    text = _training(read_training_info(best.parent, ModelConfig.load(best)), ModelConfig.load(best))
+    assert "weights from epoch 2 (best validation Dice)" in text
+
+
 def test_publish_cli_errors_are_one_line(tmp_path, capsys):
     from train.publish import main
 
