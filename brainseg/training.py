@@ -21,7 +21,9 @@ from .evaluation import evaluate_arrays, tune_postprocessing
 from .hub import load_model, resolve_model
 from .inference import Segmenter, autocast, pick_device, save_model
 from .model import UNet
-from .transforms import flip_dataset_offline, normalize_per_image, random_affine_gamma, random_hflip
+from .transforms import (
+    flip_dataset_offline, normalize_per_image, random_affine_gamma, random_hflip, uint8_batch_to_input,
+)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.csv"
@@ -237,7 +239,7 @@ def train(cfg: TrainConfig) -> Path:
             images, masks = images_t[idx], masks_t[idx].unsqueeze(1).float()
             if cfg.flip == "random":
                 images, masks = random_hflip(images, masks, generator)
-            inputs = images.float().div_(255.0)
+            inputs = uint8_batch_to_input(images, normalize=False)
             if cfg.augment == "affine_gamma":
                 inputs, masks = random_affine_gamma(inputs, masks, generator)
             if cfg.normalize:

@@ -28,10 +28,10 @@ def test_tuning_without_tta_picks_the_best_grid_point(lgg_test_dir) -> None:
     assert tuned.architecture() == segmenter.config.architecture() and tuned.extra == segmenter.config.extra
 
     probas = Segmenter(segmenter.model, tuned).predict_proba_batch(images)  # single pass, as tuned
-    scores = {
-        (t, m): (lambda r: r.slice_dice + r.volume_dice)(summarize(count_slices(probas, masks, patients, t, m)))
-        for t, m in itertools.product(THRESHOLDS, MIN_SIZES)
+    reports = {
+        (t, m): summarize(count_slices(probas, masks, patients, t, m)) for t, m in itertools.product(THRESHOLDS, MIN_SIZES)
     }
+    scores = {key: r.slice_dice + r.volume_dice for key, r in reports.items()}
     assert len(set(np.round(list(scores.values()), 6))) > 1  # the grid does matter on these slices
     assert report.slice_dice + report.volume_dice == max(scores.values())
     assert scores[(tuned.threshold, tuned.min_component_px)] == max(scores.values())

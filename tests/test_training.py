@@ -42,10 +42,11 @@ def test_loss_falls_and_a_killed_run_resumes_from_its_checkpoint(lgg_test_dir, t
     assert torch.load(out / CHECKPOINT_FILE, weights_only=True)["epoch"] == 4
     segmenter = Segmenter.from_pretrained(best)
     assert segmenter.config.base_channels == 4 and segmenter.config.depth == 2
-    assert Segmenter.from_pretrained(out / "last").config.extra == {"epoch": 4}
-    last = Segmenter.from_pretrained(out / "last").model.state_dict()
+    last = Segmenter.from_pretrained(out / "last")
+    assert last.config.extra == {"epoch": 4}
     final = torch.load(out / CHECKPOINT_FILE, weights_only=True)["model"]
-    assert all(torch.equal(last[k], final[k].to(last[k].dtype)) for k in last)
+    last_state = last.model.state_dict()
+    assert all(torch.equal(last_state[k], final[k].to(last_state[k].dtype)) for k in last_state)
 
 
 def test_same_seed_gives_the_same_weights(lgg_test_dir, tmp_path) -> None:
