@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as TF
+from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
 from .config import ModelConfig
@@ -63,6 +64,7 @@ class TrainConfig:
     max_val_slices: int = 0
     stop_after_epochs: int = 0  # stop early (still resumable), 0 = run to the end
     init_from: str = ""  # model folder whose weights start the run (fine-tuning); "" = random init
+    swa_start: int = 0  # average the weights of every epoch from this one on into swa/ (0 = off)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(base_channels=self.base_channels, depth=self.depth, normalize=self.normalize)
@@ -170,10 +172,25 @@ def starting_model(cfg: TrainConfig, model_cfg: ModelConfig) -> UNet:
     return model
 
 
+def _finish_average(averaged: AveragedModel, images: torch.Tensor, cfg: TrainConfig,
+                    device: torch.device) -> UNet:
+    """The averaged U-Net with its BatchNorm statistics recomputed on the (unaugmented) training slices."""
+    def batches():
+        for start in range(0, len(images), cfg.batch_size):
+            inputs = uint8_batch_to_input(images[start : start + cfg.batch_size], normalize=cfg.normalize)
+            yield inputs.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else inputs
+
+    with torch.no_grad():
+        update_bn(batches(), averaged, device=device)
+    return averaged.module.eval()
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) into ``cfg.out_dir``; returns the folder of the best model.
 
-    ``best/`` holds the epoch with the best validation slice Dice, ``last/`` the final epoch's weights.
+    ``best/`` holds the epoch with the best validation slice Dice, ``last/`` the final epoch's weights and,
+    with ``swa_start``, ``swa/`` the mean of the weights after epochs ``swa_start``..last (stochastic weight
+    averaging) with BatchNorm statistics recomputed on the training slices.
     """
     if cfg.augment not in ("none", "affine_gamma"):
         raise ValueError(f"unknown augment {cfg.augment!r}: use none or affine_gamma")
@@ -210,6 +227,7 @@ def train(cfg: TrainConfig) -> Path:
     steps_per_epoch = math.ceil(len(_epoch_indices(has_tumor, cfg, 0)) / cfg.batch_size)
     scheduler = _make_scheduler(cfg, optimizer, steps_per_epoch)
 
+    averaged = AveragedModel(model) if cfg.swa_start > 0 else None
     start_epoch, best_score, best_epoch = 1, -1.0, 0
     ckpt_path = out / CHECKPOINT_FILE
     if ckpt_path.exists():
@@ -219,6 +237,8 @@ def train(cfg: TrainConfig) -> Path:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = int(state["epoch"]) + 1
         best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        if averaged is not None and "averaged" in state:
+            averaged.load_state_dict(state["averaged"])
         print(f"resumed from {ckpt_path} after epoch {start_epoch - 1}", flush=True)
     log_rows = _read_log(out / LOG_FILE, start_epoch - 1)
     _write_log(out / LOG_FILE, log_rows)
@@ -276,17 +296,19 @@ def train(cfg: TrainConfig) -> Path:
         if score > best_score:
             best_score, best_epoch = score, epoch
             save_model(model, model_cfg, out / "best")
+        if averaged is not None and epoch >= cfg.swa_start:
+            averaged.update_parameters(model)
         log_rows.append(row)
         _write_log(out / LOG_FILE, log_rows)
         if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-            _atomic_torch_save(
-                {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch,
-                    "best_score": best_score, "best_epoch": best_epoch,
-                },
-                ckpt_path,
-            )
+            state = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch,
+                "best_score": best_score, "best_epoch": best_epoch,
+            }
+            if averaged is not None:
+                state["averaged"] = averaged.state_dict()
+            _atomic_torch_save(state, ckpt_path)
         epochs_run += 1
 
     best_dir = out / "best"
@@ -294,6 +316,19 @@ def train(cfg: TrainConfig) -> Path:
     if finished and epochs_run:
         last_cfg = dataclasses.replace(model_cfg, extra={"epoch": int(log_rows[-1]["epoch"])})
         save_model(model, last_cfg, out / "last")  # the final weights, an alternative to the best epoch
+        if averaged is not None and int(averaged.n_averaged) > 0:
+            swa_model = _finish_average(averaged, images_t, cfg, device)
+            swa_cfg = dataclasses.replace(model_cfg, extra={
+                "averaged_epochs": [cfg.swa_start, int(log_rows[-1]["epoch"])],
+                "n_averaged": int(averaged.n_averaged),
+            })
+            save_model(swa_model, swa_cfg, out / "swa")
+            swa_report = evaluate_arrays(
+                Segmenter(swa_model, model_cfg, device=str(device), bf16=cfg.amp), val_images, val_masks,
+                val_patients,
+            )
+            print(f"swa/ ({int(averaged.n_averaged)} epochs averaged) on validation: slice Dice "
+                  f"{swa_report.slice_dice:.4f}, volume Dice {swa_report.volume_dice:.4f}", flush=True)
     if finished and cfg.tune_postprocessing and best_dir.exists():
         best = Segmenter.from_pretrained(best_dir, device=str(device), bf16=cfg.amp)
         best.config, _ = tune_postprocessing(best, val_images, val_masks, val_patients)

@@ -102,3 +102,25 @@ def test_unknown_augment_is_refused_before_anything_is_written(lgg_test_dir, tmp
     with pytest.raises(ValueError, match="augment"):
         train(tiny_config(lgg_test_dir, tmp_path / "run", augment="elastic"))
     assert not (tmp_path / "run").exists()
+
+
+def test_swa_averages_the_epochs_weights_across_a_resume(lgg_test_dir, tmp_path) -> None:
+    out = tmp_path / "run"
+    train(tiny_config(lgg_test_dir, out, epochs=3, swa_start=2, stop_after_epochs=2, checkpoint_every=1))
+    after_2 = torch.load(out / CHECKPOINT_FILE, weights_only=True)
+    assert int(after_2["averaged"]["n_averaged"]) == 1  # epoch 1 is before swa_start
+    assert not (out / "swa").exists()
+    train(tiny_config(lgg_test_dir, out, epochs=3, swa_start=2, checkpoint_every=1))  # resumes at epoch 3
+    after_3 = torch.load(out / CHECKPOINT_FILE, weights_only=True)["model"]
+    swa = Segmenter.from_pretrained(out / "swa")
+    assert swa.config.extra == {"averaged_epochs": [2, 3], "n_averaged": 2}
+    weights = dict(swa.model.named_parameters())
+    assert weights
+    for name, value in weights.items():
+        expected = (after_2["model"][name] + after_3[name]) / 2
+        assert torch.allclose(value, expected.to(value.dtype), atol=1e-6), name
+    bn = next(m for m in swa.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    last_bn = next(m for m in Segmenter.from_pretrained(out / "last").model.modules()
+                   if isinstance(m, torch.nn.BatchNorm2d))
+    assert not torch.allclose(bn.running_mean, last_bn.running_mean)  # statistics recomputed, not copied
+    assert 0.0 <= swa.predict_proba(torch.zeros(32, 32, 3, dtype=torch.uint8).numpy()).max() <= 1.0
