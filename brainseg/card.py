@@ -47,6 +47,7 @@ class TrainingInfo:
     epochs_run: int | None = None
     best_epoch: int | None = None
     last_epoch: int | None = None  # set when the weights are the run's final epoch (``RUN/last``)
+    averaged_epochs: tuple[int, int] | None = None  # first and last epoch averaged into ``RUN/swa``
     seconds: float | None = None
     hardware: str | None = None
     split: str | None = None
@@ -94,12 +95,14 @@ def read_training_info(run_dir: Path | None, config: ModelConfig, hardware: str 
     seconds = sum(float(r.get("seconds") or 0) for r in rows) if rows else None
     best = config.extra.get("best_epoch")
     last = config.extra.get("epoch") if best is None else None
+    averaged = config.extra.get("averaged_epochs")
     return TrainingInfo(
         command=command or (train_command(train_config) if train_config else None),
         epochs_planned=train_config.get("epochs"),
         epochs_run=len(rows) if rows else None,
         best_epoch=int(best) if best is not None else None,
         last_epoch=int(last) if last is not None else None,
+        averaged_epochs=(int(averaged[0]), int(averaged[1])) if averaged else None,
         seconds=seconds,
         hardware=hardware or train_config.get("hardware"),
         split=train_config.get("split"),
@@ -262,8 +265,12 @@ def _training(training: TrainingInfo, config: ModelConfig) -> str:
         epochs += f"; weights from epoch {training.best_epoch} (best validation Dice)"
     elif training.last_epoch is not None:
         epochs += f"; weights from epoch {training.last_epoch}, the run's last"
-        if config.extra.get("weights_note"):
-            epochs += f" ({config.extra['weights_note']})"
+    elif training.averaged_epochs is not None:
+        first, last = training.averaged_epochs
+        epochs += (f"; weights are the average of epochs {first}–{last} (stochastic weight averaging, "
+                   "BatchNorm statistics recomputed on the training slices)")
+    if training.best_epoch is None and config.extra.get("weights_note"):
+        epochs += f" ({config.extra['weights_note']})"
     if training.split is None:
         split_text = "not recorded (no train_config.json next to the weights)"
     elif training.split == "patient":

@@ -439,6 +439,11 @@ def test_card_names_the_epoch_of_last_epoch_weights(tmp_path):
     assert "best validation Dice" not in text
     text = _training(read_training_info(best.parent, ModelConfig.load(best)), ModelConfig.load(best))
     assert "weights from epoch 2 (best validation Dice)" in text
+    swa = make_model(best.parent / "swa", extra={"averaged_epochs": [2, 3], "n_averaged": 2,
+                                                 "weights_note": "chosen on validation"})
+    text = _training(read_training_info(best.parent, ModelConfig.load(swa)), ModelConfig.load(swa))
+    assert ("3 of 3 planned; weights are the average of epochs 2–3 (stochastic weight averaging, BatchNorm "
+            "statistics recomputed on the training slices) (chosen on validation)") in text
 
 
 def test_publish_cli_errors_are_one_line(tmp_path, capsys):
