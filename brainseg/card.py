@@ -55,7 +55,8 @@ class TrainingInfo:
     seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        """JSON-ready (tuples as lists), so a config holding it equals itself after a save and load."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items() if v is not None}
 
 
 def find_training_dir(model_folder: Path) -> Path | None:

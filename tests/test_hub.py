@@ -444,6 +444,8 @@ def test_card_names_the_epoch_of_last_epoch_weights(tmp_path):
     text = _training(read_training_info(best.parent, ModelConfig.load(swa)), ModelConfig.load(swa))
     assert ("3 of 3 planned; weights are the average of epochs 2–3 (stochastic weight averaging, BatchNorm "
             "statistics recomputed on the training slices) (chosen on validation)") in text
+    info = read_training_info(best.parent, ModelConfig.load(swa)).to_dict()
+    assert json.loads(json.dumps(info)) == info  # published inside config.json, which must load back equal
 
 
 def test_publish_cli_errors_are_one_line(tmp_path, capsys):
