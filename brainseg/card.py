@@ -47,7 +47,7 @@ class TrainingInfo:
     epochs_run: int | None = None
     best_epoch: int | None = None
     last_epoch: int | None = None  # set when the weights are the run's final epoch (``RUN/last``)
-    averaged_epochs: tuple[int, int] | None = None  # first and last epoch averaged into ``RUN/swa``
+    averaged_epochs: list[int] | None = None  # [first, last] epoch averaged into ``RUN/swa``
     seconds: float | None = None
     hardware: str | None = None
     split: str | None = None
@@ -55,8 +55,7 @@ class TrainingInfo:
     seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (tuples as lists), so a config holding it equals itself after a save and load."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items() if v is not None}
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 def find_training_dir(model_folder: Path) -> Path | None:
@@ -103,7 +102,7 @@ def read_training_info(run_dir: Path | None, config: ModelConfig, hardware: str 
         epochs_run=len(rows) if rows else None,
         best_epoch=int(best) if best is not None else None,
         last_epoch=int(last) if last is not None else None,
-        averaged_epochs=(int(averaged[0]), int(averaged[1])) if averaged else None,
+        averaged_epochs=[int(averaged[0]), int(averaged[1])] if averaged else None,
         seconds=seconds,
         hardware=hardware or train_config.get("hardware"),
         split=train_config.get("split"),

@@ -172,9 +172,10 @@ def starting_model(cfg: TrainConfig, model_cfg: ModelConfig) -> UNet:
     return model
 
 
-def _finish_average(averaged: AveragedModel, images: torch.Tensor, cfg: TrainConfig,
-                    device: torch.device) -> UNet:
-    """The averaged U-Net with its BatchNorm statistics recomputed on the (unaugmented) training slices."""
+def _save_average(averaged: AveragedModel, images: torch.Tensor, cfg: TrainConfig, device: torch.device,
+                  last_epoch: int, folder: Path) -> UNet:
+    """Save the averaged U-Net to ``folder``, its BatchNorm statistics recomputed on the unaugmented training
+    slices; ``extra`` names the averaged epochs (consecutive, ending at ``last_epoch``)."""
     def batches():
         for start in range(0, len(images), cfg.batch_size):
             inputs = uint8_batch_to_input(images[start : start + cfg.batch_size], normalize=cfg.normalize)
@@ -182,6 +183,9 @@ def _finish_average(averaged: AveragedModel, images: torch.Tensor, cfg: TrainCon
 
     with torch.no_grad():
         update_bn(batches(), averaged, device=device)
+    n_averaged = int(averaged.n_averaged)
+    extra = {"averaged_epochs": [last_epoch - n_averaged + 1, last_epoch], "n_averaged": n_averaged}
+    save_model(averaged.module, dataclasses.replace(cfg.model_config(), extra=extra), folder)
     return averaged.module.eval()
 
 
@@ -314,15 +318,11 @@ def train(cfg: TrainConfig) -> Path:
     best_dir = out / "best"
     finished = not log_rows or int(log_rows[-1]["epoch"]) >= cfg.epochs
     if finished and epochs_run:
-        last_cfg = dataclasses.replace(model_cfg, extra={"epoch": int(log_rows[-1]["epoch"])})
+        last_epoch = int(log_rows[-1]["epoch"])
+        last_cfg = dataclasses.replace(model_cfg, extra={"epoch": last_epoch})
         save_model(model, last_cfg, out / "last")  # the final weights, an alternative to the best epoch
         if averaged is not None and int(averaged.n_averaged) > 0:
-            swa_model = _finish_average(averaged, images_t, cfg, device)
-            swa_cfg = dataclasses.replace(model_cfg, extra={
-                "averaged_epochs": [cfg.swa_start, int(log_rows[-1]["epoch"])],
-                "n_averaged": int(averaged.n_averaged),
-            })
-            save_model(swa_model, swa_cfg, out / "swa")
+            swa_model = _save_average(averaged, images_t, cfg, device, last_epoch, out / "swa")
             swa_report = evaluate_arrays(
                 Segmenter(swa_model, model_cfg, device=str(device), bf16=cfg.amp), val_images, val_masks,
                 val_patients,
