@@ -57,7 +57,9 @@ class TrainConfig:
     empty_fraction: float = 1.0  # share of tumor-free training slices drawn each epoch
     checkpoint_every: int = 1
     tune_postprocessing: bool = True
-    seed: int = 2026
+    seed: int = 2026  # weights init, sampling order, augmentation
+    split_seed: int = 2026  # which patients are validation: fixed apart from ``seed``, so that a
+    # fine-tune with another seed (``init_from``) validates on the same patients as the run it starts from
     device: str = "auto"
     amp: bool = True
     max_train_slices: int = 0  # 0 = all; small values for smoke tests
@@ -93,9 +95,9 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, use_dice: bool) ->
 def make_split(cfg: TrainConfig) -> Split:
     patients = require_masks(scan_dataset(cfg.data_dir), cfg.data_dir)
     if cfg.split == "patient":
-        return patient_split(patients, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        return patient_split(patients, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
     if cfg.split == "article":
-        return article_split(patients, seed=cfg.seed)
+        return article_split(patients, seed=cfg.split_seed)
     raise ValueError(f"unknown split {cfg.split!r}: use patient or article")
 
 

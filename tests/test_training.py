@@ -1,5 +1,6 @@
 """A tiny real training run on a few held-out slices (article split: random over slices)."""
 import csv
+import dataclasses
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from brainseg import Segmenter
-from brainseg.training import CHECKPOINT_FILE, LOG_FILE, TrainConfig, train
+from brainseg.training import CHECKPOINT_FILE, LOG_FILE, TrainConfig, make_split, train
 
 
 def tiny_config(lgg_test_dir, out_dir, **overrides) -> TrainConfig:
@@ -124,3 +125,18 @@ def test_swa_averages_the_epochs_weights_across_a_resume(lgg_test_dir, tmp_path)
                    if isinstance(m, torch.nn.BatchNorm2d))
     assert not torch.allclose(bn.running_mean, last_bn.running_mean)  # statistics recomputed, not copied
     assert 0.0 <= swa.predict_proba(torch.zeros(32, 32, 3, dtype=torch.uint8).numpy()).max() <= 1.0
+
+
+def test_validation_patients_follow_split_seed_not_the_training_seed(lgg_test_dir, tmp_path) -> None:
+    """A fine-tune with another --seed must validate on the same patients as the run it starts from."""
+    source = lgg_test_dir / "TCGA_CS_4944_20010208"
+    for i in range(30):  # 30 non-test patients, one real slice each (links, nothing copied)
+        folder = tmp_path / "data" / f"TCGA_XX_{i:04d}_20000101"
+        folder.mkdir(parents=True)
+        (folder / f"{folder.name}_1.tif").symlink_to(source / "TCGA_CS_4944_20010208_1.tif")
+        (folder / f"{folder.name}_1_mask.tif").symlink_to(source / "TCGA_CS_4944_20010208_1_mask.tif")
+    cfg = TrainConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "run"), seed=1)
+    val = make_split(cfg).patients("val")
+    assert len(val) == 3
+    assert make_split(dataclasses.replace(cfg, seed=2)).patients("val") == val
+    assert make_split(dataclasses.replace(cfg, split_seed=5)).patients("val") != val

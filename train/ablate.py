@@ -52,7 +52,7 @@ def run_study(args: argparse.Namespace) -> list[dict]:
         cfg = TrainConfig(
             data_dir=args.data_dir, out_dir=str(Path(args.out_dir) / args.study / name),
             base_channels=args.base_channels, epochs=args.epochs, empty_fraction=args.empty_fraction,
-            tune_postprocessing=False, seed=args.seed, **overrides,
+            tune_postprocessing=False, seed=args.seed, split_seed=args.seed, **overrides,
         )
         started = time.time()
         best = train(cfg)

@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.tune", description=__doc__)
     parser.add_argument("--model", required=True, help="model folder to tune (its config.json is updated)")
     parser.add_argument("--data-dir", required=True, help="the full dataset (kaggle_3m layout)")
-    parser.add_argument("--seed", type=int, default=2026, help="split seed used in training")
+    parser.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=2026,
+                        help="the training run's --split-seed (which patients are validation)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share used in training")
     parser.add_argument("--bf16", action="store_true", help="bf16 inference while tuning")
     parser.add_argument("--flip-tta", choices=["search", "off", "on"], default="search",
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         segmenter = Segmenter.from_pretrained(args.model, bf16=args.bf16)
         patients = require_masks(scan_dataset(args.data_dir), args.data_dir)
-        split = patient_split(patients, val_fraction=args.val_fraction, seed=args.seed)
+        split = patient_split(patients, val_fraction=args.val_fraction, seed=args.split_seed)
         if not split.val:
             raise ValueError("no validation patients under --data-dir: give the full dataset")
         images, masks = load_slices(list(split.val))
