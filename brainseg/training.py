@@ -57,9 +57,8 @@ class TrainConfig:
     empty_fraction: float = 1.0  # share of tumor-free training slices drawn each epoch
     checkpoint_every: int = 1
     tune_postprocessing: bool = True
-    seed: int = 2026  # weights init, sampling order, augmentation
-    split_seed: int = 2026  # which patients are validation: fixed apart from ``seed``, so that a
-    # fine-tune with another seed (``init_from``) validates on the same patients as the run it starts from
+    seed: int = 2026  # weight init, sampling order, augmentation
+    split_seed: int = 2026  # validation patients; apart from seed, so a fine-tune keeps its start's split
     device: str = "auto"
     amp: bool = True
     max_train_slices: int = 0  # 0 = all; small values for smoke tests
