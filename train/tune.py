@@ -10,25 +10,27 @@ import json
 import sys
 
 from brainseg import Segmenter
-from brainseg.data import load_slices, patient_split, require_masks, scan_dataset
+from brainseg.data import load_slices
 from brainseg.evaluation import tune_postprocessing
+from brainseg.training import TrainConfig, make_split
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.tune", description=__doc__)
     parser.add_argument("--model", required=True, help="model folder to tune (its config.json is updated)")
     parser.add_argument("--data-dir", required=True, help="the full dataset (kaggle_3m layout)")
-    parser.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=2026,
+    parser.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=TrainConfig.split_seed,
                         help="the training run's --split-seed (which patients are validation)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share used in training")
+    parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
+                        help="validation share used in training")
     parser.add_argument("--bf16", action="store_true", help="bf16 inference while tuning")
     parser.add_argument("--flip-tta", choices=["search", "off", "on"], default="search",
                         help="'search' tries both; 'off' keeps inference single-pass (half the latency)")
     args = parser.parse_args(argv)
     try:
         segmenter = Segmenter.from_pretrained(args.model, bf16=args.bf16)
-        patients = require_masks(scan_dataset(args.data_dir), args.data_dir)
-        split = patient_split(patients, val_fraction=args.val_fraction, seed=args.split_seed)
+        split = make_split(TrainConfig(data_dir=args.data_dir, out_dir="", val_fraction=args.val_fraction,
+                                       split_seed=args.split_seed))  # the training run's own split
         if not split.val:
             raise ValueError("no validation patients under --data-dir: give the full dataset")
         images, masks = load_slices(list(split.val))
