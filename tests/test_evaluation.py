@@ -2,9 +2,11 @@
 import itertools
 
 import numpy as np
+import torch
 
 from brainseg import Segmenter
 from brainseg.data import load_slices, scan_dataset
+from brainseg.config import ModelConfig
 from brainseg.evaluation import count_slices, evaluate_arrays, tune_postprocessing
 from brainseg.metrics import summarize
 
@@ -47,3 +49,28 @@ def test_tuning_can_be_forced_to_use_tta(lgg_test_dir) -> None:
         thresholds=(0.5,), min_sizes=(0,), flip_tta_options=(True,),
     )
     assert tuned.flip_tta is True and tuned.threshold == 0.5 and tuned.min_component_px == 0
+
+
+class _FixedConfidence(torch.nn.Module):
+    """Probability 0.2 where the FLAIR channel is above the slice mean, ~0 elsewhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = torch.logit(torch.tensor(0.2))
+        return torch.where(x[:, 1:2] > 0, low, torch.tensor(-12.0))
+
+
+def test_default_grid_finds_an_optimum_below_0_3() -> None:
+    images = np.zeros((6, 256, 256, 3), np.uint8)
+    masks = np.zeros((6, 256, 256), bool)
+    for i in range(4):  # four slices with a bright square "lesion", two empty (constant) slices
+        masks[i, 40 + 10 * i : 120 + 10 * i, 60:150] = True
+        images[i][masks[i]] = 200
+    patients = ["A", "A", "A", "B", "B", "B"]
+    segmenter = Segmenter(_FixedConfidence(), ModelConfig(base_channels=4, depth=2), device="cpu")
+
+    tuned, report = tune_postprocessing(segmenter, images, masks, patients, flip_tta_options=(False,))
+
+    assert tuned.threshold <= 0.2  # at 0.3 (the old lowest grid point) nothing would be found
+    assert report.slice_dice == 1.0 and report.volume_dice == 1.0
+    at_03 = summarize(count_slices(segmenter.predict_proba_batch(images), masks, patients, 0.3, 0))
+    assert at_03.tumor_slice_dice == 0.0
