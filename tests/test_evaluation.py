@@ -5,8 +5,8 @@ import numpy as np
 import torch
 
 from brainseg import Segmenter
-from brainseg.data import load_slices, scan_dataset
 from brainseg.config import ModelConfig
+from brainseg.data import load_slices, scan_dataset
 from brainseg.evaluation import count_slices, evaluate_arrays, tune_postprocessing
 from brainseg.metrics import summarize
 
