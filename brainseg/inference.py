@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from .weights import load_weights, save_model
 
 DEFAULT_MODEL_DIR = BUNDLED_MODEL_DIR
 __all__ = [
-    "DEFAULT_MODEL_DIR", "Segmenter", "as_rgb_uint8", "autocast", "load_weights", "pick_device", "save_model",
+    "DEFAULT_MODEL_DIR", "Segmenter", "as_rgb_uint8", "autocast", "describe_device", "load_weights", "pick_device", "save_model",
 ]
 
 
@@ -30,6 +31,15 @@ def pick_device(name: str = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def describe_device(device: torch.device) -> str:
+    """Where inference runs, for reports: the GPU's name on CUDA, the CPU architecture and thread count otherwise."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} GPU"
+    if device.type == "mps":
+        return "Apple GPU (mps)"
+    return f"{platform.machine()} CPU x{torch.get_num_threads()} threads"
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

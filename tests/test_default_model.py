@@ -1,12 +1,14 @@
 """Regression guard: the shipped model, evaluated on all 369 held-out slices, matches its recorded numbers."""
 import json
+import platform
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from brainseg.config import ModelConfig
-from brainseg.inference import DEFAULT_MODEL_DIR
+from brainseg.inference import DEFAULT_MODEL_DIR, describe_device, pick_device
 
 RECORDED = DEFAULT_MODEL_DIR / "metrics.json"
 KEYS = ["slice_dice", "slice_iou", "tumor_slice_dice", "tumor_slice_iou", "empty_fp_rate", "volume_dice"]
@@ -24,6 +26,11 @@ def test_bundled_model_reproduces_its_recorded_metrics(lgg_test_dir, tmp_path) -
     for key in KEYS:
         assert result[key] == pytest.approx(recorded[key], abs=0.005), key
     assert result["model_config"] == ModelConfig.load(DEFAULT_MODEL_DIR).to_dict()
+    assert result["hardware"] == f"{describe_device(pick_device())}, bf16=False"
+
+
+def test_cpu_is_described_by_architecture_and_threads() -> None:
+    assert describe_device(torch.device("cpu")) == f"{platform.machine()} CPU x{torch.get_num_threads()} threads"
 
 
 def test_bundled_model_is_small_and_pickle_free() -> None:

@@ -4,17 +4,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from brainseg import Segmenter
 from brainseg.data import load_slices, patient_split, require_masks, scan_dataset
 from brainseg.evaluation import count_slices, timed_probabilities
 from brainseg.figures import example_grid, patient_dice_plot
+from brainseg.inference import describe_device
 from brainseg.metrics import summarize
 
 METRIC_ROWS = [
@@ -88,7 +87,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     result = report.to_dict()
     result.update(
         ms_per_slice=ms_per_slice,
-        hardware=f"{platform.machine()} CPU x{torch.get_num_threads()} threads, bf16={args.bf16}",
+        hardware=f"{describe_device(segmenter.device)}, bf16={args.bf16}",
         model=str(segmenter.source),
         model_config=cfg.to_dict(),
         data_dir=str(args.data_dir),
