@@ -1,0 +1,45 @@
+"""train.ablate end to end on a tiny budget: every variant trained, then scored on the held-out patients only."""
+import json
+import subprocess
+import sys
+
+from brainseg.data import scan_dataset
+
+TEST_PATIENTS = ["TCGA_CS_4944_20010208", "TCGA_DU_6407_19860514"]
+
+
+def make_dataset(lgg_test_dir, root) -> None:
+    """Two held-out patients under their own names, plus 9 "training" patients linked to another one's slices."""
+    for name in TEST_PATIENTS:
+        (root / name).symlink_to(lgg_test_dir / name, target_is_directory=True)
+    source = lgg_test_dir / "TCGA_DU_5871_19941206"
+    for i in range(9):  # 36 slices, all of that patient
+        folder = root / f"TCGA_XX_{i:04d}_20000101"
+        folder.mkdir(parents=True)
+        for n in range(4 * i + 1, 4 * i + 5):
+            (folder / f"{folder.name}_{n}.tif").symlink_to(source / f"TCGA_DU_5871_19941206_{n}.tif")
+            (folder / f"{folder.name}_{n}_mask.tif").symlink_to(source / f"TCGA_DU_5871_19941206_{n}_mask.tif")
+
+
+def test_normalization_study_scores_each_variant_on_the_test_patients(lgg_test_dir, tmp_path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    make_dataset(lgg_test_dir, data)
+    out = tmp_path / "ablate"
+    done = subprocess.run(
+        [sys.executable, "-m", "train.ablate", "--study", "normalization", "--data-dir", str(data),
+         "--out-dir", str(out), "--base-channels", "4", "--epochs", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((out / "normalization.json").read_text())["rows"]
+    assert [r["normalize"] for r in rows] == [True, False]
+    test_slices = sum(len(p.slices) for p in scan_dataset(data) if p.folder in TEST_PATIENTS)
+    for row in rows:
+        assert (row["n_patients"], row["n_slices"]) == (2, test_slices)
+        assert 0.0 <= row["slice_dice"] <= 1.0 and 0.0 <= row["volume_dice"] <= 1.0
+    table = (out / "normalization.md").read_text()
+    assert "width 4, 1 epochs" in table and table in done.stdout
+    assert table.count("\n| ") == 2 + len(rows) - 1  # header, separator, one line per variant
+    assert (out / "normalization" / "normalize=True" / "best").is_dir()
+    assert (out / "normalization" / "normalize=False" / "best").is_dir()
