@@ -18,7 +18,8 @@ from .weights import load_weights, save_model
 
 DEFAULT_MODEL_DIR = BUNDLED_MODEL_DIR
 __all__ = [
-    "DEFAULT_MODEL_DIR", "Segmenter", "as_rgb_uint8", "autocast", "describe_device", "load_weights", "pick_device", "save_model",
+    "DEFAULT_MODEL_DIR", "Segmenter", "as_rgb_uint8", "autocast", "describe_device", "load_weights", "pick_device",
+    "save_model",
 ]
 
 
