@@ -13,3 +13,11 @@ LGG_TEST_DIR = REPO.parent / "shared" / "data" / "lgg-test"
 def lgg_test_dir() -> Path:
     assert LGG_TEST_DIR.is_dir(), f"{LGG_TEST_DIR} is missing: the tests need ../shared/data/lgg-test"
     return LGG_TEST_DIR
+
+
+def link_patient(source: Path, folder: Path, indices) -> None:
+    """A stand-in patient ``folder`` whose slices ``indices`` (and masks) are links to ``source``'s, nothing copied."""
+    folder.mkdir(parents=True)
+    for n in indices:
+        for suffix in ("", "_mask"):
+            (folder / f"{folder.name}_{n}{suffix}.tif").symlink_to(source / f"{source.name}_{n}{suffix}.tif")

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 from brainseg.data import scan_dataset
+from conftest import link_patient
 
 TEST_PATIENTS = ["TCGA_CS_4944_20010208", "TCGA_DU_6407_19860514"]
 
@@ -14,11 +15,7 @@ def make_dataset(lgg_test_dir, root) -> None:
         (root / name).symlink_to(lgg_test_dir / name, target_is_directory=True)
     source = lgg_test_dir / "TCGA_DU_5871_19941206"
     for i in range(9):  # 36 slices, all of that patient
-        folder = root / f"TCGA_XX_{i:04d}_20000101"
-        folder.mkdir(parents=True)
-        for n in range(4 * i + 1, 4 * i + 5):
-            (folder / f"{folder.name}_{n}.tif").symlink_to(source / f"TCGA_DU_5871_19941206_{n}.tif")
-            (folder / f"{folder.name}_{n}_mask.tif").symlink_to(source / f"TCGA_DU_5871_19941206_{n}_mask.tif")
+        link_patient(source, root / f"TCGA_XX_{i:04d}_20000101", range(4 * i + 1, 4 * i + 5))
 
 
 def test_normalization_study_scores_each_variant_on_the_test_patients(lgg_test_dir, tmp_path) -> None:

@@ -9,6 +9,7 @@ import torch
 
 from brainseg import Segmenter
 from brainseg.training import CHECKPOINT_FILE, LOG_FILE, TrainConfig, make_split, train
+from conftest import link_patient
 
 
 def tiny_config(lgg_test_dir, out_dir, **overrides) -> TrainConfig:
@@ -131,10 +132,7 @@ def test_validation_patients_follow_split_seed_not_the_training_seed(lgg_test_di
     """A fine-tune with another --seed must validate on the same patients as the run it starts from."""
     source = lgg_test_dir / "TCGA_CS_4944_20010208"
     for i in range(30):  # 30 non-test patients, one real slice each (links, nothing copied)
-        folder = tmp_path / "data" / f"TCGA_XX_{i:04d}_20000101"
-        folder.mkdir(parents=True)
-        (folder / f"{folder.name}_1.tif").symlink_to(source / "TCGA_CS_4944_20010208_1.tif")
-        (folder / f"{folder.name}_1_mask.tif").symlink_to(source / "TCGA_CS_4944_20010208_1_mask.tif")
+        link_patient(source, tmp_path / "data" / f"TCGA_XX_{i:04d}_20000101", [1])
     cfg = TrainConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "run"), seed=1)
     val = make_split(cfg).patients("val")
     assert len(val) == 3
