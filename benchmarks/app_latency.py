@@ -1,8 +1,9 @@
 """Latency of the demo through its real HTTP API: upload -> overlay, and a threshold change.
 
-    python benchmarks/app_latency.py --data-dir ../shared/data/lgg-test [--url http://127.0.0.1:7860] [-n 50]
+    python -m benchmarks.app_latency --data-dir ../shared/data/lgg-test [--url http://127.0.0.1:7860] [-n 50]
 
-Without ``--url`` it starts ``app.py`` on 127.0.0.1 itself. One "upload -> overlay" request is what the
+(from the repository root: it imports ``app`` and the tests' launcher). Without ``--url`` it starts
+``app.py`` on 127.0.0.1 itself, with the tests' :class:`DemoServer`. One "upload -> overlay" request is what the
 browser does after a file is chosen: POST the file to ``/gradio_api/upload``, join the queue for
 ``segment``, read the server-sent events until it completes, GET the overlay PNG. One "threshold
 change" is the same for ``threshold`` (same session, no model run). ``http`` speaks that protocol
@@ -14,9 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -26,37 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from brainseg.data import scan_dataset  # noqa: E402
+from brainseg.data import scan_dataset
+from tests.demo_server import REPO, DemoServer
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
     data = np.asarray(samples_ms)
     return {"p50_ms": round(float(np.percentile(data, 50)), 1), "p95_ms": round(float(np.percentile(data, 95)), 1),
             "mean_ms": round(float(data.mean()), 1), "n": len(data)}
-
-
-def start_app(data_dir: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = open(Path(tempfile.mkdtemp(prefix="brainseg-bench-")) / "app.log", "w")  # noqa: SIM115
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
-    process = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port),
-                                "--data-dir", data_dir, *extra], cwd=REPO, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(480):
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited, see {log.name}")
-        try:
-            urllib.request.urlopen(url + "/config", timeout=5).close()
-            return process, url
-        except OSError:
-            time.sleep(0.5)
-    process.terminate()
-    raise RuntimeError("app.py did not start")
 
 
 def fetch(url: str) -> int:
@@ -143,13 +118,17 @@ def gradio_client_latency(url: str, slices: list[tuple[Path, Path]], repeats: in
     )
 
 
+def latencies(url: str, slices: list[tuple[Path, Path]], repeats: int) -> dict[str, dict[str, dict[str, float]]]:
+    return {"http": http_latency(url, slices, repeats), "gradio_client": gradio_client_latency(url, slices, repeats)}
+
+
 def in_process(slices: list[tuple[Path, Path]], precision: str, model: str | None) -> dict[str, dict[str, float]]:
     """The same steps without HTTP: where the time goes.
 
     Like the app, the model is loaded in the main thread and run in a worker thread (on a CPU shared
     with other work, torch in the main thread can be several times slower).
     """
-    from brainseg.inference import Segmenter
+    from brainseg import Segmenter
 
     segmenter = Segmenter.from_pretrained(model, bf16=precision == "bf16")
     with ThreadPoolExecutor(1) as pool:
@@ -194,19 +173,12 @@ def main(argv: list[str] | None = None) -> dict:
     slices = [(r.image_path, r.mask_path) for r in records[::step]][: args.repeats]
     extra = ["--precision", args.precision] if args.precision else []
     extra += ["--model", args.model] if args.model else []
-    process = None
-    url = args.url
-    if url is None:
-        process, url = start_app(args.data_dir, extra)
-    try:
-        result = {
-            "http": http_latency(url, slices, args.repeats),
-            "gradio_client": gradio_client_latency(url, slices, args.repeats),
-        }
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=30)
+    if args.url is None:
+        log = Path(tempfile.mkdtemp(prefix="brainseg-bench-")) / "app.log"
+        with DemoServer.start(log, "--data-dir", args.data_dir, *extra) as server:
+            result = latencies(server.url, slices, args.repeats)
+    else:
+        result = latencies(args.url, slices, args.repeats)
     if args.url is None:
         from app import DEFAULT_PRECISION
 

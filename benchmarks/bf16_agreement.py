@@ -1,12 +1,11 @@
 """How far bf16 CPU inference strays from fp32: mask disagreement at a threshold, and speed.
 
-    python benchmarks/bf16_agreement.py --data-dir ../shared/data/lgg-test [--model FOLDER]
+    python -m benchmarks.bf16_agreement --data-dir ../shared/data/lgg-test [--model FOLDER]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,11 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from brainseg.data import load_slices, scan_dataset  # noqa: E402
-from brainseg.inference import Segmenter  # noqa: E402
-from brainseg.postprocess import binarize  # noqa: E402
+from brainseg import Segmenter
+from brainseg.data import load_slices, scan_dataset
+from brainseg.postprocess import binarize
 
 
 def per_slice_ms(segmenter: Segmenter, images: np.ndarray, n: int) -> float:

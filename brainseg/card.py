@@ -13,8 +13,7 @@ from huggingface_hub import EvalResult, ModelCardData
 from .config import ModelConfig
 
 LICENSE = "cc-by-nc-sa-4.0"
-TAGS = ["image-segmentation", "medical-imaging", "brain-mri", "glioma", "unet", "pytorch", "safetensors",
-        "model_hub_mixin", "pytorch_model_hub_mixin"]
+TAGS = ["image-segmentation", "medical-imaging", "brain-mri", "glioma", "unet", "pytorch", "safetensors"]
 DATASET_NAME = "LGG MRI Segmentation (Kaggle, TCGA-LGG)"
 DATASET_TYPE = "lgg-mri-segmentation"
 METRICS = [  # (key in the evaluation JSON, label, card-data metric type)
@@ -118,7 +117,7 @@ def check_evaluation(evaluation: dict[str, Any], config: ModelConfig) -> None:
         raise ValueError(f"evaluation JSON lacks {', '.join(missing)}: write it with `python -m train.evaluate --json`")
     evaluated = evaluation.get("model_config") or {}
     published = config.to_dict()
-    differs = [k for k in ("base_channels", "depth", "in_channels", "input_size", "normalize", "threshold",
+    differs = [k for k in ("arch", "base_channels", "depth", "in_channels", "input_size", "normalize", "threshold",
                            "min_component_px", "flip_tta") if k in evaluated and evaluated[k] != published[k]]
     if differs:
         raise ValueError(f"the evaluation used a different {', '.join(differs)} than the model's config.json: "
@@ -208,7 +207,8 @@ Demonstrations, teaching and research on the Kaggle LGG MRI dataset or images pr
 
 **Out of scope:** any clinical use; other tumour types, other sequences or channel orders, 3D volumes, and
 scans from different protocols without re-validation. The model was trained on patients of one public archive (the
-Kaggle LGG set: 110 patients, five institutions, of which 89 trained it) and will not generalise reliably beyond data like it."""
+Kaggle LGG set: 110 patients, five institutions, of which 89 trained it) and will not generalise reliably
+beyond data like it."""
 
 
 def _usage(repo_id: str) -> str:
@@ -225,8 +225,7 @@ mask = segmenter.predict_mask(rgb_slice)
 print(segmenter.source, segmenter.revision)
 ```
 
-The bare network is also available as `brainseg.model.UNet.from_pretrained("{repo_id}")`
-(`huggingface_hub.PyTorchModelHubMixin`)."""
+The bare PyTorch network is `segmenter.model`."""
 
 
 def _evaluation(evaluation: dict[str, Any]) -> str:
@@ -236,7 +235,8 @@ def _evaluation(evaluation: dict[str, Any]) -> str:
     if "ms_per_slice" in evaluation:
         rows.append(f"| Inference time per slice | {_fmt(evaluation['ms_per_slice'], 1)} ms "
                     f"({evaluation.get('hardware', 'hardware not recorded')}) |")
-    patients = "\n".join(f"| {name} | {_fmt(dice, 3)} |" for name, dice in sorted(evaluation["per_patient_dice"].items()))
+    per_patient = sorted(evaluation["per_patient_dice"].items())
+    patients = "\n".join(f"| {name} | {_fmt(dice, 3)} |" for name, dice in per_patient)
     return f"""## Evaluation
 
 Measured on {evaluation['n_patients']} held-out patients (listed below) that were never used for training

@@ -7,15 +7,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .fileio import atomic_write_text
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_VERSION = 1
+# Network architectures :func:`brainseg.model.build_model` can build; configs without ``arch`` are U-Nets.
+ARCHITECTURES = ("unet",)
 
 
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild a model and preprocess its input."""
 
+    arch: str = "unet"
     base_channels: int = 32
     depth: int = 4
     in_channels: int = 3
@@ -28,6 +33,9 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.arch!r} in config.json (this brainseg knows "
+                             f"{', '.join(ARCHITECTURES)}): upgrade brainseg or fix the config")
         if not 2 <= self.depth <= 5:
             raise ValueError(f"depth must be between 2 and 5, got {self.depth}")
         if self.base_channels < 1:
@@ -35,9 +43,10 @@ class ModelConfig:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
 
-    def architecture(self) -> dict[str, int]:
-        """Keyword arguments for :class:`brainseg.model.UNet`."""
-        return {"base_channels": self.base_channels, "depth": self.depth, "in_channels": self.in_channels}
+    def architecture(self) -> dict[str, str | int]:
+        """The fields that shape the network (two configs with equal ones load the same weights)."""
+        return {"arch": self.arch, "base_channels": self.base_channels, "depth": self.depth,
+                "in_channels": self.in_channels}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,11 +69,7 @@ class ModelConfig:
 
     def save(self, folder: str | Path) -> Path:
         """Write ``config.json`` atomically (temporary file, then rename)."""
-        path = Path(folder) / CONFIG_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        return atomic_write_text(Path(folder) / CONFIG_FILE, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path) -> "ModelConfig":

@@ -10,9 +10,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .pixels import binarize_mask
+
 PATIENT_DIR = re.compile(r"^TCGA_(?P<inst>[A-Z0-9]{2})_(?P<id>[A-Z0-9]{4})_(?P<date>\d{8})$")
 SLICE_FILE = re.compile(r"^(?P<stem>.+)_(?P<n>\d+)\.tif$")
 TEST_PATIENTS_FILE = "lgg_test_patients.txt"
+SPLIT_PROTOCOLS = ("patient", "article")  # see make_split
+DEFAULT_SPLIT_SEED = 2026
+DEFAULT_VAL_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,9 @@ def find_dataset_root(data_dir: str | Path) -> Path:
     """The folder holding ``TCGA_*`` patient folders: ``data_dir`` itself or its ``kaggle_3m``."""
     root = Path(data_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"data directory {root} does not exist: point it at a Kaggle lgg-mri-segmentation folder")
+        raise FileNotFoundError(
+            f"data directory {root} does not exist: point it at a Kaggle lgg-mri-segmentation folder"
+        )
     for candidate in (root, root / "kaggle_3m", root / "lgg-mri-segmentation" / "kaggle_3m"):
         if candidate.is_dir() and any(_is_patient_dir(p) for p in candidate.iterdir()):
             return candidate
@@ -99,7 +106,7 @@ def read_mask(path: str | Path | None, shape: tuple[int, int] = (256, 256)) -> n
     if path is None:
         return np.zeros(shape, dtype=bool)
     with Image.open(path) as img:
-        return np.array(img.convert("L")) > 127
+        return binarize_mask(np.array(img.convert("L")))
 
 
 def load_slices(records: list[SliceRecord]) -> tuple[np.ndarray, np.ndarray]:
@@ -131,8 +138,8 @@ class Split:
 def patient_split(
     patients: list[Patient],
     test_patients: list[str] | None = None,
-    val_fraction: float = 0.1,
-    seed: int = 2026,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    seed: int = DEFAULT_SPLIT_SEED,
 ) -> Split:
     """Held-out patients for test, a seeded ``val_fraction`` of the rest for validation."""
     test_ids = set(bundled_test_patients() if test_patients is None else test_patients)
@@ -151,7 +158,7 @@ def patient_split(
     return split
 
 
-def article_split(patients: list[Patient], test_fraction: float = 0.1, seed: int = 2026) -> Split:
+def article_split(patients: list[Patient], test_fraction: float = 0.1, seed: int = DEFAULT_SPLIT_SEED) -> Split:
     """The article's protocol: a random split over slices (patients leak between parts)."""
     records = [r for p in patients for r in p.slices]
     order = list(range(len(records)))
@@ -160,3 +167,23 @@ def article_split(patients: list[Patient], test_fraction: float = 0.1, seed: int
     test = tuple(records[i] for i in sorted(order[:n_test]))
     train = tuple(records[i] for i in sorted(order[n_test:]))
     return Split(train, test, test, "article-leaky")
+
+
+def make_split(
+    data_dir: str | Path,
+    protocol: str = "patient",
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    seed: int = DEFAULT_SPLIT_SEED,
+) -> Split:
+    """The split every command uses: the patients under ``data_dir`` (masks required) split by ``protocol``.
+
+    ``patient``: the committed held-out patients are test, a ``seed``-ed ``val_fraction`` of the rest is
+    validation (:func:`patient_split`). ``article``: the article's leaky random split over slices, where
+    validation and test are the same slices (:func:`article_split`, ``val_fraction`` unused).
+    """
+    patients = require_masks(scan_dataset(data_dir), data_dir)
+    if protocol == "patient":
+        return patient_split(patients, val_fraction=val_fraction, seed=seed)
+    if protocol == "article":
+        return article_split(patients, seed=seed)
+    raise ValueError(f"unknown split {protocol!r}: use one of {', '.join(SPLIT_PROTOCOLS)}")

@@ -4,13 +4,27 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .config import ModelConfig
-from .inference import Segmenter
-from .metrics import Report, SliceCounts, summarize
+from .data import (
+    DEFAULT_SPLIT_SEED,
+    DEFAULT_VAL_FRACTION,
+    SliceRecord,
+    load_slices,
+    make_split,
+    require_masks,
+    scan_dataset,
+)
+from .inference import Segmenter, describe_device
+from .metrics import METRICS, Report, SliceCounts, summarize
 from .postprocess import binarize
+
+# Which slices under a data folder to evaluate: every one, or one part of the patient split.
+EVAL_SPLITS = ("all", "test", "val", "train")
 
 
 def count_slices(
@@ -73,3 +87,96 @@ def tune_postprocessing(
                         extra=dict(segmenter.config.extra),
                     )
     return best_cfg, best_report
+
+
+def select_slices(
+    data_dir: str | Path,
+    split: str = "all",
+    *,
+    split_seed: int = DEFAULT_SPLIT_SEED,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+) -> list[SliceRecord]:
+    """Every slice under ``data_dir`` (``all``), or the ``test``/``val``/``train`` part of the patient split
+    made with ``split_seed`` and ``val_fraction`` (pass the training run's own to get its validation)."""
+    if split == "all":
+        records = [r for p in require_masks(scan_dataset(data_dir), data_dir) for r in p.slices]
+    elif split in EVAL_SPLITS:
+        records = list(getattr(make_split(data_dir, "patient", val_fraction, split_seed), split))
+    else:
+        raise ValueError(f"unknown split {split!r}: use one of {', '.join(EVAL_SPLITS)}")
+    if not records:
+        raise ValueError(f"no slices for split {split!r} under {data_dir}")
+    return records
+
+
+def evaluate_model(
+    segmenter: Segmenter,
+    data_dir: str | Path,
+    split: str = "all",
+    *,
+    split_seed: int = DEFAULT_SPLIT_SEED,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    figures_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Metrics of ``segmenter`` (with its own threshold and post-processing) on the slices
+    :func:`select_slices` picks, timed one slice at a time.
+
+    Returns :meth:`Report.to_dict` plus ``ms_per_slice``, ``hardware``, ``model``, ``model_config``,
+    ``data_dir`` and ``split`` (and ``split_seed``/``val_fraction`` for ``val``/``train``: they choose
+    those patients). With ``figures_dir``, writes ``examples.png`` and ``patient_dice.png`` there.
+    """
+    records = select_slices(data_dir, split, split_seed=split_seed, val_fraction=val_fraction)
+    images, masks = load_slices(records)
+    probas, ms_per_slice = timed_probabilities(segmenter, images)
+    cfg = segmenter.config
+    counts = count_slices(probas, masks, [r.patient for r in records], cfg.threshold, cfg.min_component_px)
+    report = summarize(counts)
+    result = report.to_dict()
+    result.update(
+        ms_per_slice=ms_per_slice,
+        hardware=f"{describe_device(segmenter.device)}, bf16={segmenter.bf16}",
+        model=str(segmenter.source),
+        model_config=cfg.to_dict(),
+        data_dir=str(data_dir),
+        split=split,
+    )
+    if split in ("val", "train"):
+        result.update(split_seed=split_seed, val_fraction=val_fraction)
+    if figures_dir is not None:
+        save_figures(Path(figures_dir), segmenter, records, images, masks, probas, counts, report)
+    return result
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """An :func:`evaluate_model` result as a Markdown table: the metrics, the counts, the speed."""
+    lines = ["| metric | value |", "|---|---|"]
+    lines += [f"| {m.label} | {result[m.key]:.4f} |" for m in METRICS]
+    lines.append(f"| slices / tumor slices / patients | {result['n_slices']} / {result['n_tumor_slices']} / "
+                 f"{result['n_patients']} |")
+    lines.append(f"| inference ms per slice ({result['hardware']}) | {result['ms_per_slice']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def pick_examples(masks: np.ndarray, count: int = 8) -> list[int]:
+    """Largest-tumor slices first, then a few tumor-free ones."""
+    areas = masks.reshape(len(masks), -1).sum(axis=1)
+    tumor = [int(i) for i in np.argsort(-areas) if areas[i] > 0]
+    empty = [int(i) for i in np.flatnonzero(areas == 0)]
+    picked = tumor[: count * 3 // 4]
+    picked += empty[:: max(1, len(empty) // max(1, count - len(picked)))][: count - len(picked)]
+    return picked
+
+
+def save_figures(
+    folder: Path, segmenter: Segmenter, records: Sequence[SliceRecord], images: np.ndarray, masks: np.ndarray,
+    probas: np.ndarray, counts: Sequence[SliceCounts], report: Report,
+) -> None:
+    """``examples.png`` (a few slices, truth vs prediction) and ``patient_dice.png`` in ``folder``."""
+    from .figures import example_grid, patient_dice_plot  # matplotlib: only loaded when figures are asked for
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chosen = pick_examples(masks)
+    preds = [segmenter.to_mask(probas[i]) for i in chosen]
+    titles = [f"{records[i].patient[5:12]} #{records[i].index} Dice {counts[i].dice:.2f}" for i in chosen]
+    example_grid(images[chosen], masks[chosen], np.stack(preds), titles, folder / "examples.png")
+    patient_dice_plot(report.per_patient_dice, folder / "patient_dice.png")

@@ -1,4 +1,6 @@
-"""Turning a model argument (None, a folder, or ``ORG/NAME[@REVISION]``) into a loaded model.
+"""Turning a model argument (None, a folder, or ``ORG/NAME[@REVISION]``) into a folder of model files.
+
+This module only finds files (:class:`ResolvedModel`); :mod:`brainseg.inference` builds models from them.
 
 Hub models are fetched with :func:`huggingface_hub.hf_hub_download` into the normal Hugging Face
 cache (``HF_HOME`` / ``HF_HUB_CACHE``), so ``HF_ENDPOINT``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE``
@@ -12,7 +14,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
@@ -26,12 +27,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from .config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
-from .model import UNet
-from .weights import load_weights
-
-if TYPE_CHECKING:
-    from .inference import Segmenter
+from .config import CONFIG_FILE, WEIGHTS_FILE
 
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
 BUNDLED_LABEL = "bundled default"
@@ -136,8 +132,8 @@ def _redownload_damaged(repo_id: str, filename: str, revision: str | None, label
         )
     path = _download(repo_id, filename, revision, label, options, force=True)
     if not _matches_etag(path):
-        raise ModelLoadError(f"{filename} downloaded from {label} does not match the Hub's checksum: corrupted transfer "
-                             "or repository, try again later")
+        raise ModelLoadError(f"{filename} downloaded from {label} does not match the Hub's checksum: corrupted "
+                             "transfer or repository, try again later")
     return path
 
 
@@ -160,12 +156,14 @@ def explain_download_error(exc: Exception, repo_id: str, label: str, filename: s
     """A one-paragraph, human explanation of a failed Hub download."""
     endpoint = hf_constants.ENDPOINT
     if isinstance(exc, GatedRepoError):
-        return f"{repo_id} is gated on the Hub: accept its conditions on {endpoint}/{repo_id} and log in (hf auth login)"
+        return (f"{repo_id} is gated on the Hub: accept its conditions on {endpoint}/{repo_id} and log in "
+                "(hf auth login)")
     if isinstance(exc, RepositoryNotFoundError):
         return (f"model repo {repo_id} was not found on the Hub ({endpoint}) and there is no local folder of that "
                 "name: check the name; for a private repo log in with `hf auth login` or set HF_TOKEN")
     if isinstance(exc, RevisionNotFoundError):
-        return f"revision {label.partition('@')[2]!r} does not exist in {repo_id}: use an existing branch, tag or commit"
+        return (f"revision {label.partition('@')[2]!r} does not exist in {repo_id}: use an existing branch, tag "
+                "or commit")
     if isinstance(exc, LocalEntryNotFoundError):
         if hf_constants.HF_HUB_OFFLINE:
             return (f"HF_HUB_OFFLINE is set and {label} is not in the local Hub cache ({hf_constants.HF_HUB_CACHE}): "
@@ -175,50 +173,14 @@ def explain_download_error(exc: Exception, repo_id: str, label: str, filename: s
     if isinstance(exc, EntryNotFoundError):
         return f"{label} has no {filename}: it is not a brainseg model repo (expected {CONFIG_FILE} + {WEIGHTS_FILE})"
     if isinstance(exc, HFValidationError):
-        return f"{label} is not a valid Hub repo id or revision ({_first_line(exc)})"
+        return f"{label} is not a valid Hub repo id or revision ({first_line(exc)})"
     if isinstance(exc, HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else "an error"
-        return f"the Hub ({endpoint}) answered {status} for {filename} of {label}: {_first_line(exc)}"
-    return f"downloading {filename} of {label} failed ({type(exc).__name__}: {_first_line(exc)}): try again"
+        return f"the Hub ({endpoint}) answered {status} for {filename} of {label}: {first_line(exc)}"
+    return f"downloading {filename} of {label} failed ({type(exc).__name__}: {first_line(exc)}): try again"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message (its type name when it has none)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
-
-
-def load_model(resolved: ResolvedModel) -> tuple[ModelConfig, UNet]:
-    """Read ``config.json`` and the weights of a resolved folder; any problem is a :class:`ModelLoadError`."""
-    where = resolved.describe()
-    try:
-        config = ModelConfig.load(resolved.folder)
-        model = UNet(**config.architecture())
-        load_weights(model, resolved.folder / WEIGHTS_FILE)
-        model.attach_config(config)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ModelLoadError(f"cannot load model {where}: {_first_line(exc)}") from exc
-    return config, model
-
-
-def load_segmenter(model_arg: str | Path | None = None, fallback_to_bundled: bool | None = None, *,
-                   device: str = "auto", bf16: bool = False,
-                   environ: Mapping[str, str] | None = None) -> tuple[Segmenter, str]:
-    """Load the model an app or CLI was asked for; returns ``(segmenter, message for the UI)``.
-
-    ``model_arg`` None means: ``BRAINSEG_MODEL`` if set, else the bundled model. ``fallback_to_bundled``
-    defaults to "only when ``model_arg`` is None", so a model the user named explicitly either
-    loads or raises :class:`ModelLoadError`, while a failing ``BRAINSEG_MODEL`` falls back with a warning.
-    """
-    from .inference import Segmenter
-
-    requested = model_arg if model_arg not in (None, "") else model_arg_from_env(environ)
-    if fallback_to_bundled is None:
-        fallback_to_bundled = model_arg in (None, "")
-    try:
-        segmenter = Segmenter.from_pretrained(requested, device=device, bf16=bf16)
-    except ModelLoadError as exc:
-        if requested is None or not fallback_to_bundled:
-            raise
-        segmenter = Segmenter.from_pretrained(None, device=device, bf16=bf16)
-        return segmenter, f"Could not load {requested} ({exc}); using the bundled default model instead."
-    return segmenter, f"Model: {segmenter.description}"

@@ -10,7 +10,8 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .inference import as_rgb_uint8
+from .fileio import atomic_write_bytes
+from .pixels import as_rgb_uint8, binarize_mask
 
 MIN_SIDE = 8
 MAX_SIDE = 4096
@@ -60,59 +61,21 @@ def _decode(source: Source) -> tuple[np.ndarray, str]:
 def decode_image(source: Source) -> np.ndarray:
     """An uploaded slice as H x W x 3 uint8: grayscale is replicated to 3 channels, alpha dropped.
 
-    Deeper pixels are brought to 8 bits by :func:`to_uint8`.
+    Deeper pixels are brought to 8 bits by :func:`brainseg.pixels.to_uint8`.
     """
     array, name = _decode(source)
-    if array.ndim == 3 and array.shape[2] == 2:  # grayscale + alpha
-        array = array[:, :, 0]
     try:
-        return as_rgb_uint8(to_uint8(array, name))
+        return as_rgb_uint8(array, name)
     except ValueError as exc:
-        raise ImageError(f"{name}: {exc}") from None
-
-
-def to_uint8(array: np.ndarray, name: str = "image") -> np.ndarray:
-    """8-bit pixels from 8/16-bit integers or floats.
-
-    Integers up to 255 are kept; an exact 8 -> 16 bit expansion (every value a multiple of 257) is
-    inverted exactly; other 16-bit data (e.g. 12-bit MRI in a 16-bit file) is scaled by its maximum
-    so no detail is lost. Floats in
-    [0, 1] or [0, 255] keep their scale; other float ranges are stretched min..max to 0..255.
-    """
-    if array.dtype in (np.uint8, bool):
-        return array
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ImageError(f"{name} holds NaN or infinite pixel values")
-        low, high = float(array.min()), float(array.max())
-        if low >= 0 and high <= 255:
-            scale = 255.0 if high <= 1.0 else 1.0
-            return np.clip(array * scale, 0, 255).round().astype(np.uint8)
-        return ((array - low) * (255.0 / (high - low or 1.0))).round().astype(np.uint8)
-    if array.dtype.kind not in "iu":
-        raise ImageError(f"{name} has unsupported pixel type {array.dtype}: use 8- or 16-bit images")
-    low, high = int(array.min()), int(array.max())
-    if low < 0 or high > 65535:
-        raise ImageError(f"{name} has pixel values {low}..{high}: use 8- or 16-bit images")
-    if high <= 255:  # 8-bit values, whatever the container
-        return array.astype(np.uint8)
-    wide = array.astype(np.uint32)
-    if not (wide % 257).any():
-        return (wide // 257).astype(np.uint8)
-    return ((wide * 255 + high // 2) // max(high, 1)).astype(np.uint8)
-
-
-def decode_mask(source: Source, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """An uploaded mask as H x W bool (white / non-zero = abnormality).
-
-    Values 0/1 count as binary; otherwise pixels above half the 8-bit (or 16-bit) range are set.
-    ``shape`` (H, W) is the slice's size: a mask of another size is refused.
-    """
-    return inspect_mask(source, shape)[0]
+        raise ImageError(str(exc)) from None
 
 
 def inspect_mask(source: Source, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, list[str]]:
-    """:func:`decode_mask`, plus notes for the user (a mask that is not strictly binary)."""
+    """An uploaded mask as H x W bool (white / non-zero = abnormality) and notes for the user.
+
+    Values 0/1 count as binary; otherwise pixels above half the value range are set (a note says so).
+    ``shape`` (H, W) is the slice's size: a mask of another size is refused.
+    """
     array = decode_array(source)
     notes = []
     levels = len(np.unique(array))
@@ -122,7 +85,10 @@ def inspect_mask(source: Source, shape: tuple[int, int] | None = None) -> tuple[
     if array.ndim == 3:  # any colour channel set counts; alpha is ignored
         colour = array[:, :, :1] if array.shape[2] == 2 else array[:, :, :3]
         array = colour.max(axis=2)
-    mask = binarize_mask_values(array)
+    try:
+        mask = binarize_mask(array)
+    except ValueError as exc:
+        raise ImageError(str(exc)) from None
     if shape is not None and mask.shape != tuple(shape):
         raise ImageError(
             f"the ground-truth mask is {mask.shape[1]}x{mask.shape[0]} px but the slice is "
@@ -143,20 +109,6 @@ def slice_notes(image: np.ndarray) -> list[str]:
         return ["this looks like a segmentation mask (only two grey levels), not an MRI slice: upload it as the "
                 "ground-truth mask, and the slice itself above"]
     return []
-
-
-def binarize_mask_values(array: np.ndarray) -> np.ndarray:
-    """bool mask from raw mask values (bool, 0/1, 8-bit, 16-bit or float)."""
-    if array.dtype == bool:
-        return array.copy()
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ImageError("the mask holds NaN or infinite values")
-        return array > (0.5 if array.max() <= 1.0 else 127.5)
-    top = int(array.max()) if array.size else 0
-    if top <= 1:
-        return array > 0
-    return array > (127 if top <= 255 else 32767)
 
 
 def _decode_tiff(data: bytes, name: str) -> np.ndarray | None:
@@ -247,8 +199,5 @@ def save_png(image: np.ndarray, folder: str | Path, name: str) -> str:
     data = encode_png(image)
     target = Path(folder) / hashlib.sha256(data).hexdigest() / f"{name}.png"
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        atomic_write_bytes(target, data)
     return str(target)

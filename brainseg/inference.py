@@ -1,26 +1,24 @@
-"""Loading a trained model and predicting probability maps for images of any size."""
+"""Loading a trained model (the one path: source -> files -> config + weights -> :class:`Segmenter`) and
+predicting probability maps for images of any size."""
 from __future__ import annotations
 
 import contextlib
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as TF
 
-from .config import ModelConfig
-from .hub import BUNDLED_MODEL_DIR, load_model, resolve_model
-from .model import UNet
+from .config import WEIGHTS_FILE, ModelConfig
+from .hub import ModelLoadError, ResolvedModel, first_line, model_arg_from_env, resolve_model
+from .model import build_model
+from .pixels import as_rgb_uint8
 from .postprocess import binarize
 from .transforms import preprocess, uint8_batch_to_input
 from .weights import load_weights, save_model
-
-DEFAULT_MODEL_DIR = BUNDLED_MODEL_DIR
-__all__ = [
-    "DEFAULT_MODEL_DIR", "Segmenter", "as_rgb_uint8", "autocast", "describe_device", "load_weights", "pick_device",
-    "save_model",
-]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -50,38 +48,27 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return contextlib.nullcontext()
 
 
-def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """H x W or H x W x C array -> H x W x 3 uint8 (grayscale is replicated, alpha dropped)."""
-    array = np.asarray(image)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ValueError(f"expected an H x W or H x W x 3 image, got shape {array.shape}")
-    array = array[:, :, :3]
-    if array.dtype == np.uint8:
-        return np.ascontiguousarray(array)
-    if array.dtype == np.uint16:
-        return (array >> 8).astype(np.uint8)
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    if np.issubdtype(array.dtype, np.floating) and np.isfinite(array).all():
-        top = 1.0 if array.max() <= 1.0 else 255.0
-        return (np.clip(array / top, 0, 1) * 255).round().astype(np.uint8)
-    raise ValueError(f"unsupported pixel type {array.dtype}: use 8- or 16-bit images")
+def load_model(resolved: ResolvedModel) -> tuple[ModelConfig, nn.Module]:
+    """Build the network ``config.json`` names and load its weights; any problem is a :class:`ModelLoadError`."""
+    try:
+        config = ModelConfig.load(resolved.folder)
+        model = build_model(config)
+        load_weights(model, resolved.folder / WEIGHTS_FILE)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelLoadError(f"cannot load model {resolved.describe()}: {first_line(exc)}") from exc
+    return config, model
 
 
 class Segmenter:
-    """A U-Net plus the preprocessing and post-processing its weights were trained with.
+    """A network plus the preprocessing and post-processing its weights were trained with.
 
     ``source`` says where the weights came from (``"bundled default"``, a folder, or
     ``"ORG/NAME@<commit>"``), ``revision`` is the Hub commit they were pinned to (None when
     not from the Hub) and ``description`` is a one-line summary for a UI.
     """
 
-    def __init__(self, model: UNet, config: ModelConfig, source: str = "", device: str = "auto", bf16: bool = False,
-                 revision: str | None = None, description: str | None = None):
+    def __init__(self, model: nn.Module, config: ModelConfig, source: str = "", device: str = "auto",
+                 bf16: bool = False, revision: str | None = None, description: str | None = None):
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
@@ -99,7 +86,11 @@ class Segmenter:
         Hub models are given as ``"ORG/NAME"`` or ``"ORG/NAME@REVISION"`` (branch, tag or commit)
         and go through the Hugging Face cache. Every failure raises :class:`brainseg.hub.ModelLoadError`.
         """
-        resolved = resolve_model(source)
+        return cls.from_resolved(resolve_model(source), device=device, bf16=bf16)
+
+    @classmethod
+    def from_resolved(cls, resolved: ResolvedModel, device: str = "auto", bf16: bool = False) -> "Segmenter":
+        """Load the model files :func:`brainseg.hub.resolve_model` found."""
         config, model = load_model(resolved)
         return cls(model, config, source=resolved.source, device=device, bf16=bf16,
                    revision=resolved.revision, description=resolved.describe())
@@ -134,7 +125,8 @@ class Segmenter:
             proba = TF.interpolate(proba[None], size=(height, width), mode="bilinear", align_corners=False)[0]
         return proba[0].numpy().astype(np.float32)
 
-    def predict_proba_batch(self, images: np.ndarray, batch_size: int = 32, normalize: bool | None = None) -> np.ndarray:
+    def predict_proba_batch(self, images: np.ndarray, batch_size: int = 32,
+                            normalize: bool | None = None) -> np.ndarray:
         """(N, S, S, 3) uint8 slices at the model's input size -> (N, S, S) float32 probabilities.
 
         Same results as :meth:`predict_proba` slice by slice (constant slices give all zeros).
@@ -157,3 +149,25 @@ class Segmenter:
 
     def predict_mask(self, image: np.ndarray, threshold: float | None = None) -> np.ndarray:
         return self.to_mask(self.predict_proba(image), threshold)
+
+
+def load_segmenter(model_arg: str | Path | None = None, fallback_to_bundled: bool | None = None, *,
+                   device: str = "auto", bf16: bool = False,
+                   environ: Mapping[str, str] | None = None) -> tuple[Segmenter, str]:
+    """Load the model an app or CLI was asked for; returns ``(segmenter, message for the UI)``.
+
+    ``model_arg`` None means: ``BRAINSEG_MODEL`` if set, else the bundled model. ``fallback_to_bundled``
+    defaults to "only when ``model_arg`` is None", so a model the user named explicitly either
+    loads or raises :class:`ModelLoadError`, while a failing ``BRAINSEG_MODEL`` falls back with a warning.
+    """
+    requested = model_arg if model_arg not in (None, "") else model_arg_from_env(environ)
+    if fallback_to_bundled is None:
+        fallback_to_bundled = model_arg in (None, "")
+    try:
+        segmenter = Segmenter.from_pretrained(requested, device=device, bf16=bf16)
+    except ModelLoadError as exc:
+        if requested is None or not fallback_to_bundled:
+            raise
+        segmenter = Segmenter.from_pretrained(None, device=device, bf16=bf16)
+        return segmenter, f"Could not load {requested} ({exc}); using the bundled default model instead."
+    return segmenter, f"Model: {segmenter.description}"

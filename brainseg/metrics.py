@@ -8,6 +8,34 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
+@dataclass(frozen=True)
+class Metric:
+    """How reports name one metric: ``key`` in :class:`Report` and the evaluation JSON, a ``label`` for
+    tables, a ``short`` column header, and the ``kind`` of metric for Hub model-card data."""
+
+    key: str
+    label: str
+    short: str
+    kind: str
+
+    @property
+    def title(self) -> str:
+        """``label`` starting with a capital letter (for a model card)."""
+        return self.label[:1].upper() + self.label[1:]
+
+
+# The one table of metric names: evaluation tables, ablation tables and model cards read it.
+METRICS: tuple[Metric, ...] = (
+    Metric("slice_dice", "Dice per slice (empty/empty = 1)", "slice Dice", "dice"),
+    Metric("slice_iou", "IoU per slice (empty/empty = 1)", "slice IoU", "iou"),
+    Metric("tumor_slice_dice", "Dice over tumor-bearing slices", "tumor-slice Dice", "dice"),
+    Metric("tumor_slice_iou", "IoU over tumor-bearing slices", "tumor-slice IoU", "iou"),
+    Metric("empty_fp_rate", "false-positive rate on tumor-free slices", "empty FP rate", "false_positive_rate"),
+    Metric("volume_dice", "volume Dice (mean over patients)", "volume Dice", "dice"),
+)
+METRICS_BY_KEY: dict[str, Metric] = {m.key: m for m in METRICS}
+
+
 def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
     """Dice of two binary masks; 1.0 when both are empty (the article's convention)."""
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)

@@ -1,42 +1,73 @@
-"""Training loop: seeded, resumable, atomic checkpoints, best model chosen on validation."""
+"""Training loop: seeded, resumable, atomic checkpoints, best model chosen on validation.
+
+:func:`train` runs these steps, one function each: :func:`start_run_folder` (``train_config.json``),
+:func:`starting_model`, :func:`load_data`, :func:`new_state` (optimizer, LR schedule, SWA average),
+:func:`resume` (from ``checkpoint.pt``), then per epoch :func:`run_epoch` (train, validate, keep ``best/``)
+with ``log.csv`` and :func:`save_checkpoint`, and at the end :func:`save_final_models` (``last/``, ``swa/``)
+and :func:`tune_best_model`.
+"""
 from __future__ import annotations
 
 import csv
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as TF
 from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
 from .config import ModelConfig
-from .data import SliceRecord, Split, article_split, load_slices, patient_split, require_masks, scan_dataset
+from .data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLIT_PROTOCOLS, SliceRecord, Split, load_slices, make_split
 from .evaluation import evaluate_arrays, tune_postprocessing
-from .hub import load_model, resolve_model
-from .inference import Segmenter, autocast, pick_device, save_model
-from .model import UNet
+from .fileio import atomic_write, atomic_write_text
+from .hub import resolve_model
+from .inference import Segmenter, autocast, load_model, pick_device
+from .metrics import Report
+from .model import build_model
 from .transforms import (
-    flip_dataset_offline, normalize_per_image, random_affine_gamma, random_hflip, uint8_batch_to_input,
+    flip_dataset_offline,
+    normalize_per_image,
+    random_affine_gamma,
+    random_hflip,
+    uint8_batch_to_input,
 )
+from .weights import save_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.csv"
+TRAIN_CONFIG_FILE = "train_config.json"
 LOG_FIELDS = [
     "epoch", "train_loss", "lr", "val_slice_dice", "val_slice_iou", "val_tumor_slice_dice",
     "val_empty_fp_rate", "val_volume_dice", "seconds",
 ]
 
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+SCHEDULES = ("constant", "onecycle", "cosine")
+LOSSES = ("bce", "bce_dice")  # bce_dice: BCE + (1 - soft Dice)
+FLIPS = ("none", "random", "offline")  # offline: the article's doubled set; random: each slice flipped 50 %
+AUGMENTS = ("none", "affine_gamma")  # affine_gamma: random rotation/scale/shift + per-channel gamma
+# The valid values of TrainConfig's string options: checked there, offered as choices by train/train.py.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": tuple(OPTIMIZERS), "schedule": SCHEDULES, "loss": LOSSES, "flip": FLIPS, "augment": AUGMENTS,
+    "split": SPLIT_PROTOCOLS,
+}
+AT_LEAST_ONE = ("base_channels", "epochs", "batch_size", "checkpoint_every")
+NOT_NEGATIVE = ("weight_decay", "max_train_slices", "max_val_slices", "stop_after_epochs", "swa_start")
+
 
 @dataclass
 class TrainConfig:
-    """A training run; saved as ``train_config.json`` in the output folder."""
+    """A training run; saved as ``train_config.json`` in the output folder.
+
+    The string options take the values in :data:`CHOICES`; anything else is refused when the config is made.
+    """
 
     data_dir: str
     out_dir: str
@@ -53,12 +84,12 @@ class TrainConfig:
     flip: str = "random"  # none | random | offline
     augment: str = "none"  # none | affine_gamma (random rotation/scale/shift + per-channel gamma)
     split: str = "patient"  # patient | article
-    val_fraction: float = 0.1
+    val_fraction: float = DEFAULT_VAL_FRACTION
     empty_fraction: float = 1.0  # share of tumor-free training slices drawn each epoch
     checkpoint_every: int = 1
     tune_postprocessing: bool = True
     seed: int = 2026  # weight init, sampling order, augmentation
-    split_seed: int = 2026  # validation patients; apart from seed, so a fine-tune keeps its start's split
+    split_seed: int = DEFAULT_SPLIT_SEED  # validation patients; apart from seed, so a fine-tune keeps its start's split
     device: str = "auto"
     amp: bool = True
     max_train_slices: int = 0  # 0 = all; small values for smoke tests
@@ -67,8 +98,29 @@ class TrainConfig:
     init_from: str = ""  # model folder whose weights start the run (fine-tuning); "" = random init
     swa_start: int = 0  # average the weights of every epoch from this one on into swa/ (0 = off)
 
+    def __post_init__(self) -> None:
+        for name, valid in CHOICES.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(valid)}")
+        for name in AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in NOT_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.empty_fraction <= 1.0:
+            raise ValueError(f"empty_fraction must be in [0, 1], got {self.empty_fraction}")
+
     def model_config(self) -> ModelConfig:
         return ModelConfig(base_channels=self.base_channels, depth=self.depth, normalize=self.normalize)
+
+    def data_split(self) -> Split:
+        """This run's train / validation / test split (:func:`brainseg.data.make_split`)."""
+        return make_split(self.data_dir, self.split, self.val_fraction, self.split_seed)
 
 
 # The article's recipe, exactly: width 64, BCE, Adam 1e-4, 30 epochs, a checkpoint every 2 epochs.
@@ -81,6 +133,50 @@ PRESETS: dict[str, dict] = {
 }
 
 
+@dataclass
+class TrainingData:
+    """The slices a run trains and validates on, loaded once."""
+
+    images: torch.Tensor  # (N, 3, H, W) uint8 training slices (flipped copies appended with flip=offline)
+    masks: torch.Tensor  # (N, H, W) bool
+    has_tumor: np.ndarray  # (N,) bool: the training slices with a lesion (empty_fraction draws from the others)
+    val_images: np.ndarray  # (M, H, W, 3) uint8
+    val_masks: np.ndarray  # (M, H, W) bool
+    val_patients: list[str]  # (M,) the patient of each validation slice
+
+
+@dataclass
+class TrainingState:
+    """Everything ``checkpoint.pt`` holds: weights, optimizer, LR schedule, SWA average, best epoch so far."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    averaged: AveragedModel | None  # None unless swa_start
+    epoch: int = 0  # the last finished epoch
+    best_score: float = -1.0  # validation slice Dice of best/
+    best_epoch: int = 0
+
+    def state_dict(self) -> dict:
+        state = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
+            "best_score": self.best_score, "best_epoch": self.best_epoch,
+        }
+        if self.averaged is not None:
+            state["averaged"] = self.averaged.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        if self.averaged is not None and "averaged" in state:
+            self.averaged.load_state_dict(state["averaged"])
+
+
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, use_dice: bool) -> torch.Tensor:
     """BCE, plus (1 - soft Dice) pooled over the whole batch when ``use_dice``."""
     bce = TF.binary_cross_entropy_with_logits(logits, target)
@@ -91,15 +187,6 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, use_dice: bool) ->
     return bce + (1 - dice)
 
 
-def make_split(cfg: TrainConfig) -> Split:
-    patients = require_masks(scan_dataset(cfg.data_dir), cfg.data_dir)
-    if cfg.split == "patient":
-        return patient_split(patients, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
-    if cfg.split == "article":
-        return article_split(patients, seed=cfg.split_seed)
-    raise ValueError(f"unknown split {cfg.split!r}: use patient or article")
-
-
 def _subset(records: tuple[SliceRecord, ...], limit: int, seed: int) -> list[SliceRecord]:
     records = list(records)
     if limit and limit < len(records):
@@ -108,31 +195,33 @@ def _subset(records: tuple[SliceRecord, ...], limit: int, seed: int) -> list[Sli
     return records
 
 
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
-def _read_log(path: Path, up_to_epoch: int) -> list[dict]:
+def read_log(path: Path, up_to_epoch: int) -> list[dict]:
+    """The rows of ``log.csv`` up to ``up_to_epoch`` (later ones belong to an epoch the checkpoint lacks)."""
     if not path.exists():
         return []
     with open(path, newline="") as fh:
         return [row for row in csv.DictReader(fh) if int(row["epoch"]) <= up_to_epoch]
 
 
-def _write_log(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+def write_log(path: Path, rows: list[dict]) -> None:
+    """Rewrite ``log.csv`` atomically with ``rows``."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
 
 
-def _make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule over all ``cfg.epochs``, stepped once per batch."""
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
@@ -140,7 +229,7 @@ def _make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    raise ValueError(f"unknown schedule {cfg.schedule!r}")
+    raise ValueError(f"unknown schedule {cfg.schedule!r}: use one of {', '.join(SCHEDULES)}")
 
 
 def _epoch_indices(labels: np.ndarray, cfg: TrainConfig, epoch: int) -> np.ndarray:
@@ -155,13 +244,26 @@ def _epoch_indices(labels: np.ndarray, cfg: TrainConfig, epoch: int) -> np.ndarr
     return order
 
 
-def starting_model(cfg: TrainConfig, model_cfg: ModelConfig) -> UNet:
-    """A freshly initialised U-Net, or the weights of ``cfg.init_from`` (model folder or Hub id) to fine-tune.
+def _channels_last_on_cpu(inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The memory layout the CPU convolutions are fastest with (the model is converted to match)."""
+    return inputs.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else inputs
+
+
+def start_run_folder(cfg: TrainConfig) -> Path:
+    """Create ``cfg.out_dir`` and record the run's settings in ``train_config.json`` there."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / TRAIN_CONFIG_FILE, json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    return out
+
+
+def starting_model(cfg: TrainConfig, model_cfg: ModelConfig) -> nn.Module:
+    """A freshly initialised network, or the weights of ``cfg.init_from`` (model folder or Hub id) to fine-tune.
 
     A starting model with another architecture or preprocessing is refused.
     """
     if not cfg.init_from:
-        return UNet(**model_cfg.architecture())
+        return build_model(model_cfg)
     start_cfg, model = load_model(resolve_model(cfg.init_from))
     if start_cfg.architecture() != model_cfg.architecture() or start_cfg.normalize != model_cfg.normalize:
         raise ValueError(
@@ -173,14 +275,142 @@ def starting_model(cfg: TrainConfig, model_cfg: ModelConfig) -> UNet:
     return model
 
 
+def place_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` on ``device`` (channels-last on the CPU)."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
+
+
+def load_data(cfg: TrainConfig, device: torch.device) -> TrainingData:
+    """Read this run's training and validation slices (``max_*_slices`` seeded subsets when set)."""
+    split = cfg.data_split()
+    train_records = _subset(split.train, cfg.max_train_slices, cfg.seed)
+    val_records = _subset(split.val, cfg.max_val_slices, cfg.seed + 1)
+    print(f"split {split.protocol}: {len(train_records)} train slices ({len(split.patients('train'))} patients), "
+          f"{len(val_records)} val slices; device {device}", flush=True)
+    train_images, train_masks = load_slices(train_records)
+    if cfg.flip == "offline":
+        train_images, train_masks = flip_dataset_offline(train_images, train_masks)
+    val_images, val_masks = load_slices(val_records)
+    return TrainingData(
+        images=torch.from_numpy(train_images).permute(0, 3, 1, 2),  # uint8, channels-last in memory
+        masks=torch.from_numpy(train_masks),
+        has_tumor=train_masks.reshape(len(train_masks), -1).any(axis=1),
+        val_images=val_images, val_masks=val_masks, val_patients=[r.patient for r in val_records],
+    )
+
+
+def new_state(cfg: TrainConfig, model: nn.Module, data: TrainingData) -> TrainingState:
+    """Optimizer, LR schedule (sized to the epoch's batches) and, with ``swa_start``, the weight average."""
+    optimizer = make_optimizer(cfg, model)
+    steps_per_epoch = math.ceil(len(_epoch_indices(data.has_tumor, cfg, 0)) / cfg.batch_size)
+    averaged = AveragedModel(model) if cfg.swa_start > 0 else None
+    return TrainingState(model, optimizer, make_scheduler(cfg, optimizer, steps_per_epoch), averaged)
+
+
+def save_checkpoint(state: TrainingState, path: Path) -> None:
+    """Write ``checkpoint.pt`` atomically: a crash leaves the previous one whole."""
+    atomic_write(path, lambda tmp: torch.save(state.state_dict(), tmp))
+
+
+def resume(state: TrainingState, path: Path, device: torch.device) -> None:
+    """Continue from ``path`` when it exists (the run was stopped or killed); otherwise start at epoch 1."""
+    if not path.exists():
+        return
+    state.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    print(f"resumed from {path} after epoch {state.epoch}", flush=True)
+
+
+def make_batch(
+    cfg: TrainConfig, data: TrainingData, idx: torch.Tensor, generator: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model inputs and (N, 1, H, W) float masks for the training slices ``idx``, augmented as ``cfg`` says."""
+    images, masks = data.images[idx], data.masks[idx].unsqueeze(1).float()
+    if cfg.flip == "random":
+        images, masks = random_hflip(images, masks, generator)
+    inputs = uint8_batch_to_input(images, normalize=False)
+    if cfg.augment == "affine_gamma":
+        inputs, masks = random_affine_gamma(inputs, masks, generator)
+    if cfg.normalize:
+        inputs = normalize_per_image(inputs)
+    return _channels_last_on_cpu(inputs.to(device), device), masks.to(device)
+
+
+def train_epoch(cfg: TrainConfig, state: TrainingState, data: TrainingData, epoch: int, device: torch.device) -> float:
+    """One pass over the epoch's shuffled slices (an optimizer and schedule step per batch); the mean loss."""
+    state.model.train()
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    order = torch.from_numpy(_epoch_indices(data.has_tumor, cfg, epoch))
+    total_loss, batches = 0.0, 0
+    bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
+    for start in bar:
+        inputs, masks = make_batch(cfg, data, order[start : start + cfg.batch_size], generator, device)
+        with autocast(device, cfg.amp):
+            logits = state.model(inputs)
+        loss = bce_dice_loss(logits.float(), masks, use_dice=cfg.loss == "bce_dice")
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        state.scheduler.step()
+        total_loss += loss.item()
+        batches += 1
+        bar.set_postfix(loss=f"{total_loss / batches:.4f}")
+    bar.close()
+    return total_loss / max(batches, 1)
+
+
+def validate(cfg: TrainConfig, model: nn.Module, data: TrainingData, device: torch.device) -> Report:
+    """Metrics of ``model`` on the validation slices (threshold 0.5, no post-processing)."""
+    segmenter = Segmenter(model, cfg.model_config(), device=str(device), bf16=cfg.amp)
+    report = evaluate_arrays(segmenter, data.val_images, data.val_masks, data.val_patients)
+    model.train()
+    return report
+
+
+def log_row(epoch: int, train_loss: float, lr: float, report: Report, seconds: float) -> dict:
+    """One ``log.csv`` row (:data:`LOG_FIELDS`)."""
+    return {
+        "epoch": epoch, "train_loss": round(train_loss, 5), "lr": f"{lr:.3g}",
+        "val_slice_dice": round(report.slice_dice, 4), "val_slice_iou": round(report.slice_iou, 4),
+        "val_tumor_slice_dice": round(report.tumor_slice_dice, 4),
+        "val_empty_fp_rate": round(report.empty_fp_rate, 4), "val_volume_dice": round(report.volume_dice, 4),
+        "seconds": round(seconds, 1),
+    }
+
+
+def run_epoch(
+    cfg: TrainConfig, state: TrainingState, data: TrainingData, epoch: int, device: torch.device, out: Path
+) -> dict:
+    """Train one epoch, validate, save ``best/`` when validation slice Dice improved, add the weights to the
+    SWA average from ``swa_start`` on; returns the epoch's log row (also printed as JSON)."""
+    started = time.time()
+    train_loss = train_epoch(cfg, state, data, epoch, device)
+    report = validate(cfg, state.model, data, device)
+    row = log_row(epoch, train_loss, state.scheduler.get_last_lr()[0], report, time.time() - started)
+    print(json.dumps(row), flush=True)
+    if report.slice_dice > state.best_score:
+        state.best_score, state.best_epoch = report.slice_dice, epoch
+        save_model(state.model, cfg.model_config(), out / "best")
+    if state.averaged is not None and epoch >= cfg.swa_start:
+        state.averaged.update_parameters(state.model)
+    state.epoch = epoch
+    return row
+
+
+def epochs_to_run(cfg: TrainConfig, last_done: int) -> range:
+    """The epochs after ``last_done``: to ``cfg.epochs``, or ``stop_after_epochs`` of them."""
+    last = cfg.epochs if not cfg.stop_after_epochs else min(cfg.epochs, last_done + cfg.stop_after_epochs)
+    return range(last_done + 1, last + 1)
+
+
 def _save_average(averaged: AveragedModel, images: torch.Tensor, cfg: TrainConfig, device: torch.device,
-                  last_epoch: int, folder: Path) -> UNet:
-    """Save the averaged U-Net to ``folder``, its BatchNorm statistics recomputed on the unaugmented training
+                  last_epoch: int, folder: Path) -> nn.Module:
+    """Save the averaged network to ``folder``, its BatchNorm statistics recomputed on the unaugmented training
     slices; ``extra`` names the averaged epochs (consecutive, ending at ``last_epoch``)."""
     def batches():
         for start in range(0, len(images), cfg.batch_size):
             inputs = uint8_batch_to_input(images[start : start + cfg.batch_size], normalize=cfg.normalize)
-            yield inputs.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else inputs
+            yield _channels_last_on_cpu(inputs, device)
 
     with torch.no_grad():
         update_bn(batches(), averaged, device=device)
@@ -190,6 +420,34 @@ def _save_average(averaged: AveragedModel, images: torch.Tensor, cfg: TrainConfi
     return averaged.module.eval()
 
 
+def save_final_models(
+    cfg: TrainConfig, state: TrainingState, data: TrainingData, device: torch.device, out: Path
+) -> None:
+    """``last/`` (the final epoch's weights) and, with ``swa_start``, ``swa/`` (reported on validation)."""
+    last_cfg = dataclasses.replace(cfg.model_config(), extra={"epoch": state.epoch})
+    save_model(state.model, last_cfg, out / "last")  # an alternative to the best epoch
+    averaged = state.averaged
+    if averaged is None or int(averaged.n_averaged) == 0:
+        return
+    swa_model = _save_average(averaged, data.images, cfg, device, state.epoch, out / "swa")
+    swa_report = evaluate_arrays(
+        Segmenter(swa_model, cfg.model_config(), device=str(device), bf16=cfg.amp), data.val_images, data.val_masks,
+        data.val_patients,
+    )
+    print(f"swa/ ({int(averaged.n_averaged)} epochs averaged) on validation: slice Dice "
+          f"{swa_report.slice_dice:.4f}, volume Dice {swa_report.volume_dice:.4f}", flush=True)
+
+
+def tune_best_model(cfg: TrainConfig, state: TrainingState, data: TrainingData, device: torch.device,
+                    best_dir: Path) -> None:
+    """Choose ``best/``'s threshold, minimum component size and flip TTA on validation; store them in its config."""
+    best = Segmenter.from_pretrained(best_dir, device=str(device), bf16=cfg.amp)
+    best.config, _ = tune_postprocessing(best, data.val_images, data.val_masks, data.val_patients)
+    best.config.extra.update({"best_epoch": state.best_epoch, "val_slice_dice": state.best_score})
+    best.config.save(best_dir)
+    print(f"post-processing tuned on validation: {best.config.to_dict()}", flush=True)
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) into ``cfg.out_dir``; returns the folder of the best model.
 
@@ -197,143 +455,28 @@ def train(cfg: TrainConfig) -> Path:
     with ``swa_start``, ``swa/`` the mean of the weights after epochs ``swa_start``..last (stochastic weight
     averaging) with BatchNorm statistics recomputed on the training slices.
     """
-    if cfg.augment not in ("none", "affine_gamma"):
-        raise ValueError(f"unknown augment {cfg.augment!r}: use none or affine_gamma")
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    out = start_run_folder(cfg)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    model_cfg = cfg.model_config()
-    model = starting_model(cfg, model_cfg).to(device)  # before the data: a bad --init-from fails at once
-    if device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)
+    # the model before the data: a bad --init-from fails at once
+    model = place_model(starting_model(cfg, cfg.model_config()), device)
+    data = load_data(cfg, device)
+    state = new_state(cfg, model, data)
+    resume(state, out / CHECKPOINT_FILE, device)
+    log_rows = read_log(out / LOG_FILE, state.epoch)
+    write_log(out / LOG_FILE, log_rows)
 
-    split = make_split(cfg)
-    train_records = _subset(split.train, cfg.max_train_slices, cfg.seed)
-    val_records = _subset(split.val, cfg.max_val_slices, cfg.seed + 1)
-    print(f"split {split.protocol}: {len(train_records)} train slices ({len(split.patients('train'))} patients), "
-          f"{len(val_records)} val slices; device {device}", flush=True)
-    train_images, train_masks = load_slices(train_records)
-    if cfg.flip == "offline":
-        train_images, train_masks = flip_dataset_offline(train_images, train_masks)
-    val_images, val_masks = load_slices(val_records)
-    val_patients = [r.patient for r in val_records]
-    has_tumor = train_masks.reshape(len(train_masks), -1).any(axis=1)
-    images_t = torch.from_numpy(train_images).permute(0, 3, 1, 2)  # uint8, channels-last in memory
-    masks_t = torch.from_numpy(train_masks)
-
-    if cfg.optimizer == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
-    steps_per_epoch = math.ceil(len(_epoch_indices(has_tumor, cfg, 0)) / cfg.batch_size)
-    scheduler = _make_scheduler(cfg, optimizer, steps_per_epoch)
-
-    averaged = AveragedModel(model) if cfg.swa_start > 0 else None
-    start_epoch, best_score, best_epoch = 1, -1.0, 0
-    ckpt_path = out / CHECKPOINT_FILE
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"]) + 1
-        best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
-        if averaged is not None and "averaged" in state:
-            averaged.load_state_dict(state["averaged"])
-        print(f"resumed from {ckpt_path} after epoch {start_epoch - 1}", flush=True)
-    log_rows = _read_log(out / LOG_FILE, start_epoch - 1)
-    _write_log(out / LOG_FILE, log_rows)
-
-    use_dice = cfg.loss == "bce_dice"
-    epochs_run = 0
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if cfg.stop_after_epochs and epochs_run >= cfg.stop_after_epochs:
-            break
-        started = time.time()
-        model.train()
-        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.from_numpy(_epoch_indices(has_tumor, cfg, epoch))
-        total_loss, batches = 0.0, 0
-        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
-        for start in bar:
-            idx = order[start : start + cfg.batch_size]
-            images, masks = images_t[idx], masks_t[idx].unsqueeze(1).float()
-            if cfg.flip == "random":
-                images, masks = random_hflip(images, masks, generator)
-            inputs = uint8_batch_to_input(images, normalize=False)
-            if cfg.augment == "affine_gamma":
-                inputs, masks = random_affine_gamma(inputs, masks, generator)
-            if cfg.normalize:
-                inputs = normalize_per_image(inputs)
-            inputs = inputs.to(device)
-            if device.type == "cpu":
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            masks = masks.to(device)
-            with autocast(device, cfg.amp):
-                logits = model(inputs)
-            loss = bce_dice_loss(logits.float(), masks, use_dice)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item()
-            batches += 1
-            bar.set_postfix(loss=f"{total_loss / batches:.4f}")
-        bar.close()
-
-        segmenter = Segmenter(model, model_cfg, device=str(device), bf16=cfg.amp)
-        report = evaluate_arrays(segmenter, val_images, val_masks, val_patients)
-        model.train()
-        score = report.slice_dice
-        row = {
-            "epoch": epoch, "train_loss": round(total_loss / max(batches, 1), 5),
-            "lr": f"{scheduler.get_last_lr()[0]:.3g}",
-            "val_slice_dice": round(report.slice_dice, 4), "val_slice_iou": round(report.slice_iou, 4),
-            "val_tumor_slice_dice": round(report.tumor_slice_dice, 4),
-            "val_empty_fp_rate": round(report.empty_fp_rate, 4), "val_volume_dice": round(report.volume_dice, 4),
-            "seconds": round(time.time() - started, 1),
-        }
-        print(json.dumps(row), flush=True)
-        if score > best_score:
-            best_score, best_epoch = score, epoch
-            save_model(model, model_cfg, out / "best")
-        if averaged is not None and epoch >= cfg.swa_start:
-            averaged.update_parameters(model)
-        log_rows.append(row)
-        _write_log(out / LOG_FILE, log_rows)
+    epochs = epochs_to_run(cfg, state.epoch)
+    for epoch in epochs:
+        log_rows.append(run_epoch(cfg, state, data, epoch, device, out))
+        write_log(out / LOG_FILE, log_rows)  # first the log, then the checkpoint: a resume drops later rows
         if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-            state = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch,
-                "best_score": best_score, "best_epoch": best_epoch,
-            }
-            if averaged is not None:
-                state["averaged"] = averaged.state_dict()
-            _atomic_torch_save(state, ckpt_path)
-        epochs_run += 1
+            save_checkpoint(state, out / CHECKPOINT_FILE)
 
     best_dir = out / "best"
     finished = not log_rows or int(log_rows[-1]["epoch"]) >= cfg.epochs
-    if finished and epochs_run:
-        last_epoch = int(log_rows[-1]["epoch"])
-        last_cfg = dataclasses.replace(model_cfg, extra={"epoch": last_epoch})
-        save_model(model, last_cfg, out / "last")  # the final weights, an alternative to the best epoch
-        if averaged is not None and int(averaged.n_averaged) > 0:
-            swa_model = _save_average(averaged, images_t, cfg, device, last_epoch, out / "swa")
-            swa_report = evaluate_arrays(
-                Segmenter(swa_model, model_cfg, device=str(device), bf16=cfg.amp), val_images, val_masks,
-                val_patients,
-            )
-            print(f"swa/ ({int(averaged.n_averaged)} epochs averaged) on validation: slice Dice "
-                  f"{swa_report.slice_dice:.4f}, volume Dice {swa_report.volume_dice:.4f}", flush=True)
+    if finished and epochs:
+        save_final_models(cfg, state, data, device, out)
     if finished and cfg.tune_postprocessing and best_dir.exists():
-        best = Segmenter.from_pretrained(best_dir, device=str(device), bf16=cfg.amp)
-        best.config, _ = tune_postprocessing(best, val_images, val_masks, val_patients)
-        best.config.extra.update({"best_epoch": best_epoch, "val_slice_dice": best_score})
-        best.config.save(best_dir)
-        print(f"post-processing tuned on validation: {best.config.to_dict()}", flush=True)
+        tune_best_model(cfg, state, data, device, best_dir)
     return best_dir

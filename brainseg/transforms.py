@@ -32,13 +32,6 @@ def preprocess(image: np.ndarray, size: int = 256, normalize: bool = True) -> to
     return normalize_per_image(tensor) if normalize else tensor
 
 
-def mask_to_tensor(mask: np.ndarray, size: int = 256) -> torch.Tensor:
-    """``ToTensor`` then ``Resize`` for a mask, kept binary: 1 x size x size float of 0/1."""
-    tensor = F.to_tensor((np.asarray(mask) > 0).astype(np.float32))
-    resized = transforms.Resize((size, size), interpolation=transforms.InterpolationMode.NEAREST)(tensor)
-    return (resized > 0.5).float()
-
-
 def uint8_batch_to_input(images: torch.Tensor, normalize: bool) -> torch.Tensor:
     """(N, 3, H, W) uint8 -> float model input; the same numbers as :func:`preprocess` at native size."""
     floats = images.float().div_(255.0)

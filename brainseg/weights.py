@@ -8,6 +8,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import WEIGHTS_FILE, ModelConfig
+from .fileio import atomic_write
 
 
 def state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -17,11 +18,8 @@ def state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_weights(model: torch.nn.Module, folder: str | Path) -> Path:
     """Write ``model.safetensors`` atomically (temporary file, then rename)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    save_file(state_for_saving(model), str(tmp), metadata={"format": "pt"})
-    return tmp.replace(folder / WEIGHTS_FILE)
+    state = state_for_saving(model)
+    return atomic_write(Path(folder) / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Shared by the demo tests: the test slices, and ``app.py`` served on 127.0.0.1 in a subprocess."""
+"""Shared by the demo tests and ``benchmarks/app_latency.py``: the test slices, and ``app.py`` served on
+127.0.0.1 in a subprocess (:class:`DemoServer`, the one launcher)."""
 from __future__ import annotations
 
 import os
@@ -47,7 +48,8 @@ def free_port() -> int:
 
 @dataclass
 class DemoServer:
-    """``python app.py`` running in a subprocess."""
+    """``python app.py`` on 127.0.0.1 and a free port in a subprocess, its output in ``log``; a context manager
+    that stops it."""
 
     url: str
     process: subprocess.Popen
@@ -55,6 +57,7 @@ class DemoServer:
 
     @classmethod
     def start(cls, log: Path, *args: str) -> "DemoServer":
+        """Start it with ``args`` for app.py (``--data-dir``, ``--model``, ...) and wait until it answers."""
         port = free_port()
         env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
         command = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), *args]
@@ -77,6 +80,12 @@ class DemoServer:
                 time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"app.py did not answer within {STARTUP_TIMEOUT_S} s:\n{self.log.read_text()}")
+
+    def __enter__(self) -> "DemoServer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -6,8 +6,7 @@ Serves model repos the way the Hub's endpoints do (as read from huggingface_hub 
   sha1), ``X-Repo-Commit`` and ``Content-Length``; LFS files (``*.safetensors``) answer 302 to a
   separate "CDN" origin with ``X-Linked-Etag`` (sha256), ``X-Linked-Size`` and ``X-Repo-Commit``.
   Errors carry ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``).
-* ``GET /api/models/{repo}[/revision/{rev}]`` (model_info / repo_info) and
-  ``GET /api/models/{repo}/tree/{rev}`` (list_repo_tree, used by snapshot_download).
+* ``GET /api/models/{repo}[/revision/{rev}]`` (model_info / repo_info).
 * Uploads: ``POST /api/repos/create``, ``POST /api/validate-yaml``, ``POST /api/models/{repo}/preupload/{rev}``
   (every file is answered ``uploadMode: regular``, so content travels base64 in the commit) and
   ``POST /api/models/{repo}/commit/{rev}`` (ndjson). Writes need ``Authorization: Bearer <token>``.
@@ -155,7 +154,7 @@ class FakeHub:
                     else:
                         hub._route_cdn(self, method)
                 except Exception as exc:  # a stand-in bug must show up as a 500, not a hang
-                    send_bytes(self, 500, json.dumps({"error": repr(exc)}).encode(), {"Content-Type": "application/json"})
+                    send_json(self, 500, {"error": repr(exc)})
 
         return Handler
 
@@ -189,8 +188,6 @@ class FakeHub:
             repo_id = f"{parts[2]}/{parts[3]}"
             if len(parts) == 4 or parts[4] == "revision":
                 return self._model_info(handler, repo_id, parts[5] if len(parts) > 5 else "main")
-            if parts[4] == "tree":
-                return self._tree(handler, repo_id, parts[5])
         if method == "POST":
             if not self._authorized(handler):
                 return self._error(handler, 401, "Unauthorized", "Invalid credentials in Authorization header")
@@ -257,19 +254,6 @@ class FakeHub:
             info = {"id": repo_id, "modelId": repo_id, "sha": sha, "private": False, "library_name": "brainseg",
                     "siblings": [{"rfilename": p} for p in sorted(repo.commits[sha])]}
             send_json(handler, 200, info)
-
-    def _tree(self, handler: BaseHTTPRequestHandler, repo_id: str, revision: str) -> None:
-        found = self._lookup(handler, repo_id, revision)
-        if found is None:
-            return
-        repo, sha = found
-        entries = []
-        for path, data in sorted(repo.commits[sha].items()):
-            entry = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
-            if is_lfs(path):
-                entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
-            entries.append(entry)
-        send_json(handler, 200, entries)
 
     def _create(self, handler: BaseHTTPRequestHandler, payload: dict) -> None:
         repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]

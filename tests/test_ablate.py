@@ -3,8 +3,12 @@ import json
 import subprocess
 import sys
 
-from brainseg.data import scan_dataset
+import pytest
 from conftest import link_patient
+
+from brainseg.data import scan_dataset
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # trains and scores two variants through the CLI
 
 TEST_PATIENTS = ["TCGA_CS_4944_20010208", "TCGA_DU_6407_19860514"]
 
@@ -37,6 +41,12 @@ def test_normalization_study_scores_each_variant_on_the_test_patients(lgg_test_d
         assert 0.0 <= row["slice_dice"] <= 1.0 and 0.0 <= row["volume_dice"] <= 1.0
     table = (out / "normalization.md").read_text()
     assert "width 4, 1 epochs" in table and table in done.stdout
+    assert ("| variant | slice Dice | slice IoU | tumor-slice Dice | empty FP rate | volume Dice | train min |\n"
+            "|---|---|---|---|---|---|---|\n") in table
+    first = rows[0]
+    assert (f"| {first['variant']} | {first['slice_dice']:.3f} | {first['slice_iou']:.3f} | "
+            f"{first['tumor_slice_dice']:.3f} | {first['empty_fp_rate']:.3f} | {first['volume_dice']:.3f} | "
+            f"{first['minutes']} |") in table
     assert table.count("\n| ") == 1 + len(rows)  # the header line, then one line per variant
     assert (out / "normalization" / "normalize=True" / "best").is_dir()
     assert (out / "normalization" / "normalize=False" / "best").is_dir()

@@ -6,14 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from demo_server import DemoServer, demo_server, largest_tumor_slice, read_png, require_test_data
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 
 from brainseg.data import read_image, read_mask
 from brainseg.metrics import dice_score, iou_score
-from demo_server import DemoServer, demo_server, largest_tumor_slice, read_png, require_test_data
-from gradio_client import Client, handle_file
-from gradio_client.exceptions import AppError
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 MASK, STATS, OVERLAY, HEATMAP, TRUTH, AGREEMENT, PAIR, SUMMARY = range(8)
 LIVE_MASK, LIVE_STATS = 0, 1
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import tifffile
@@ -11,7 +12,7 @@ import app
 from brainseg.config import ModelConfig
 from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position, mask_areas
 from brainseg.inference import Segmenter
-from brainseg.model import UNet
+from brainseg.model import build_model
 
 TUMOR_PX = {2: 40, 3: 300, 4: 120}  # slice number -> square tumor area (others empty)
 
@@ -39,7 +40,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_segmenter() -> Segmenter:
     config = ModelConfig(base_channels=2, depth=2, input_size=32)
-    return Segmenter(UNet(**config.architecture()), config, source="tiny test model", device="cpu")
+    return Segmenter(build_model(config), config, source="tiny test model", device="cpu")
 
 
 def test_dataset_index_and_positions(dataset: Path) -> None:
@@ -108,3 +109,78 @@ def test_ui_without_dataset_explains_how_to_get_examples(tiny_segmenter: Segment
     assert "--data-dir" in hint["props"]["value"] and app.DATA_DIR_ENV in hint["props"]["value"]
     disclaimer = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "disclaimer")
     assert "not a medical device" in disclaimer["props"]["value"]
+
+
+def wired(demo, api_name: str) -> tuple[list[str | None], list[str | None]]:
+    """elem_ids (None for State) of the inputs and outputs of the event behind ``api_name``."""
+    config = demo.get_config_file()
+    elem = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    dep = next(d for d in config["dependencies"] if d["api_name"] == api_name)
+    return [elem[i] for i in dep["inputs"]], [elem[i] for i in dep["outputs"]]
+
+
+def test_outputs_are_wired_in_the_order_of_the_named_fields(tiny_segmenter: Segmenter) -> None:
+    demo = app.build_demo(tiny_segmenter, None)
+    inputs, outputs = wired(demo, "segment")
+    assert inputs == ["slice-file", "threshold", "normalize", "truth-file"]
+    api_order = ["mask", "stats", "overlay", "heatmap", "truth", "agreement", "compare", "summary"]
+    assert outputs == [*api_order, None] and list(app.SliceOutputs._fields) == [*api_order, "state"]
+    inputs, outputs = wired(demo, "threshold")
+    assert inputs == [None, "threshold"]
+    assert outputs == ["mask", "stats", "overlay", "agreement", "compare", "summary"]
+    assert outputs == list(app.LiveOutputs._fields)
+
+
+def png_pixels(path: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def test_handlers_segment_and_redraw_without_a_server(tiny_segmenter: Segmenter, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    image_file, truth_file = tmp_path / "slice.tif", tmp_path / "slice_mask.tif"
+    tifffile.imwrite(image_file, rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    truth = np.zeros((40, 48), np.uint8)
+    truth[5:20, 10:30] = 255
+    tifffile.imwrite(truth_file, truth)
+    handlers = app.SliceHandlers(tiny_segmenter, str(tmp_path / "cache"))
+
+    first = handlers.segment(str(image_file), 0.5, True, str(truth_file))
+    state = first.state
+    expected = tiny_segmenter.to_mask(state.proba, 0.5)
+    assert np.array_equal(png_pixels(first.mask) == 255, expected)
+    assert first.stats["area_px"] == int(expected.sum()) and first.stats["truth_area_px"] == 300
+    assert (first.stats["width"], first.stats["height"]) == (48, 40)
+    assert first.compare == (first.truth, first.overlay) and png_pixels(first.heatmap).shape == (40, 48, 3)
+
+    threshold = float(np.median(state.proba))  # a threshold that splits the map
+    live = handlers.rethreshold(state, threshold)
+    fresh = handlers.segment(str(image_file), threshold, True, str(truth_file))
+    assert live == fresh.live() and live.stats["threshold"] == round(threshold, 4)
+    assert np.array_equal(png_pixels(live.mask) == 255, tiny_segmenter.to_mask(state.proba, threshold))
+
+    no_truth = handlers.change_truth(state, None, threshold)
+    assert no_truth.truth is None and no_truth.compare is None and no_truth.agreement is None
+    assert no_truth.stats["dice"] is None and no_truth.mask == live.mask
+
+    assert all(isinstance(v, type(gr.skip())) for v in handlers.rethreshold(None, 0.5))
+    assert all(isinstance(v, type(gr.skip())) for v in handlers.change_truth(None, str(truth_file), 0.5))
+    cleared = app.clear_all()
+    assert len(cleared) == len(app.SliceOutputs._fields) + 1 and cleared[app.SliceOutputs._fields.index("summary")]
+    assert [v for v in cleared if v is not None] == [app.START_TEXT]
+    with pytest.raises(gr.Error, match="Upload a slice first"):
+        handlers.segment(None, 0.5, True, None)
+
+
+def test_dataset_browser_picks_the_largest_tumor_slice(dataset: Path) -> None:
+    index = DatasetIndex(dataset)
+    browser = app.DatasetBrowser(index)
+    name = index.names[0]
+    slider = browser.choose_patient(name)
+    assert (slider.value, slider.maximum) == (3, 6)
+    picked = browser.pick_slice(name, 3)
+    assert picked.image_file.endswith(f"{name}_3.tif") and picked.truth_file.endswith(f"{name}_3_mask.tif")
+    assert "with its ground truth" in picked.caption
+    assert all(isinstance(v, type(gr.skip())) for v in browser.pick_slice(None, 3))

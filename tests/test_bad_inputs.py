@@ -12,7 +12,6 @@ import struct
 import subprocess
 import sys
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -228,6 +227,8 @@ def cli_extra_args(cli: str, tmp_path: Path) -> list[str]:
     return []
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("cli", ["train.train", "train.evaluate", "train.tune"])
 def test_clis_report_bad_data_folders_in_one_line(cli: str, tmp_path: Path, real_slice: Path) -> None:
     (tmp_path / "empty").mkdir()
@@ -245,6 +246,8 @@ def test_clis_report_bad_data_folders_in_one_line(cli: str, tmp_path: Path, real
         assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (name, lines)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_app_refuses_a_bad_data_dir_in_one_line(tmp_path: Path) -> None:
     result = run_cli("app.py", "--data-dir", str(tmp_path / "missing"), "--port", "1")
     assert result.returncode != 0 and "Traceback" not in result.stderr
@@ -292,6 +295,8 @@ def segment(client, image: Path, truth: Path | None = None) -> tuple:
                           api_name="/segment")
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_app_answers_every_bad_upload_with_its_message_and_keeps_serving(client, real_slice: Path,
                                                                          tmp_path: Path) -> None:
     from gradio_client.exceptions import AppError
@@ -307,6 +312,8 @@ def test_app_answers_every_bad_upload_with_its_message_and_keeps_serving(client,
     assert stats["notes"] == [] and stats["area_px"] > 0, "still serving, and correctly"
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_app_notes_constant_slices_masks_as_images_and_grey_masks(client, real_slice: Path, lgg_test_dir: Path,
                                                                   tmp_path: Path) -> None:
     black = tiff_file(tmp_path / "black slice é.tif", np.zeros((256, 256, 3), np.uint8))

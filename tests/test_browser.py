@@ -10,9 +10,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from demo_server import REPO, DemoServer, demo_server, largest_tumor_slice
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 CHROMIUM = os.environ.get("BRAINSEG_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from conftest import link_patient
 
 from brainseg.data import (
     Patient,
@@ -9,6 +10,7 @@ from brainseg.data import (
     bundled_test_patients,
     find_dataset_root,
     load_slices,
+    make_split,
     patient_split,
     scan_dataset,
 )
@@ -68,3 +70,28 @@ def test_article_split_is_random_over_slices_and_leaks_patients() -> None:
     assert len(split.test) == 396 and len(split.train) == 3564
     assert split.protocol == "article-leaky"
     assert split.patients("train") & split.patients("test")
+
+
+def test_make_split_is_the_patient_or_the_article_split_of_the_folder(lgg_test_dir, tmp_path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    held_out = "TCGA_CS_4944_20010208"
+    (data / held_out).symlink_to(lgg_test_dir / held_out, target_is_directory=True)
+    for i in range(20):  # 20 stand-in patients, two real slices each (links, nothing copied)
+        link_patient(lgg_test_dir / "TCGA_DU_5871_19941206", data / f"TCGA_XX_{i:04d}_20000101", [2 * i % 30 + 1, 20])
+    patients = scan_dataset(data)
+    split = make_split(data, "patient", val_fraction=0.1, seed=7)
+    assert split == patient_split(patients, val_fraction=0.1, seed=7)
+    assert split.patients("test") == {held_out} and len(split.patients("val")) == 2 and len(split.train) == 36
+    assert make_split(data, seed=8).patients("val") != split.patients("val")
+    assert make_split(data, "article", seed=7) == article_split(patients, seed=7)
+    with pytest.raises(ValueError, match="unknown split 'slices': use one of patient, article"):
+        make_split(data, "slices")
+
+
+def test_make_split_refuses_a_folder_without_masks(lgg_test_dir, tmp_path) -> None:
+    folder = tmp_path / "TCGA_XX_0000_20000101"
+    folder.mkdir()
+    (folder / f"{folder.name}_1.tif").symlink_to(lgg_test_dir / "TCGA_CS_4944_20010208" / "TCGA_CS_4944_20010208_1.tif")
+    with pytest.raises(ValueError, match="no ground-truth masks"):
+        make_split(tmp_path)

@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from brainseg.config import ModelConfig
-from brainseg.inference import DEFAULT_MODEL_DIR, describe_device, pick_device
+from brainseg.hub import BUNDLED_MODEL_DIR
+from brainseg.inference import describe_device, pick_device
 
-RECORDED = DEFAULT_MODEL_DIR / "metrics.json"
+pytestmark = pytest.mark.slow  # all 369 held-out slices through the bundled model, in a subprocess
+
+RECORDED = BUNDLED_MODEL_DIR / "metrics.json"
 KEYS = ["slice_dice", "slice_iou", "tumor_slice_dice", "tumor_slice_iou", "empty_fp_rate", "volume_dice"]
 
 
@@ -25,7 +28,7 @@ def test_bundled_model_reproduces_its_recorded_metrics(lgg_test_dir, tmp_path) -
     assert (result["n_slices"], result["n_tumor_slices"], result["n_patients"]) == (369, 106, 11)
     for key in KEYS:
         assert result[key] == pytest.approx(recorded[key], abs=0.005), key
-    assert result["model_config"] == ModelConfig.load(DEFAULT_MODEL_DIR).to_dict()
+    assert result["model_config"] == ModelConfig.load(BUNDLED_MODEL_DIR).to_dict()
     assert result["hardware"] == f"{describe_device(pick_device())}, bf16=False"
 
 
@@ -34,6 +37,6 @@ def test_cpu_is_described_by_architecture_and_threads() -> None:
 
 
 def test_bundled_model_is_small_and_pickle_free() -> None:
-    weights = DEFAULT_MODEL_DIR / "model.safetensors"
+    weights = BUNDLED_MODEL_DIR / "model.safetensors"
     assert weights.stat().st_size < 15 * 1024 * 1024
-    assert not list(DEFAULT_MODEL_DIR.glob("*.pt")) and not list(DEFAULT_MODEL_DIR.glob("*.bin"))
+    assert not list(BUNDLED_MODEL_DIR.glob("*.pt")) and not list(BUNDLED_MODEL_DIR.glob("*.bin"))

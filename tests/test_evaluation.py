@@ -1,14 +1,19 @@
 """Post-processing search: it returns the grid point with the best slice Dice + volume Dice."""
 import itertools
+import json
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 import torch
+from conftest import link_patient
 
 from brainseg import Segmenter
 from brainseg.config import ModelConfig
-from brainseg.data import load_slices, scan_dataset
-from brainseg.evaluation import count_slices, evaluate_arrays, tune_postprocessing
-from brainseg.metrics import summarize
+from brainseg.data import load_slices, make_split, scan_dataset
+from brainseg.evaluation import count_slices, evaluate_arrays, evaluate_model, select_slices, tune_postprocessing
+from brainseg.metrics import METRICS, summarize
 
 THRESHOLDS = (0.3, 0.5, 0.7)
 MIN_SIZES = (0, 40, 320)
@@ -20,6 +25,7 @@ def every_other_slice_of_two_patients(lgg_test_dir):
     return images, masks, [r.patient for r in records]
 
 
+@pytest.mark.slow
 def test_tuning_without_tta_picks_the_best_grid_point(lgg_test_dir) -> None:
     images, masks, patients = every_other_slice_of_two_patients(lgg_test_dir)
     segmenter = Segmenter.from_pretrained()
@@ -31,7 +37,8 @@ def test_tuning_without_tta_picks_the_best_grid_point(lgg_test_dir) -> None:
 
     probas = Segmenter(segmenter.model, tuned).predict_proba_batch(images)  # single pass, as tuned
     reports = {
-        (t, m): summarize(count_slices(probas, masks, patients, t, m)) for t, m in itertools.product(THRESHOLDS, MIN_SIZES)
+        (t, m): summarize(count_slices(probas, masks, patients, t, m))
+        for t, m in itertools.product(THRESHOLDS, MIN_SIZES)
     }
     scores = {key: r.slice_dice + r.volume_dice for key, r in reports.items()}
     assert len(set(np.round(list(scores.values()), 6))) > 1  # the grid does matter on these slices
@@ -42,6 +49,7 @@ def test_tuning_without_tta_picks_the_best_grid_point(lgg_test_dir) -> None:
     assert again.slice_dice == report.slice_dice and again.volume_dice == report.volume_dice
 
 
+@pytest.mark.slow
 def test_tuning_can_be_forced_to_use_tta(lgg_test_dir) -> None:
     images, masks, patients = every_other_slice_of_two_patients(lgg_test_dir)
     tuned, _ = tune_postprocessing(
@@ -74,3 +82,57 @@ def test_default_grid_finds_an_optimum_below_0_3() -> None:
     assert report.slice_dice == 1.0 and report.volume_dice == 1.0
     at_03 = summarize(count_slices(segmenter.predict_proba_batch(images), masks, patients, 0.3, 0))
     assert at_03.tumor_slice_dice == 0.0
+
+
+HELD_OUT = "TCGA_CS_4944_20010208"
+
+
+def dataset_with_stand_ins(lgg_test_dir, root):
+    """One held-out patient under its own name and 20 stand-in patients with two real slices each (links)."""
+    root.mkdir()
+    (root / HELD_OUT).symlink_to(lgg_test_dir / HELD_OUT, target_is_directory=True)
+    for i in range(20):  # slice 20 has a lesion, 1..16 have none
+        link_patient(lgg_test_dir / "TCGA_DU_5871_19941206", root / f"TCGA_XX_{i:04d}_20000101", [i % 16 + 1, 20])
+    return root
+
+
+def test_evaluate_model_scores_the_patients_its_split_seed_picks(lgg_test_dir, tmp_path) -> None:
+    data = dataset_with_stand_ins(lgg_test_dir, tmp_path / "data")
+    segmenter = Segmenter.from_pretrained()
+    result = evaluate_model(segmenter, data, "val", split_seed=7)
+    val = make_split(data, seed=7).val
+    assert set(result["per_patient_dice"]) == {r.patient for r in val} and result["n_slices"] == len(val) == 4
+    assert (result["split"], result["split_seed"], result["val_fraction"]) == ("val", 7, 0.1)
+    images, masks = load_slices(list(val))
+    expected = evaluate_arrays(segmenter, images, masks, [r.patient for r in val])  # batched, not one at a time
+    for metric in METRICS:
+        assert result[metric.key] == pytest.approx(getattr(expected, metric.key), abs=1e-3), metric.key
+    assert result["model_config"] == segmenter.config.to_dict() and result["ms_per_slice"] > 0
+    assert set(evaluate_model(segmenter, data, "val", split_seed=8)["per_patient_dice"]) != set(
+        result["per_patient_dice"])
+    assert {r.patient for r in select_slices(data, "test")} == {HELD_OUT}
+    assert len(select_slices(data, "all")) == 20 + 2 * 20
+    with pytest.raises(ValueError, match="unknown split 'validation': use one of all, test, val, train"):
+        select_slices(data, "validation")
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_evaluate_cli_takes_the_split_seed_and_writes_the_same_table(lgg_test_dir, tmp_path) -> None:
+    data = dataset_with_stand_ins(lgg_test_dir, tmp_path / "data")
+    done = subprocess.run(
+        [sys.executable, "-m", "train.evaluate", "--data-dir", str(data), "--split", "val", "--split-seed", "5",
+         "--json", str(tmp_path / "e.json"), "--markdown", str(tmp_path / "e.md")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert set(result["per_patient_dice"]) == make_split(data, seed=5).patients("val")
+    assert result["split_seed"] == 5
+    table = (tmp_path / "e.md").read_text()
+    assert table in done.stdout
+    lines = table.splitlines()
+    assert lines[:2] == ["| metric | value |", "|---|---|"] and len(lines) == 2 + len(METRICS) + 2
+    assert f"| Dice per slice (empty/empty = 1) | {result['slice_dice']:.4f} |" in lines
+    assert f"| false-positive rate on tumor-free slices | {result['empty_fp_rate']:.4f} |" in lines
+    assert f"| slices / tumor slices / patients | 4 / {result['n_tumor_slices']} / 2 |" in lines

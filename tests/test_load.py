@@ -23,12 +23,13 @@ import numpy as np
 import psutil
 import pytest
 import tifffile
+from demo_server import DemoServer, read_png, require_test_data
 from PIL import Image
 
 from brainseg.data import read_image, read_mask, scan_dataset
 from brainseg.imaging import decode_image
-from demo_server import DemoServer, read_png, require_test_data
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 USERS = int(os.environ.get("BRAINSEG_LOAD_USERS", "8"))
 REQUESTS = int(os.environ.get("BRAINSEG_LOAD_REQUESTS", "25"))
 MEMORY_SLACK_MB = 200

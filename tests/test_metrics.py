@@ -1,7 +1,9 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
-from brainseg.metrics import SliceCounts, dice_score, iou_score, summarize
+from brainseg.metrics import METRICS, METRICS_BY_KEY, Report, SliceCounts, dice_score, iou_score, summarize
 from brainseg.postprocess import binarize, remove_small_components
 
 
@@ -53,3 +55,12 @@ def test_small_components_are_removed_large_kept() -> None:
     assert kept.sum() == 25 and not kept[0, 0]
     proba = mask.astype(np.float32) * 0.8
     assert binarize(proba, 0.5, 0).sum() == 29 and binarize(proba, 0.9).sum() == 0
+
+
+def test_the_metric_table_names_every_rate_of_a_report_once() -> None:
+    rates = [f.name for f in dataclasses.fields(Report) if f.type == "float"]
+    assert [m.key for m in METRICS] == rates
+    assert len({m.label for m in METRICS}) == len({m.short for m in METRICS}) == len(METRICS)
+    assert METRICS_BY_KEY["empty_fp_rate"].label == "false-positive rate on tumor-free slices"
+    assert METRICS_BY_KEY["empty_fp_rate"].title == "False-positive rate on tumor-free slices"
+    assert METRICS_BY_KEY["volume_dice"].title == "Volume Dice (mean over patients)"

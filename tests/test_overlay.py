@@ -13,6 +13,7 @@ from brainseg.overlay import (
     FALSE_POSITIVE_COLOUR,
     PREDICTION_COLOUR,
     TRUE_POSITIVE_COLOUR,
+    TRUTH_COLOUR,
     MaskSummary,
     agreement_overlay,
     contour_thickness,
@@ -20,6 +21,8 @@ from brainseg.overlay import (
     mask_image,
     probability_heatmap,
     render_views,
+    slice_numbers,
+    truth_overlay,
 )
 
 masks = arrays(bool, st.tuples(st.integers(8, 48), st.integers(8, 48)))
@@ -114,9 +117,29 @@ def test_mask_image_is_white_on_black() -> None:
 def test_render_views_with_and_without_truth() -> None:
     image = gray_slice((64, 64))
     plain = render_views(image, disc())
-    assert plain.truth_overlay is None and plain.agreement is None
+    assert plain.agreement is None and plain.summary.dice is None
     assert np.array_equal(plain.mask == 255, disc())
+    assert np.array_equal(plain.overlay, fill_and_contour(image, disc(), PREDICTION_COLOUR))
     truth = disc(centre=(30, 34))
     full = render_views(image, disc(), truth)
-    assert full.truth_overlay.shape == full.agreement.shape == image.shape
+    assert np.array_equal(full.agreement, agreement_overlay(image, disc(), truth))
     assert full.summary.dice == dice_score(disc(), truth)
+
+
+def test_truth_overlay_is_the_truth_in_its_colour() -> None:
+    image, truth = gray_slice((64, 64)), disc(centre=(30, 34))
+    drawn = truth_overlay(image, truth)
+    assert np.array_equal(drawn, fill_and_contour(image, truth, TRUTH_COLOUR))
+    assert not np.array_equal(drawn[truth], image[truth]) and np.array_equal(drawn[0, 0], image[0, 0])
+
+
+def test_slice_numbers_describe_the_mask_the_slice_and_the_map() -> None:
+    image = gray_slice((48, 64))
+    proba = np.linspace(0, 0.8, 48 * 64, dtype=np.float32).reshape(48, 64)
+    pred, truth = proba > 0.5, proba > 0.6
+    numbers = slice_numbers(MaskSummary.of(pred, truth), image, proba, 0.123456, True, ["a note"])
+    assert numbers["area_px"] == int(pred.sum()) and numbers["dice"] == dice_score(pred, truth)
+    assert (numbers["width"], numbers["height"]) == (64, 48)
+    assert numbers["threshold"] == 0.1235 and numbers["normalize"] is True and numbers["notes"] == ["a note"]
+    assert numbers["probability_max"] == 0.8
+    assert numbers["probability_mean"] == round(float(proba.mean()), 6)

@@ -6,10 +6,18 @@ import sys
 
 import pytest
 import torch
+from conftest import link_patient
 
 from brainseg import Segmenter
-from brainseg.training import CHECKPOINT_FILE, LOG_FILE, TrainConfig, make_split, train
-from conftest import link_patient
+from brainseg.training import (
+    CHECKPOINT_FILE,
+    CHOICES,
+    LOG_FILE,
+    TrainConfig,
+    make_optimizer,
+    make_scheduler,
+    train,
+)
 
 
 def tiny_config(lgg_test_dir, out_dir, **overrides) -> TrainConfig:
@@ -27,6 +35,7 @@ def read_log(out_dir) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_loss_falls_and_a_killed_run_resumes_from_its_checkpoint(lgg_test_dir, tmp_path) -> None:
     out = tmp_path / "run"
     train(tiny_config(lgg_test_dir, out, stop_after_epochs=2))
@@ -51,6 +60,7 @@ def test_loss_falls_and_a_killed_run_resumes_from_its_checkpoint(lgg_test_dir, t
     assert all(torch.equal(last_state[k], final[k].to(last_state[k].dtype)) for k in last_state)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_weights(lgg_test_dir, tmp_path) -> None:
     first = train(tiny_config(lgg_test_dir, tmp_path / "a", epochs=1, amp=False))
     second = train(tiny_config(lgg_test_dir, tmp_path / "b", epochs=1, amp=False))
@@ -59,20 +69,26 @@ def test_same_seed_gives_the_same_weights(lgg_test_dir, tmp_path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_help_documents_the_article_preset() -> None:
     result = subprocess.run([sys.executable, "-m", "train.train", "--help"], capture_output=True, text=True, check=True)
     assert "--preset" in result.stdout and "article" in result.stdout and "--empty-fraction" in result.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_reports_a_missing_data_dir_in_one_line(tmp_path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "train.train", "--data-dir", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "o")],
+        [sys.executable, "-m", "train.train", "--data-dir", str(tmp_path / "missing"),
+         "--out-dir", str(tmp_path / "o")],
         capture_output=True, text=True,
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error:") and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_init_from_starts_where_the_given_model_ended(lgg_test_dir, tmp_path) -> None:
     first = train(tiny_config(lgg_test_dir, tmp_path / "a"))
     tuned = train(tiny_config(lgg_test_dir, tmp_path / "b", epochs=1, lr=1e-7, init_from=str(first)))
@@ -85,12 +101,14 @@ def test_init_from_starts_where_the_given_model_ended(lgg_test_dir, tmp_path) ->
     assert tuned_loss < first_loss
 
 
+@pytest.mark.slow
 def test_init_from_refuses_a_different_architecture(lgg_test_dir, tmp_path) -> None:
     first = train(tiny_config(lgg_test_dir, tmp_path / "a", epochs=1))
     with pytest.raises(ValueError, match="--base-channels"):
         train(tiny_config(lgg_test_dir, tmp_path / "b", base_channels=8, init_from=str(first)))
 
 
+@pytest.mark.slow
 def test_affine_gamma_augmentation_trains_reproducibly(lgg_test_dir, tmp_path) -> None:
     first = train(tiny_config(lgg_test_dir, tmp_path / "a", epochs=1, amp=False, augment="affine_gamma"))
     second = train(tiny_config(lgg_test_dir, tmp_path / "b", epochs=1, amp=False, augment="affine_gamma"))
@@ -106,6 +124,7 @@ def test_unknown_augment_is_refused_before_anything_is_written(lgg_test_dir, tmp
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_swa_averages_the_epochs_weights_across_a_resume(lgg_test_dir, tmp_path) -> None:
     out = tmp_path / "run"
     train(tiny_config(lgg_test_dir, out, epochs=3, swa_start=2, stop_after_epochs=2, checkpoint_every=1))
@@ -134,7 +153,63 @@ def test_validation_patients_follow_split_seed_not_the_training_seed(lgg_test_di
     for i in range(30):  # 30 non-test patients, one real slice each (links, nothing copied)
         link_patient(source, tmp_path / "data" / f"TCGA_XX_{i:04d}_20000101", [1])
     cfg = TrainConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "run"), seed=1)
-    val = make_split(cfg).patients("val")
+    val = cfg.data_split().patients("val")
     assert len(val) == 3
-    assert make_split(dataclasses.replace(cfg, seed=2)).patients("val") == val
-    assert make_split(dataclasses.replace(cfg, split_seed=5)).patients("val") != val
+    assert dataclasses.replace(cfg, seed=2).data_split().patients("val") == val
+    assert dataclasses.replace(cfg, split_seed=5).data_split().patients("val") != val
+
+
+@pytest.mark.parametrize("option", sorted(CHOICES))
+def test_a_misspelt_option_is_refused_with_the_valid_values(tmp_path, option) -> None:
+    with pytest.raises(ValueError, match=f"unknown {option} 'typo': use one of {', '.join(CHOICES[option])}"):
+        TrainConfig(data_dir="d", out_dir=str(tmp_path), **{option: "typo"})
+    for value in CHOICES[option]:
+        assert getattr(TrainConfig(data_dir="d", out_dir=str(tmp_path), **{option: value}), option) == value
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 0, "epochs must be at least 1"), ("batch_size", 0, "batch_size must be at least 1"),
+    ("checkpoint_every", 0, "checkpoint_every must be at least 1"), ("swa_start", -1, "swa_start must not be"),
+    ("lr", 0.0, "lr must be positive"), ("val_fraction", 1.0, "val_fraction must be in"),
+    ("empty_fraction", 1.5, "empty_fraction must be in"),
+])
+def test_out_of_range_numbers_are_refused(field, value, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(data_dir="d", out_dir="o", **{field: value})
+
+
+def test_every_optimizer_and_schedule_choice_is_implemented() -> None:
+    model = torch.nn.Linear(2, 1)
+    for optimizer in CHOICES["optimizer"]:
+        opt = make_optimizer(TrainConfig(data_dir="d", out_dir="o", optimizer=optimizer, lr=0.5), model)
+        assert type(opt).__name__.lower() == optimizer and opt.param_groups[0]["lr"] == 0.5
+    for schedule in CHOICES["schedule"]:
+        cfg = TrainConfig(data_dir="d", out_dir="o", schedule=schedule, epochs=2, lr=0.5)
+        opt = make_optimizer(cfg, model)
+        scheduler = make_scheduler(cfg, opt, steps_per_epoch=5)
+        lrs = []
+        for _ in range(10):
+            opt.step()
+            scheduler.step()
+            lrs.append(scheduler.get_last_lr()[0])
+        if schedule == "constant":
+            assert lrs == [0.5] * 10
+        else:  # cosine and one-cycle both peak at lr and anneal to near zero within the planned steps
+            assert 0.45 < max(lrs) <= 0.5 + 1e-9 and min(lrs) < 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_cli_offers_the_choices_and_refuses_a_typo_before_writing(tmp_path) -> None:
+    out = tmp_path / "o"
+    result = subprocess.run(
+        [sys.executable, "-m", "train.train", "--data-dir", str(tmp_path), "--out-dir", str(out), "--loss", "bce_dce"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2 and "invalid choice: 'bce_dce'" in result.stderr
+    assert "'bce', 'bce_dice'" in result.stderr
+    assert not out.exists()
+    help_text = subprocess.run([sys.executable, "-m", "train.train", "--help"], capture_output=True, text=True,
+                               check=True).stdout
+    for option, values in CHOICES.items():
+        assert f"--{option} {{{','.join(values)}}}" in help_text, option

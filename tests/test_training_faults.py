@@ -15,9 +15,12 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from brainseg.training import CHECKPOINT_FILE, LOG_FILE
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # a real training process, SIGKILLed and resumed
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3

@@ -2,10 +2,9 @@ import numpy as np
 import torch
 from torchvision import transforms
 
-from brainseg.data import read_image, read_mask, scan_dataset
+from brainseg.data import read_image, scan_dataset
 from brainseg.transforms import (
     flip_dataset_offline,
-    mask_to_tensor,
     preprocess,
     random_affine_gamma,
     random_hflip,
@@ -50,16 +49,6 @@ def test_constant_image_gives_zeros_not_nan() -> None:
     for value in (0, 255):
         out = preprocess(np.full((256, 256, 3), value, dtype=np.uint8))
         assert torch.isfinite(out).all() and out.abs().max() == 0
-
-
-def test_mask_stays_binary_after_resize(lgg_test_dir) -> None:
-    record = next(r for p in scan_dataset(lgg_test_dir) for r in p.slices if read_mask(r.mask_path).any())
-    mask = read_mask(record.mask_path)
-    tensor = mask_to_tensor(mask)
-    assert tensor.shape == (1, 256, 256) and set(tensor.unique().tolist()) <= {0.0, 1.0}
-    assert int(tensor.sum()) == int(mask.sum())
-    small = mask_to_tensor(mask, size=128)
-    assert set(small.unique().tolist()) == {0.0, 1.0}
 
 
 def test_offline_flip_doubles_and_mirrors() -> None:

@@ -6,16 +6,17 @@ on the held-out test patients. Results go to OUT_DIR/<study>.md and .json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from brainseg import Segmenter
-from brainseg.data import load_slices, patient_split, scan_dataset
+from brainseg.data import load_slices, make_split
 from brainseg.evaluation import evaluate_arrays
+from brainseg.metrics import METRICS_BY_KEY
 from brainseg.training import TrainConfig, train
+from train.cli import run
 
 STUDIES: dict[str, list[tuple[str, dict]]] = {
     "normalization": [("Normalize(mean, 2·std) on", {"normalize": True}), ("off (raw [0, 1])", {"normalize": False})],
@@ -28,6 +29,19 @@ STUDIES: dict[str, list[tuple[str, dict]]] = {
 }
 
 
+TABLE_METRICS = ("slice_dice", "slice_iou", "tumor_slice_dice", "empty_fp_rate", "volume_dice")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every variant of a study shares."""
+
+    base_channels: int = 8
+    epochs: int = 4
+    empty_fraction: float = 0.3
+    seed: int = 2026  # initialisation, sampling and the validation patients
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m train.ablate", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -35,24 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--study", choices=sorted(STUDIES), required=True)
     parser.add_argument("--data-dir", required=True, help="the full dataset (kaggle_3m layout)")
     parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--base-channels", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--empty-fraction", type=float, default=0.3)
-    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--base-channels", type=int, default=Budget.base_channels)
+    parser.add_argument("--epochs", type=int, default=Budget.epochs)
+    parser.add_argument("--empty-fraction", type=float, default=Budget.empty_fraction)
+    parser.add_argument("--seed", type=int, default=Budget.seed)
     return parser
 
 
-def run_study(args: argparse.Namespace) -> list[dict]:
-    split = patient_split(scan_dataset(args.data_dir), seed=args.seed)
+def run_study(study: str, data_dir: str, out_dir: str | Path, budget: Budget) -> list[dict]:
+    """Train every variant of ``study`` into ``out_dir/<study>/<variant>``; one row of held-out metrics each."""
+    split = make_split(data_dir, seed=budget.seed)
     test_images, test_masks = load_slices(list(split.test))
     test_patients = [r.patient for r in split.test]
     rows = []
-    for label, overrides in STUDIES[args.study]:
+    for label, overrides in STUDIES[study]:
         name = "-".join(f"{k}={v}" for k, v in overrides.items())
         cfg = TrainConfig(
-            data_dir=args.data_dir, out_dir=str(Path(args.out_dir) / args.study / name),
-            base_channels=args.base_channels, epochs=args.epochs, empty_fraction=args.empty_fraction,
-            tune_postprocessing=False, seed=args.seed, split_seed=args.seed, **overrides,
+            data_dir=data_dir, out_dir=str(Path(out_dir) / study / name),
+            base_channels=budget.base_channels, epochs=budget.epochs, empty_fraction=budget.empty_fraction,
+            tune_postprocessing=False, seed=budget.seed, split_seed=budget.seed, **overrides,
         )
         started = time.time()
         best = train(cfg)
@@ -63,31 +78,35 @@ def run_study(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def markdown(study: str, args: argparse.Namespace, rows: list[dict]) -> str:
-    budget = (f"width {args.base_channels}, {args.epochs} epochs, {args.empty_fraction:.0%} of tumor-free slices "
-              "per epoch, bf16 CPU; best epoch on validation; scored on the 11 held-out patients at threshold 0.5")
-    lines = [f"**{study}** ({budget})", "", "| variant | slice Dice | slice IoU | tumor-slice Dice | empty FP rate | "
-             "volume Dice | train min |", "|---|---|---|---|---|---|---|"]
+def markdown(study: str, budget: Budget, rows: list[dict]) -> str:
+    """The study's rows as a Markdown table under a line that states the budget."""
+    description = (f"width {budget.base_channels}, {budget.epochs} epochs, {budget.empty_fraction:.0%} of tumor-free "
+                   "slices per epoch, bf16 CPU; best epoch on validation; scored on the 11 held-out patients at "
+                   "threshold 0.5")
+    headers = [METRICS_BY_KEY[key].short for key in TABLE_METRICS]
+    lines = [f"**{study}** ({description})", "", "| variant | " + " | ".join(headers) + " | train min |",
+             "|---" * (len(headers) + 2) + "|"]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['slice_dice']:.3f} | {r['slice_iou']:.3f} | {r['tumor_slice_dice']:.3f} | "
-                     f"{r['empty_fp_rate']:.3f} | {r['volume_dice']:.3f} | {r['minutes']} |")
+        cells = [f"{r[key]:.3f}" for key in TABLE_METRICS]
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {r['minutes']} |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        rows = run_study(args)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def ablate(args: argparse.Namespace) -> int:
+    budget = Budget(args.base_channels, args.epochs, args.empty_fraction, args.seed)
+    rows = run_study(args.study, args.data_dir, args.out_dir, budget)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown(args.study, args, rows)
+    table = markdown(args.study, budget, rows)
     (out / f"{args.study}.md").write_text(table)
     (out / f"{args.study}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
     print(table)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(lambda: ablate(args))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ import torch
 from brainseg.card import build_card, check_evaluation, find_training_dir, metrics_summary, read_training_info
 from brainseg.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 from brainseg.data import bundled_test_patients, scan_dataset
-from brainseg.hub import ModelLoadError, ResolvedModel, load_model, parse_repo_arg, resolve_model
-from brainseg.inference import Segmenter
-from brainseg.model import UNet, count_parameters
+from brainseg.hub import ModelLoadError, ResolvedModel, parse_repo_arg, resolve_model
+from brainseg.inference import Segmenter, load_model
+from brainseg.model import count_parameters
 
 CARD_FILE = "README.md"
 EVAL_FILE = "evaluation.json"
@@ -137,7 +137,7 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
 
 
-def verify(model_arg: str, model: UNet, config: ModelConfig) -> Segmenter:
+def verify(model_arg: str, model: torch.nn.Module, config: ModelConfig) -> Segmenter:
     """Load ``model_arg`` back and check it holds the same weights and config."""
     loaded = Segmenter.from_pretrained(model_arg, device="cpu")
     if not same_weights(loaded.model, model) or loaded.config != config:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 
-from brainseg.training import PRESETS, TrainConfig, train
+from brainseg.training import CHOICES, PRESETS, TrainConfig, train
+from train.cli import run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"(default {value})")
         else:
-            parser.add_argument(flag, type=type(value), default=None, help=f"(default {value})")
+            parser.add_argument(flag, type=type(value), choices=CHOICES.get(field.name), default=None,
+                                help=f"(default {value})")
     return parser
 
 
@@ -43,15 +44,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        best = train(config_from_args(args))
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def train_command(args: argparse.Namespace) -> int:
+    best = train(config_from_args(args))
     print(f"best model: {best}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(lambda: train_command(args))
 
 
 if __name__ == "__main__":

@@ -7,39 +7,37 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from brainseg import Segmenter
-from brainseg.data import load_slices
+from brainseg.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, load_slices, make_split
 from brainseg.evaluation import tune_postprocessing
-from brainseg.training import TrainConfig, make_split
+from train.cli import run
+
+FLIP_TTA_OPTIONS = {"search": (False, True), "off": (False,), "on": (True,)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.tune", description=__doc__)
     parser.add_argument("--model", required=True, help="model folder to tune (its config.json is updated)")
     parser.add_argument("--data-dir", required=True, help="the full dataset (kaggle_3m layout)")
-    parser.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=TrainConfig.split_seed,
+    parser.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=DEFAULT_SPLIT_SEED,
                         help="the training run's --split-seed (which patients are validation)")
-    parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
                         help="validation share used in training")
     parser.add_argument("--bf16", action="store_true", help="bf16 inference while tuning")
-    parser.add_argument("--flip-tta", choices=["search", "off", "on"], default="search",
+    parser.add_argument("--flip-tta", choices=list(FLIP_TTA_OPTIONS), default="search",
                         help="'search' tries both; 'off' keeps inference single-pass (half the latency)")
-    args = parser.parse_args(argv)
-    try:
-        segmenter = Segmenter.from_pretrained(args.model, bf16=args.bf16)
-        split = make_split(TrainConfig(data_dir=args.data_dir, out_dir="", val_fraction=args.val_fraction,
-                                       split_seed=args.split_seed))  # the training run's own split
-        if not split.val:
-            raise ValueError("no validation patients under --data-dir: give the full dataset")
-        images, masks = load_slices(list(split.val))
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    tta_options = {"search": (False, True), "off": (False,), "on": (True,)}[args.flip_tta]
+    return parser
+
+
+def tune(args: argparse.Namespace) -> int:
+    segmenter = Segmenter.from_pretrained(args.model, bf16=args.bf16)
+    split = make_split(args.data_dir, "patient", args.val_fraction, args.split_seed)  # the training run's own split
+    if not split.val:
+        raise ValueError("no validation patients under --data-dir: give the full dataset")
+    images, masks = load_slices(list(split.val))
     tuned, validation = tune_postprocessing(
-        segmenter, images, masks, [r.patient for r in split.val], flip_tta_options=tta_options
+        segmenter, images, masks, [r.patient for r in split.val], flip_tta_options=FLIP_TTA_OPTIONS[args.flip_tta]
     )
     tuned.extra["tuned_on"] = f"{len(split.patients('val'))} validation patients, {len(split.val)} slices"
     tuned.save(args.model)
@@ -48,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {k: getattr(tuned, k) for k in ("threshold", "min_component_px", "flip_tta")}
     print(json.dumps({"chosen": chosen, "validation": report}))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(lambda: tune(args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,255 @@
+"""Inference speed on this CPU in one table, each figure next to its reference from the same run.
+
+    python benchmarks/inference_speed.py [--data-dir ../shared/data/lgg-test] [--model assets/model] [-n 30]
+
+Rows: the CPU (name, flags, threads); the network forward for one 256x256 held-out slice in PyTorch eager
+fp32 and in ONNX Runtime (median of ``-n`` after warm-up, the two interleaved so both see the same load);
+bf16 autocast where the CPU has native bf16 (AMX / AVX-512 BF16), else "not measured"; whether ONNX and
+bf16 keep the masks (model threshold + post-processing) on the held-out slices; a 155-slice volume batch
+(a 240x240x155 volume resized to 256x256) against 155 x the single-slice forward. Everything runs in one
+worker thread, as in the app. Only the network forward is timed: preprocessing and drawing are the same
+for every backend. Rows measured elsewhere (HTTP, browser) go in :func:`app_rows`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from brainseg.backends import AUTO_TOLERANCE, OnnxRunner, ensure_onnx  # noqa: E402
+from brainseg.config import WEIGHTS_FILE, ModelConfig  # noqa: E402
+from brainseg.cpu import CpuInfo, read_cpu_info  # noqa: E402
+from brainseg.data import load_slices, scan_dataset  # noqa: E402
+from brainseg.model import build_model  # noqa: E402
+from brainseg.postprocess import binarize  # noqa: E402
+from brainseg.transforms import uint8_batch_to_input  # noqa: E402
+from brainseg.weights import load_weights  # noqa: E402
+
+VOLUME_SLICES = 155
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Row:
+    """One line of the table: a measured value next to its same-run reference, their ratio and the target."""
+
+    measurement: str
+    value: str
+    reference: str = ""
+    ratio: str = ""
+    target: str = ""
+
+
+def print_table(rows: list[Row]) -> None:
+    """Markdown table, ready to paste into the README."""
+    header = Row("measurement", "value", "reference (same run)", "ratio", "target")
+    lines = [[getattr(r, f) for f in ("measurement", "value", "reference", "ratio", "target")] for r in [header, *rows]]
+    widths = [max(len(line[i]) for line in lines) for i in range(5)]
+    for n, line in enumerate(lines):
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |")
+        if n == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+# ---------------------------------------------------------------------------------------------- forwards
+
+
+def torch_forward(model: torch.nn.Module, bf16: bool = False) -> Forward:
+    """The PyTorch path as the Segmenter runs it on CPU: channels-last, inference mode, optional bf16 autocast."""
+    model = model.to(memory_format=torch.channels_last).eval()
+
+    @torch.inference_mode()
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model(batch.contiguous(memory_format=torch.channels_last)).float()
+
+    return forward
+
+
+def batched(forward: Forward, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``forward`` over ``inputs`` in chunks of ``batch_size`` (what a volume goes through)."""
+    return torch.cat([forward(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+def interleaved_medians(forwards: dict[str, Callable[[int], object]], repeats: int, warmup: int) -> dict[str, float]:
+    """Median milliseconds of each ``forwards[name](i)``, calling them in turn so they share the same load."""
+    samples: dict[str, list[float]] = {name: [] for name in forwards}
+    for i in range(warmup + repeats):
+        for name, call in forwards.items():
+            started = time.perf_counter()
+            call(i)
+            if i >= warmup:
+                samples[name].append(1000 * (time.perf_counter() - started))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def masks_agree(proba: np.ndarray, reference: np.ndarray, config: ModelConfig) -> tuple[int, int]:
+    """(slices whose masks are identical, slices) with the model's threshold and post-processing."""
+    same = sum(np.array_equal(binarize(a, config.threshold, config.min_component_px),
+                              binarize(b, config.threshold, config.min_component_px))
+               for a, b in zip(proba, reference))
+    return same, len(proba)
+
+
+def probabilities(forward: Forward, inputs: torch.Tensor, batch_size: int = 16) -> np.ndarray:
+    return torch.sigmoid(batched(forward, inputs, batch_size))[:, 0].numpy()
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+
+def cpu_rows(cpu: CpuInfo) -> list[Row]:
+    import onnxruntime
+
+    return [
+        Row("CPU", cpu.name, f"{cpu.logical_cores} logical cores, torch {torch.__version__} "
+            f"({torch.backends.cpu.get_cpu_capability()}) x{torch.get_num_threads()} threads, "
+            f"onnxruntime {onnxruntime.__version__}"),
+        Row("CPU flags", " ".join(cpu.speed_flags()) or "none of " + "/".join(("avx2", "avx512f", "amx_bf16")),
+            "native bf16: " + ("yes" if cpu.native_bf16 else "no (bf16 would be emulated)")),
+        Row("load average at start", " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " (1/5/15 min)",
+            "other processes share these cores: compare ratios, not absolute times"),
+    ]
+
+
+def forward_rows(config: ModelConfig, fp32: Forward, onnx: Forward, bf16: Forward | None,
+                 inputs: torch.Tensor, repeats: int) -> tuple[list[Row], float]:
+    """Single-slice forward times and mask agreement; returns the rows and PyTorch fp32's median ms."""
+    slices = [inputs[i : i + 1] for i in range(len(inputs))]
+    forwards: dict[str, Callable[[int], object]] = {
+        "torch": lambda i: fp32(slices[i % len(slices)]),
+        "onnx": lambda i: onnx(slices[i % len(slices)]),
+    }
+    if bf16 is not None:
+        forwards["bf16"] = lambda i: bf16(slices[i % len(slices)])
+    ms = interleaved_medians(forwards, repeats, warmup=3)
+
+    reference = probabilities(fp32, inputs)
+    onnx_proba = probabilities(onnx, inputs)
+    same, total = masks_agree(onnx_proba, reference, config)
+    speedup = ms["torch"] / ms["onnx"]
+    rows = [
+        Row("forward, 1 slice: ONNX Runtime fp32", f"{ms['onnx']:.1f} ms", f"PyTorch eager fp32 {ms['torch']:.1f} ms",
+            f"{speedup:.2f}x faster", f">= 2x faster: {'met' if speedup >= 2 else 'NOT met'}"),
+        Row(f"ONNX vs PyTorch on {total} held-out slices", f"max abs diff {np.abs(onnx_proba - reference).max():.1e}",
+            f"tolerance {AUTO_TOLERANCE:.0e}", f"masks equal on {same}/{total} slices", "auto picks ONNX if within"),
+    ]
+    if bf16 is None:
+        rows.append(Row("forward, 1 slice: PyTorch bf16 autocast", "not measured: no native bf16 on this CPU",
+                        f"PyTorch eager fp32 {ms['torch']:.1f} ms", "", "fp32"))
+    else:
+        bf16_proba = probabilities(bf16, inputs)
+        same16, _ = masks_agree(bf16_proba, reference, config)
+        ratio = ms["bf16"] / ms["torch"]
+        keep = ratio < 1 and same16 == total
+        rows += [
+            Row("forward, 1 slice: PyTorch bf16 autocast", f"{ms['bf16']:.1f} ms",
+                f"PyTorch eager fp32 {ms['torch']:.1f} ms", f"{ratio:.2f}x the time",
+                "bf16 if faster and masks equal: " + ("bf16" if keep else "fp32")),
+            Row(f"bf16 vs fp32 on {total} held-out slices", f"max abs diff {np.abs(bf16_proba - reference).max():.1e}",
+                "", f"masks equal on {same16}/{total} slices", "all equal"),
+        ]
+    return rows, ms["torch"]
+
+
+def volume_rows(fp32: Forward, onnx: Forward, inputs: torch.Tensor, batch_size: int, repeats: int) -> list[Row]:
+    """A 155-slice batch against 155 x the single-slice forward of the same backend (same run)."""
+    volume = inputs[np.arange(VOLUME_SLICES) % len(inputs)]
+    single = {"torch": fp32, "onnx": onnx}
+    slice_ms = interleaved_medians({n: (lambda i, f=f: f(volume[i % VOLUME_SLICES][None])) for n, f in single.items()},
+                                   repeats=20, warmup=3)
+    volume_ms = interleaved_medians({n: (lambda i, f=f: batched(f, volume, batch_size)) for n, f in single.items()},
+                                    repeats=repeats, warmup=1)
+    rows = []
+    for name, label in (("torch", "PyTorch eager fp32"), ("onnx", "ONNX Runtime fp32")):
+        ratio = volume_ms[name] / (VOLUME_SLICES * slice_ms[name])
+        rows.append(Row(f"volume {VOLUME_SLICES} slices: {label} (batch {batch_size})",
+                        f"{volume_ms[name] / 1000:.2f} s",
+                        f"{VOLUME_SLICES} x {slice_ms[name]:.1f} ms = {VOLUME_SLICES * slice_ms[name] / 1000:.2f} s",
+                        f"{ratio:.2f}x", f"<= 1.2x: {'met' if ratio <= 1.2 else 'NOT met'}"))
+    return rows
+
+
+def app_rows(args: argparse.Namespace, forward_ms: float) -> list[Row]:
+    """HTTP (upload -> overlay, threshold move) and browser timings, next to ``forward_ms`` of this run.
+
+    Placeholder: the app benchmark adds its rows here (e.g. ``Row("upload -> overlay p50", ...,
+    f"1.5 x forward + 30 ms = {1.5 * forward_ms + 30:.0f} ms", ...)``).
+    """
+    return []
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def load_folder_model(folder: Path) -> tuple[ModelConfig, torch.nn.Module]:
+    config = ModelConfig.load(folder)
+    model = build_model(config)
+    load_weights(model, folder / WEIGHTS_FILE)
+    return config, model.eval()
+
+
+def held_out_inputs(data_dir: str, config: ModelConfig, limit: int) -> torch.Tensor:
+    """Model inputs of the held-out slices (every patient's, in order; ``limit`` > 0 keeps that many)."""
+    records = [r for p in scan_dataset(data_dir) for r in p.slices]
+    if limit > 0:
+        records = records[:: max(1, len(records) // limit)][:limit]
+    images, _ = load_slices(records)
+    if images.shape[1:3] != (config.input_size, config.input_size):
+        raise SystemExit(f"held-out slices are {images.shape[1:3]}, the model takes {config.input_size}")
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2)
+    return uint8_batch_to_input(batch, config.normalize).contiguous()
+
+
+def measure(args: argparse.Namespace) -> list[Row]:
+    cpu = read_cpu_info()
+    folder = Path(args.model)
+    config, model = load_folder_model(folder)
+    inputs = held_out_inputs(args.data_dir, config, args.slices)
+    onnx = OnnxRunner(ensure_onnx(folder, model, config.input_size, args.cache_dir))
+    fp32 = torch_forward(model)
+    bf16 = torch_forward(model, bf16=True) if cpu.bf16_worth_measuring or args.force_bf16 else None
+    rows = cpu_rows(cpu)
+    forward, forward_ms = forward_rows(config, fp32, onnx, bf16, inputs, args.repeats)
+    rows += forward
+    rows += volume_rows(fp32, onnx, inputs, args.volume_batch, args.volume_repeats)
+    rows += app_rows(args, forward_ms)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "lgg-test"))
+    parser.add_argument("--model", default=str(REPO / "assets" / "model"), help="model folder (default: bundled)")
+    parser.add_argument("-n", "--repeats", type=int, default=30, help="timed single-slice forwards per backend")
+    parser.add_argument("--slices", type=int, default=0, help="held-out slices for the agreement rows (0: all)")
+    parser.add_argument("--volume-batch", type=int, default=32, help="batch size for the 155-slice volume")
+    parser.add_argument("--volume-repeats", type=int, default=3)
+    parser.add_argument("--force-bf16", action="store_true", help="measure bf16 even without native bf16")
+    parser.add_argument("--cache-dir", default=None, help="ONNX cache (default: ~/.cache/brainseg/onnx)")
+    parser.add_argument("--json", default=None, help="also write the rows here")
+    args = parser.parse_args(argv)
+
+    with ThreadPoolExecutor(1) as pool:  # like the app: the model runs in a worker thread
+        rows = pool.submit(measure, args).result()
+    print_table(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""The ONNX Runtime backend against PyTorch on held-out slices, its graph cache, ``auto``, and CPU detection."""
+from __future__ import annotations
+
+import builtins
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from brainseg.backends import (
+    AUTO_TOLERANCE,
+    ONNX_FILE,
+    WEIGHTS_SHA_KEY,
+    BackendError,
+    OnnxRunner,
+    default_cache_dir,
+    ensure_onnx,
+    export_onnx,
+    file_sha256,
+    onnxruntime_available,
+    save_onnx,
+    select_backend,
+)
+from brainseg.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
+from brainseg.cpu import parse_cpuinfo, read_cpu_info
+from brainseg.data import load_slices, read_mask, scan_dataset
+from brainseg.hub import BUNDLED_MODEL_DIR
+from brainseg.model import build_model
+from brainseg.postprocess import binarize
+from brainseg.transforms import uint8_batch_to_input
+from brainseg.weights import load_weights, save_weights
+
+
+def load_folder(folder: Path) -> tuple[ModelConfig, torch.nn.Module]:
+    config = ModelConfig.load(folder)
+    model = build_model(config)
+    load_weights(model, folder / WEIGHTS_FILE)
+    return config, model.eval()
+
+
+@pytest.fixture(scope="module")
+def bundled() -> tuple[ModelConfig, torch.nn.Module]:
+    return load_folder(BUNDLED_MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def held_out_inputs(lgg_test_dir: Path, bundled) -> torch.Tensor:
+    """Model inputs of 8 held-out slices (4 with abnormality, 4 without, spread over the patients) plus their
+    horizontal flips, as flip TTA feeds them."""
+    config, _ = bundled
+    records = [r for p in scan_dataset(lgg_test_dir) for r in p.slices]
+    with_abnormality = [r for r in records if read_mask(r.mask_path).any()]
+    without = [r for r in records if r not in with_abnormality]
+    images, _ = load_slices(with_abnormality[:: len(with_abnormality) // 4][:4] + without[:: len(without) // 4][:4])
+    batch = uint8_batch_to_input(torch.from_numpy(images).permute(0, 3, 1, 2), config.normalize)
+    return torch.cat([batch, batch.flip(-1)])
+
+
+@pytest.fixture(scope="module")
+def bundled_onnx(bundled, tmp_path_factory) -> Path:
+    config, model = bundled
+    return ensure_onnx(BUNDLED_MODEL_DIR, model, config.input_size, tmp_path_factory.mktemp("onnx-cache"))
+
+
+@pytest.fixture()
+def model_folder(tmp_path: Path) -> Path:
+    """A writable copy of the bundled model folder (weights + config only)."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        shutil.copy(BUNDLED_MODEL_DIR / name, folder / name)
+    return folder
+
+
+def torch_proba(model: torch.nn.Module, inputs: torch.Tensor) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.sigmoid(model(inputs))[:, 0].numpy()
+
+
+def test_onnx_probabilities_match_pytorch_on_held_out_slices(bundled, bundled_onnx, held_out_inputs) -> None:
+    config, model = bundled
+    runner = OnnxRunner(bundled_onnx)
+    reference = torch_proba(model, held_out_inputs)
+    onnx_proba = torch.sigmoid(runner(held_out_inputs))[:, 0].numpy()
+    assert runner.num_threads == torch.get_num_threads()
+    assert (reference > config.threshold).any(), "the slices should give some positive pixels"
+    assert np.abs(onnx_proba - reference).max() < AUTO_TOLERANCE
+    for onnx_map, torch_map in zip(onnx_proba, reference):
+        assert np.array_equal(binarize(onnx_map, config.threshold, config.min_component_px),
+                              binarize(torch_map, config.threshold, config.min_component_px))
+    # dynamic batch axis, numpy in -> numpy out, channels-last torch input as the Segmenter passes it
+    single = runner(held_out_inputs[:1].numpy())
+    assert isinstance(single, np.ndarray) and single.shape == (1, 1, config.input_size, config.input_size)
+    assert np.abs(1 / (1 + np.exp(-single[0, 0])) - reference[0]).max() < AUTO_TOLERANCE
+    channels_last = held_out_inputs[3:6].contiguous(memory_format=torch.channels_last)
+    assert np.abs(torch.sigmoid(runner(channels_last))[:, 0].numpy() - reference[3:6]).max() < AUTO_TOLERANCE
+
+
+def test_export_records_the_weights_and_leaves_the_model_as_it_was(bundled, tmp_path: Path) -> None:
+    config, model = bundled
+    model.train()
+    try:
+        path = export_onnx(model, tmp_path / "graph.onnx", config.input_size, weights_sha256="ab" * 32)
+        assert model.training, "export must not switch the caller's model to eval mode"
+    finally:
+        model.eval()
+    runner = OnnxRunner(path)
+    assert runner.metadata[WEIGHTS_SHA_KEY] == "ab" * 32
+    assert [p.name for p in tmp_path.iterdir()] == ["graph.onnx"], "no temporary file may be left"
+    probe = torch.linspace(-1, 1, 3 * config.input_size**2).reshape(1, 3, config.input_size, config.input_size)
+    assert np.abs(torch.sigmoid(runner(probe)).numpy() - torch_proba(model, probe)[:, None]).max() < AUTO_TOLERANCE
+
+
+def test_ensure_onnx_uses_the_graph_beside_current_weights(bundled, model_folder: Path, tmp_path: Path) -> None:
+    config, model = bundled
+    beside = save_onnx(model, model_folder, config.input_size)
+    assert beside == model_folder / ONNX_FILE
+    cache = tmp_path / "cache"
+    assert ensure_onnx(model_folder, model, config.input_size, cache) == beside
+    assert not cache.exists(), "nothing is exported when model.onnx beside the weights is current"
+
+
+def test_stale_or_broken_graph_beside_the_weights_is_replaced_from_the_cache(bundled, model_folder, tmp_path) -> None:
+    config, model = bundled
+    beside = save_onnx(model, model_folder, config.input_size)
+    changed = load_folder(model_folder)[1]
+    with torch.no_grad():
+        changed.outc.bias += 3.0  # new weights: the old graph no longer describes them
+    save_weights(changed, model_folder)
+    before = sorted(p.name for p in model_folder.iterdir())
+    cache = tmp_path / "cache"
+
+    path = ensure_onnx(model_folder, changed, config.input_size, cache)
+    assert path == cache / f"{file_sha256(model_folder / WEIGHTS_FILE)}-{config.input_size}.onnx"
+    assert sorted(p.name for p in model_folder.iterdir()) == before, "the model folder is never written to"
+    probe = torch.zeros(1, 3, config.input_size, config.input_size)
+    new_logits, old_logits = OnnxRunner(path)(probe), OnnxRunner(beside)(probe)
+    with torch.inference_mode():
+        assert torch.allclose(new_logits, changed(probe), atol=1e-4)
+    assert float((new_logits - old_logits).mean()) == pytest.approx(3.0, abs=1e-3)
+
+    stamp = path.stat().st_mtime_ns
+    assert ensure_onnx(model_folder, changed, config.input_size, cache) == path
+    assert path.stat().st_mtime_ns == stamp, "a current cached graph is reused, not exported again"
+
+    beside.write_bytes(beside.read_bytes()[:1000])  # truncated: unreadable, so not current either
+    assert ensure_onnx(model_folder, changed, config.input_size, cache) == path
+    path.write_bytes(b"not an onnx graph")
+    assert ensure_onnx(model_folder, changed, config.input_size, cache) == path
+    assert torch.allclose(OnnxRunner(path)(probe), new_logits), "a broken cached graph is exported again"
+
+
+def test_graph_for_another_input_size_is_not_reused(bundled, model_folder: Path, tmp_path: Path) -> None:
+    config, model = bundled
+    save_onnx(model, model_folder, 128)
+    path = ensure_onnx(model_folder, model, config.input_size, tmp_path)
+    assert path.parent == tmp_path and path.name.endswith(f"-{config.input_size}.onnx")
+
+
+def test_unwritable_cache_is_a_clear_error_for_onnx_and_a_fallback_for_auto(bundled, tmp_path: Path) -> None:
+    config, model = bundled
+    blocked = tmp_path / "a-file"
+    blocked.write_text("the cache folder cannot be made under a file")
+    with pytest.raises(BackendError, match="set BRAINSEG_CACHE to a writable folder"):
+        ensure_onnx(BUNDLED_MODEL_DIR, model, config.input_size, blocked / "cache")
+    with pytest.raises(BackendError, match="use backend='torch'"):
+        select_backend("onnx", model, BUNDLED_MODEL_DIR, config.input_size, cache_dir=blocked / "cache")
+    choice = select_backend("auto", model, BUNDLED_MODEL_DIR, config.input_size, cache_dir=blocked / "cache")
+    assert choice.name == "torch" and choice.forward is model and "BRAINSEG_CACHE" in choice.reason
+
+
+def test_auto_picks_onnx_when_probabilities_agree_else_pytorch(bundled, bundled_onnx, held_out_inputs) -> None:
+    config, model = bundled
+    cache = bundled_onnx.parent
+    choice = select_backend("auto", model, BUNDLED_MODEL_DIR, config.input_size, probe=held_out_inputs, cache_dir=cache)
+    assert choice.name == "onnx" and isinstance(choice.forward, OnnxRunner) and choice.onnx_path == bundled_onnx
+    assert 0 < choice.max_abs_difference < AUTO_TOLERANCE
+    default_probe = select_backend("auto", model, BUNDLED_MODEL_DIR, config.input_size, cache_dir=cache)
+    assert default_probe.name == "onnx" and 0 < default_probe.max_abs_difference < AUTO_TOLERANCE
+
+    strict = select_backend("auto", model, BUNDLED_MODEL_DIR, config.input_size, cache_dir=cache,
+                            tolerance=default_probe.max_abs_difference / 2)
+    assert strict.name == "torch" and strict.forward is model and "differ" in strict.reason
+    assert select_backend("torch", model, BUNDLED_MODEL_DIR, config.input_size).forward is model
+    assert select_backend("auto", model, None, config.input_size).name == "torch"
+    with pytest.raises(ValueError, match="choose one of auto, onnx, torch"):
+        select_backend("tensorrt", model, BUNDLED_MODEL_DIR, config.input_size)
+
+
+def test_auto_falls_back_to_pytorch_when_onnxruntime_is_missing(bundled, tmp_path, monkeypatch) -> None:
+    config, model = bundled
+    assert onnxruntime_available()
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # `import onnxruntime` now fails
+    assert not onnxruntime_available()
+    choice = select_backend("auto", model, BUNDLED_MODEL_DIR, config.input_size, cache_dir=tmp_path)
+    assert choice.name == "torch" and choice.forward is model and "onnxruntime is not installed" in choice.reason
+    with pytest.raises(BackendError, match="pip install onnxruntime"):
+        select_backend("onnx", model, BUNDLED_MODEL_DIR, config.input_size, cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == [], "no export without onnxruntime"
+
+
+def test_auto_falls_back_when_the_import_itself_raises(bundled, tmp_path, monkeypatch) -> None:
+    config, model = bundled
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name.split(".")[0] == "onnxruntime":
+            raise ImportError("libonnxruntime.so: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(__import__("sys").modules, "onnxruntime")
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    choice = select_backend("auto", model, BUNDLED_MODEL_DIR, config.input_size, cache_dir=tmp_path)
+    assert choice.name == "torch" and choice.forward is model
+
+
+def test_default_cache_dir_follows_the_environment(tmp_path: Path) -> None:
+    assert default_cache_dir({"BRAINSEG_CACHE": str(tmp_path)}) == tmp_path / "onnx"
+    assert default_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "brainseg" / "onnx"
+    assert default_cache_dir({}) == Path.home() / ".cache" / "brainseg" / "onnx"
+
+
+INTEL_AMX = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile amx_int8
+
+processor\t: 1
+model name\t: something else
+flags\t\t: fpu
+"""
+AMD_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC 7B12\nflags\t\t: fpu sse2 avx avx2 fma\n"
+ARM = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes sha2 bf16 sve\n"
+
+
+def test_parse_cpuinfo_reads_the_first_processor() -> None:
+    name, flags = parse_cpuinfo(INTEL_AMX)
+    assert name == "Intel(R) Xeon(R) Platinum 8480+" and {"amx_bf16", "avx512f", "avx2"} <= flags
+    assert parse_cpuinfo(AMD_AVX2) == ("AMD EPYC 7B12", frozenset({"fpu", "sse2", "avx", "avx2", "fma"}))
+    assert "bf16" in parse_cpuinfo(ARM)[1]
+
+
+@pytest.mark.parametrize("text, avx2, avx512, native_bf16", [
+    (INTEL_AMX, True, True, True), (AMD_AVX2, True, False, False), (ARM, False, False, True), ("", False, False, False),
+])
+def test_bf16_is_measured_only_with_native_bf16(tmp_path, text, avx2, avx512, native_bf16) -> None:
+    (tmp_path / "cpuinfo").write_text(text)
+    cpu = read_cpu_info(tmp_path / "cpuinfo")
+    assert (cpu.avx2, cpu.avx512, cpu.native_bf16, cpu.bf16_worth_measuring) == (avx2, avx512, native_bf16, native_bf16)
+    assert cpu.name and cpu.logical_cores >= 1
+    assert cpu.speed_flags() == [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16",
+                                            "amx_int8", "asimd", "bf16", "sve") if f in parse_cpuinfo(text)[1]]
+
+
+def test_this_machines_cpu_flags_come_from_proc_cpuinfo() -> None:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    cpu = read_cpu_info()
+    first_flags = next(line for line in cpuinfo.read_text().splitlines() if line.startswith(("flags", "Features")))
+    assert cpu.flags == frozenset(first_flags.split(":", 1)[1].split())
+    assert cpu.describe().startswith(cpu.name)
