@@ -1,20 +1,25 @@
-"""Latency of the demo through its real HTTP API: upload -> overlay, and a threshold change.
+"""Latency of the demo as a user meets it: HTTP upload -> overlay and ``/threshold``, and threshold moves in a browser.
 
-    python -m benchmarks.app_latency --data-dir ../shared/data/lgg-test [--url http://127.0.0.1:7860] [-n 50]
+    python -m benchmarks.app_latency --data-dir ../shared/data/lgg-test [--url http://127.0.0.1:7860] [-n 30]
+        [--moves 40] [--gradio-client] [--json out.json]
 
-(from the repository root: it imports ``app`` and the tests' launcher). Without ``--url`` it starts
-``app.py`` on 127.0.0.1 itself, with the tests' :class:`DemoServer`. One "upload -> overlay" request is what the
-browser does after a file is chosen: POST the file to ``/gradio_api/upload``, join the queue for
-``segment``, read the server-sent events until it completes, GET the overlay PNG. One "threshold
-change" is the same for ``threshold`` (same session, no model run). ``http`` speaks that protocol
-directly (httpx); ``gradio_client`` does the same calls through ``gradio_client.Client.predict``, which
-adds its own overhead. ``in_process`` is the cost of each step (decode, model, drawing) without HTTP.
+(from the repository root: it imports ``app`` and the tests' launcher). Without ``--url`` it starts ``app.py`` on
+127.0.0.1 itself, with the tests' :class:`DemoServer`. One "upload -> overlay" request is what the browser does
+after a file is chosen: POST the file to ``/gradio_api/upload``, join the queue for ``segment``, read the
+server-sent events until it completes, GET the overlay PNG. One "threshold change" is the same for ``threshold``
+(same session, no model run): what every slider move cost before the browser drew the overlay itself. ``http``
+speaks that protocol directly (httpx); ``gradio_client`` (``--gradio-client``) does the same calls through
+``gradio_client.Client.predict``, which adds its own overhead. ``browser`` drags the threshold slider in headless
+Debian Chromium with Playwright and times, in the page, each move (input event -> the live canvas drawn, and ->
+the next frame) and each release (-> the server's overlay shown). ``in_process`` is the cost of each step
+(decode, model, drawing) without HTTP. :func:`measure_app` returns all of it as a dict, :func:`table` prints it.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 import urllib.request
@@ -118,10 +123,6 @@ def gradio_client_latency(url: str, slices: list[tuple[Path, Path]], repeats: in
     )
 
 
-def latencies(url: str, slices: list[tuple[Path, Path]], repeats: int) -> dict[str, dict[str, dict[str, float]]]:
-    return {"http": http_latency(url, slices, repeats), "gradio_client": gradio_client_latency(url, slices, repeats)}
-
-
 def in_process(slices: list[tuple[Path, Path]], precision: str, model: str | None) -> dict[str, dict[str, float]]:
     """The same steps without HTTP: where the time goes.
 
@@ -158,32 +159,178 @@ def _steps(segmenter, slices: list[tuple[Path, Path]]) -> dict[str, dict[str, fl
     return {key: percentiles(values) for key, values in steps.items()}
 
 
+# ------------------------------------------------------------------------------------------ browser
+
+CHROMIUM = os.environ.get("BRAINSEG_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SLIDER = "#threshold input[type=range]"
+# Page-side clocks (performance.now(), the events' own timeStamps): a move is the range's `input` event -> the live
+# canvas drawn (`brainseg-drawn`, assets/app/threshold.js) and -> the next animation frame; a release is its
+# `pointerup` -> the server's new overlay <img> decoded (the `/threshold` round trip as the page sees it).
+PROBE_JS = """([slider, overlay]) => {
+    const bench = window.__brainsegBench = {moves: [], releases: [], inputAt: null, releaseAt: null};
+    const range = document.querySelector(slider);
+    range.addEventListener("input", (e) => { bench.inputAt = e.timeStamp; }, true);
+    range.addEventListener("pointerup", (e) => { bench.releaseAt = e.timeStamp; }, true);
+    document.addEventListener("brainseg-drawn", (e) => {
+        const start = bench.inputAt, drawn = performance.now();
+        requestAnimationFrame(() => bench.moves.push(
+            {drawn: drawn - start, frame: performance.now() - start, area: e.detail.area}));
+    });
+    const block = document.querySelector(overlay);
+    bench.src = block.querySelector("img").src;
+    new MutationObserver(() => {
+        const img = block.querySelector("img");
+        if (!img || img.src === bench.src || bench.releaseAt === null) return;
+        const start = bench.releaseAt;
+        bench.src = img.src;
+        bench.releaseAt = null;
+        img.decode().then(() => bench.releases.push(performance.now() - start));
+    }).observe(block, {subtree: true, childList: true, attributes: true, attributeFilter: ["src"]});
+}"""
+# One drag per cycle, alternating directions so every release lands on a different mask than the last one.
+DRAGS = ((0.15, 0.35, 0.55, 0.75, 0.9), (0.85, 0.65, 0.45, 0.25, 0.1))
+
+
+def browser_latency(url: str, image: Path, moves: int = 40, chromium: str = CHROMIUM,
+                    timeout_ms: int = 60_000) -> dict[str, dict[str, float]]:
+    """Drag the threshold slider in headless Chromium (Playwright, real pointer events) over ``image``.
+
+    Returns percentiles of ``move_drawn`` (input event -> live canvas drawn), ``move_frame`` (-> the next
+    animation frame) and ``release`` (pointerup -> the server's redrawn overlay decoded). The first drag is warm-up.
+    """
+    from playwright.sync_api import sync_playwright
+
+    if not Path(chromium).is_file():
+        raise FileNotFoundError(f"Chromium not found at {chromium} (apt-get install chromium, or BRAINSEG_CHROMIUM)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1300})
+            page.set_default_timeout(timeout_ms)
+            page.goto(url)
+            page.locator("#slice-file input[type=file]").set_input_files(str(image))
+            page.locator("#live-threshold [data-ready=true]").wait_for(state="attached")
+            page.locator("#overlay img").wait_for()
+            page.evaluate(PROBE_JS, [SLIDER, "#overlay"])
+            box = page.locator(SLIDER).bounding_box()
+            y = box["y"] + box["height"] / 2
+
+            def x(fraction: float) -> float:
+                return box["x"] + fraction * box["width"]
+
+            cycles = 1 + max(1, -(-moves // len(DRAGS[0])))
+            for cycle in range(cycles):
+                path = DRAGS[cycle % 2]
+                page.mouse.move(x(path[0]), y)
+                for i, fraction in enumerate(path):
+                    done = cycle * len(path) + i + 1
+                    if i == 0:
+                        page.mouse.down()  # jumps the thumb to the pointer: the drag's first input event
+                    else:
+                        page.mouse.move(x(fraction), y, steps=1)
+                    page.wait_for_function("n => window.__brainsegBench.moves.length >= n", arg=done)
+                page.mouse.up()
+                page.wait_for_function("n => window.__brainsegBench.releases.length >= n", arg=cycle + 1)
+            bench = page.evaluate("() => window.__brainsegBench")
+        finally:
+            browser.close()
+    warm = len(DRAGS[0])
+    return {"move_drawn": percentiles([m["drawn"] for m in bench["moves"][warm:]]),
+            "move_frame": percentiles([m["frame"] for m in bench["moves"][warm:]]),
+            "release": percentiles(bench["releases"][1:])}
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def pick_slices(data_dir: str | Path, count: int) -> tuple[list[tuple[Path, Path]], Path]:
+    """``count`` slices spread over the folder's patients, and the one with the largest ground-truth mask
+    (what the browser drags over: every threshold step changes its overlay)."""
+    from brainseg.data import read_mask
+
+    records = [r for p in scan_dataset(data_dir) for r in p.slices if r.mask_path]
+    chosen = records[:: max(1, len(records) // count)][:count]
+    tumor = max(chosen, key=lambda r: int(read_mask(r.mask_path).sum()))
+    return [(r.image_path, r.mask_path) for r in chosen], tumor.image_path
+
+
+def measure_app(data_dir: str | Path, url: str | None = None, repeats: int = 30, moves: int = 40,
+                app_args: tuple[str, ...] = (), gradio_client: bool = False, in_process_steps: bool = False,
+                precision: str | None = None, model: str | None = None) -> dict:
+    """The app's latencies in one run: HTTP upload -> overlay and ``/threshold`` (``repeats`` each), browser
+    threshold moves and releases (``moves``; ``browser_error`` instead when Chromium or Playwright is missing),
+    optionally ``gradio_client`` and the in-process steps. Starts ``app.py app_args`` unless ``url`` is given.
+    ``ratios``: browser move p50 / HTTP ``/threshold`` p50, the same for the next frame."""
+    slices, tumor = pick_slices(data_dir, repeats)
+    result: dict = {}
+
+    def run(target: str) -> None:
+        result["http"] = http_latency(target, slices, repeats)
+        if gradio_client:
+            result["gradio_client"] = gradio_client_latency(target, slices, repeats)
+        try:
+            result["browser"] = browser_latency(target, tumor, moves)
+        except (ImportError, FileNotFoundError) as exc:
+            result["browser_error"] = str(exc)
+
+    if url is None:
+        extra = (*app_args, *(("--precision", precision) if precision else ()), *(("--model", model) if model else ()))
+        log = Path(tempfile.mkdtemp(prefix="brainseg-bench-")) / "app.log"
+        with DemoServer.start(log, "--data-dir", str(data_dir), *extra) as server:
+            run(server.url)
+    else:
+        run(url)
+    if in_process_steps:
+        from app import DEFAULT_PRECISION
+
+        result["in_process"] = in_process(slices, precision or DEFAULT_PRECISION, model)
+    if "browser" in result:
+        http_p50 = result["http"]["threshold_change"]["p50_ms"]
+        result["ratios"] = {f"browser_{key}_over_http_threshold": round(result["browser"][key]["p50_ms"] / http_p50, 3)
+                            for key in ("move_drawn", "move_frame")}
+    result["cpu_count"] = os.cpu_count()
+    result["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    return result
+
+
+def table(result: dict) -> str:
+    """The run as a Markdown table: each figure with its p95 and count, the browser next to HTTP."""
+    rows = [("upload -> overlay, HTTP", result["http"]["upload_to_overlay"]),
+            ("threshold change, HTTP `/threshold` (what each move cost before)", result["http"]["threshold_change"])]
+    if "browser" in result:
+        browser = result["browser"]
+        rows += [("threshold move in the browser: input event -> overlay canvas drawn", browser["move_drawn"]),
+                 ("threshold move in the browser: input event -> next animation frame", browser["move_frame"]),
+                 ("slider release in the browser: pointerup -> server overlay shown", browser["release"])]
+    for name, values in result.get("gradio_client", {}).items():
+        rows.append((f"{name.replace('_', ' ')}, gradio_client", values))
+    lines = ["| measurement | p50 ms | p95 ms | n |", "|---|---|---|---|"]
+    lines += [f"| {name} | {v['p50_ms']} | {v['p95_ms']} | {v['n']} |" for name, v in rows]
+    if "ratios" in result:
+        ratio = result["ratios"]["browser_move_drawn_over_http_threshold"]
+        lines.append(f"\nbrowser move p50 / HTTP threshold p50 = {ratio} (same run; "
+                     f"load average {result['load_average'][0]} on {result['cpu_count']} CPUs)")
+    elif "browser_error" in result:
+        lines.append(f"\nbrowser not measured: {result['browser_error']}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "lgg-test"))
     parser.add_argument("--url", default=None, help="a running app (default: start app.py here)")
-    parser.add_argument("-n", "--repeats", type=int, default=50)
+    parser.add_argument("-n", "--repeats", type=int, default=30, help="HTTP requests of each kind")
+    parser.add_argument("--moves", type=int, default=40, help="threshold moves in the browser")
+    parser.add_argument("--gradio-client", action="store_true", help="also time the same calls via gradio_client")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="passed to app.py")
     parser.add_argument("--model", default=None, help="passed to app.py")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-
-    records = [r for p in scan_dataset(args.data_dir) for r in p.slices if r.mask_path]
-    step = max(1, len(records) // args.repeats)
-    slices = [(r.image_path, r.mask_path) for r in records[::step]][: args.repeats]
-    extra = ["--precision", args.precision] if args.precision else []
-    extra += ["--model", args.model] if args.model else []
-    if args.url is None:
-        log = Path(tempfile.mkdtemp(prefix="brainseg-bench-")) / "app.log"
-        with DemoServer.start(log, "--data-dir", args.data_dir, *extra) as server:
-            result = latencies(server.url, slices, args.repeats)
-    else:
-        result = latencies(args.url, slices, args.repeats)
-    if args.url is None:
-        from app import DEFAULT_PRECISION
-
-        result["in_process"] = in_process(slices, args.precision or DEFAULT_PRECISION, args.model)
-    result["cpu_count"] = os.cpu_count()
+    result = measure_app(args.data_dir, args.url, args.repeats, args.moves, gradio_client=args.gradio_client,
+                         in_process_steps=args.url is None, precision=args.precision, model=args.model)
+    print(table(result))
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

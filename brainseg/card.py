@@ -11,20 +11,13 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCardData
 
 from .config import ModelConfig
+from .metrics import METRICS
 
 LICENSE = "cc-by-nc-sa-4.0"
 TAGS = ["image-segmentation", "medical-imaging", "brain-mri", "glioma", "unet", "pytorch", "safetensors"]
 DATASET_NAME = "LGG MRI Segmentation (Kaggle, TCGA-LGG)"
 DATASET_TYPE = "lgg-mri-segmentation"
-METRICS = [  # (key in the evaluation JSON, label, card-data metric type)
-    ("slice_dice", "Dice per slice (empty/empty = 1)", "dice"),
-    ("slice_iou", "IoU per slice (empty/empty = 1)", "iou"),
-    ("tumor_slice_dice", "Dice over tumor-bearing slices", "dice"),
-    ("tumor_slice_iou", "IoU over tumor-bearing slices", "iou"),
-    ("empty_fp_rate", "False-positive rate on tumor-free slices", "false_positive_rate"),
-    ("volume_dice", "Volume Dice (mean over patients)", "dice"),
-]
-REQUIRED_KEYS = [key for key, _, _ in METRICS] + ["n_slices", "n_tumor_slices", "n_patients", "per_patient_dice"]
+REQUIRED_KEYS = [m.key for m in METRICS] + ["n_slices", "n_tumor_slices", "n_patients", "per_patient_dice"]
 TRAIN_FIELDS_SKIPPED = ("data_dir", "out_dir", "device", "stop_after_epochs", "max_train_slices", "max_val_slices")
 CITATION = """@article{buda2019association,
   title   = {Association of genomic subtypes of lower-grade gliomas with shape features
@@ -126,7 +119,7 @@ def check_evaluation(evaluation: dict[str, Any], config: ModelConfig) -> None:
 
 def metrics_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
     """The held-out metrics stored in ``config.json`` (``extra["metrics"]``)."""
-    keys = [key for key, _, _ in METRICS] + ["n_slices", "n_tumor_slices", "n_patients", "ms_per_slice"]
+    keys = [m.key for m in METRICS] + ["n_slices", "n_tumor_slices", "n_patients", "ms_per_slice"]
     summary = {k: _json_number(evaluation[k]) for k in keys if k in evaluation}
     summary["patients"] = sorted(evaluation.get("per_patient_dice", {}))
     if "hardware" in evaluation:
@@ -156,9 +149,9 @@ def card_data(repo_id: str, evaluation: dict[str, Any]) -> ModelCardData:
     results = [
         EvalResult(task_type="image-segmentation", task_name="FLAIR abnormality segmentation",
                    dataset_type=DATASET_TYPE, dataset_name=DATASET_NAME, dataset_split="held-out test patients",
-                   metric_type=metric_type, metric_name=label, metric_value=round(float(evaluation[key]), 4))
-        for key, label, metric_type in METRICS
-        if not math.isnan(float(evaluation[key]))
+                   metric_type=m.kind, metric_name=m.title, metric_value=round(float(evaluation[m.key]), 4))
+        for m in METRICS
+        if not math.isnan(float(evaluation[m.key]))
     ]
     return ModelCardData(license=LICENSE, library_name="brainseg", pipeline_tag="image-segmentation", tags=TAGS,
                          model_name=repo_id.split("/")[-1], eval_results=results or None)
@@ -229,7 +222,7 @@ The bare PyTorch network is `segmenter.model`."""
 
 
 def _evaluation(evaluation: dict[str, Any]) -> str:
-    rows = [f"| {label} | {_fmt(evaluation[key])} |" for key, label, _ in METRICS]
+    rows = [f"| {m.title} | {_fmt(evaluation[m.key])} |" for m in METRICS]
     rows.append(f"| Slices / tumor slices / patients | {evaluation['n_slices']} / {evaluation['n_tumor_slices']} / "
                 f"{evaluation['n_patients']} |")
     if "ms_per_slice" in evaluation:

@@ -131,6 +131,55 @@ def test_outputs_are_wired_in_the_order_of_the_named_fields(tiny_segmenter: Segm
     assert outputs == list(app.LiveOutputs._fields)
 
 
+def test_dragging_the_threshold_runs_only_in_the_browser(tiny_segmenter: Segmenter) -> None:
+    config = app.build_demo(tiny_segmenter, None).get_config_file()
+    elem = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    triggers = {dep["id"]: [(elem[target], event) for target, event in dep["targets"]]
+                for dep in config["dependencies"]}
+    on_drag = [dep for dep in config["dependencies"] if ("threshold", "input") in triggers[dep["id"]]]
+    assert len(on_drag) == 1 and not on_drag[0]["backend_fn"] and "brainseg-threshold" in on_drag[0]["js"]
+    server = next(dep for dep in config["dependencies"] if dep["api_name"] == "threshold")
+    assert triggers[server["id"]] == [("threshold", "release"), ("live-threshold", "submit")]
+    live = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "live-threshold")
+    assert "brainseg-threshold" in live["props"]["js_on_load"] and live["props"]["props"]["overlay_id"] == "overlay"
+
+
+def data_url_pixels(url: str) -> np.ndarray:
+    import base64
+    import io
+
+    from PIL import Image
+
+    header, data = url.split(",", 1)
+    assert header == "data:image/png;base64"
+    with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+        return np.asarray(image)
+
+
+def test_live_view_data_gives_the_server_threshold_masks(tiny_segmenter: Segmenter, tmp_path: Path) -> None:
+    steps = app.slider_steps()
+    assert len(steps) == 91 and (steps[0], steps[32], steps[-1]) == (0.05, 0.37, 0.95)
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    # every slider step itself (the >= boundary), the values just below it, and random values
+    exact = np.array(steps, np.float32)
+    proba = np.concatenate([exact, np.nextafter(exact, np.float32(0)), rng.random(1200 - 2 * len(steps))])
+    state = app.SliceState(image, proba.astype(np.float32).reshape(30, 40), True)
+    handlers = app.SliceHandlers(tiny_segmenter, str(tmp_path / "cache"))
+
+    view = handlers.live_view(state)
+    assert (view["width"], view["height"]) == (40, 30) and view["thresholds"] == list(steps)
+    assert np.array_equal(data_url_pixels(view["image"]), image)
+    levels = data_url_pixels(view["levels"])
+    for k, threshold in enumerate(steps):
+        assert np.array_equal(levels > k, state.proba >= threshold), f"step {threshold}"
+        assert np.array_equal(levels > k, tiny_segmenter.to_mask(state.proba, threshold))  # no components to drop
+    assert view["min_component_px"] == tiny_segmenter.config.min_component_px == 0
+    assert view["contour"] == [(0, 0)]  # a 1-px contour at this size
+    assert view["tint"][0][100] == round(100 * 0.65 + 255 * 0.35)
+    assert handlers.live_view(None) is None
+
+
 def png_pixels(path: str) -> np.ndarray:
     from PIL import Image
 

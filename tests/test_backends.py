@@ -122,6 +122,7 @@ def test_ensure_onnx_uses_the_graph_beside_current_weights(bundled, model_folder
     assert not cache.exists(), "nothing is exported when model.onnx beside the weights is current"
 
 
+@pytest.mark.slow
 def test_stale_or_broken_graph_beside_the_weights_is_replaced_from_the_cache(bundled, model_folder, tmp_path) -> None:
     config, model = bundled
     beside = save_onnx(model, model_folder, config.input_size)
@@ -171,6 +172,7 @@ def test_unwritable_cache_is_a_clear_error_for_onnx_and_a_fallback_for_auto(bund
     assert choice.name == "torch" and choice.forward is model and "BRAINSEG_CACHE" in choice.reason
 
 
+@pytest.mark.slow
 def test_auto_picks_onnx_when_probabilities_agree_else_pytorch(bundled, bundled_onnx, held_out_inputs) -> None:
     config, model = bundled
     cache = bundled_onnx.parent

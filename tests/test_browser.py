@@ -4,13 +4,18 @@ Screenshots go to ``screenshots/`` (git-ignored). Without Chromium the test skip
 """
 from __future__ import annotations
 
+import base64
+import io
 import os
 import re
 import shutil
+import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from demo_server import REPO, DemoServer, demo_server, largest_tumor_slice
+from PIL import Image
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 CHROMIUM = os.environ.get("BRAINSEG_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -20,6 +25,9 @@ SCREENSHOTS = REPO / "screenshots"
 TIMEOUT_MS = 60_000
 SUMMARY = "#summary [data-testid=markdown]"
 AREA = re.compile(r"Tumor area:\s*([\d,]+) px")
+LIVE_AREA = re.compile(r"Live preview at ([\d.]+): ([\d,]+) px")
+SLIDER = "#threshold input[type=range]"
+CANVAS = "#overlay canvas.brainseg-live-canvas"
 
 
 def chromium_path() -> str:
@@ -79,6 +87,63 @@ def area_px(text: str) -> int:
     return int(match.group(1).replace(",", ""))
 
 
+def wait_live_ready(page) -> None:
+    """The browser has the slice's live-view data (sent after each segmentation)."""
+    page.locator("#live-threshold [data-ready=true]").wait_for(state="attached")
+
+
+def slider_x(page, fraction: float) -> tuple[float, float]:
+    box = page.locator(SLIDER).bounding_box()
+    return box["x"] + fraction * box["width"], box["y"] + box["height"] / 2
+
+
+def wait_canvas_at_slider_value(page) -> float:
+    """Wait until the live canvas was drawn at the slider's current value; return that value."""
+    page.wait_for_function(
+        """([canvas, number]) => {
+            const c = document.querySelector(canvas);
+            return c && Number(c.dataset.threshold) === Number(document.querySelector(number).value);
+        }""",
+        arg=[CANVAS, "#threshold input[type=number]"],
+    )
+    return float(page.locator("#threshold input[type=number]").input_value())
+
+
+def canvas_pixels(page) -> np.ndarray:
+    url = page.evaluate("s => document.querySelector(s).toDataURL('image/png')", CANVAS)
+    with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def url_pixels(url: str) -> np.ndarray:
+    with urllib.request.urlopen(url, timeout=30) as response, Image.open(io.BytesIO(response.read())) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def canvas_area(page) -> int:
+    """The area of the mask the live canvas last drew."""
+    return int(page.locator(CANVAS).get_attribute("data-area-px"))
+
+
+def live_area(page) -> int:
+    """The area the live read-out shows while dragging (the canvas is on top then)."""
+    assert not page.locator(CANVAS).evaluate("c => c.hidden"), "the live canvas covers the server's overlay"
+    text = page.locator("#live-threshold .brainseg-live-readout").inner_text()
+    match = LIVE_AREA.search(text)
+    assert match, f"no live area in {text!r}"
+    assert int(match.group(2).replace(",", "")) == canvas_area(page)
+    return canvas_area(page)
+
+
+def release_at(page, fraction: float, old_summary: str) -> str:
+    """Drag the threshold slider to ``fraction`` of its track, release, and return the server's new summary."""
+    page.mouse.move(*slider_x(page, 0.5))
+    page.mouse.down()
+    page.mouse.move(*slider_x(page, fraction))
+    page.mouse.up()
+    return wait_for_summary(page, "Tumor area:", old=old_summary)
+
+
 def shoot(page, name: str) -> None:
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"browser_{name}.png"), full_page=True)
@@ -104,20 +169,9 @@ def test_upload_threshold_toggle_and_ground_truth(page) -> None:
     assert page.locator("#compare img").count() == 2
     shoot(page, "2_ground_truth")
 
-    slider = page.locator("#threshold input[type=range]")
-    changed = None
-    for value in ("0.95", "0.05"):  # one of the two ends changes the area of any non-trivial map
-        slider.fill(value)
-        page.wait_for_function(
-            "v => document.querySelector('#threshold input[type=number]').value === v", arg=value
-        )
-        try:
-            changed = wait_for_summary(page, "Tumor area:", old=with_truth)
-            break
-        except Exception:  # noqa: BLE001 - this end left the area unchanged; try the other
-            continue
-    assert changed is not None, "moving the threshold slider never changed the area text"
+    changed = release_at(page, 0.98, with_truth)  # the largest tumor shrinks at 0.95 (threshold 0.5 before)
     assert area_px(changed) != area_px(with_truth)
+    assert re.search(r"Dice \d\.\d{3}", changed), "the release recomputes Dice"
     assert image_src(page, "overlay") != overlay_before
     assert image_src(page, "heatmap") == heat_before, "a threshold change must not re-run the model"
     shoot(page, "3_threshold")
@@ -133,6 +187,7 @@ def test_upload_threshold_toggle_and_ground_truth(page) -> None:
     )
     assert image_src(page, "heatmap") != heat_before
     assert "Tumor area:" in summary_text(page)
+    assert page.locator(CANVAS).evaluate("c => c.hidden"), "a new prediction hides the live canvas"
     shoot(page, "4_normalization_toggled")
     assert before_toggle  # the summary stayed readable throughout
 
@@ -161,3 +216,44 @@ def test_dataset_browser_loads_image_and_ground_truth_together(page) -> None:
     assert "_mask" in page.locator("#truth-file").inner_text(), "with its ground truth"
     assert image_src(page, "truth") and image_src(page, "agreement")
     shoot(page, "6_dataset_browser")
+
+
+def test_threshold_drag_redraws_in_the_browser_as_the_server_would(page) -> None:
+    image_path, _ = largest_tumor_slice()
+    page.locator("#slice-file input[type=file]").set_input_files(str(image_path))
+    first = wait_for_summary(page, "Tumor area:")
+    wait_live_ready(page)
+    server_overlay = image_src(page, "overlay")
+    joins: list[str] = []
+    page.on("request", lambda request: joins.append(request.url) if "/queue/join" in request.url else None)
+
+    page.mouse.move(*slider_x(page, 0.98))
+    page.mouse.down()
+    high = wait_canvas_at_slider_value(page)
+    high_pixels, high_area = canvas_pixels(page), live_area(page)
+    page.mouse.move(*slider_x(page, 0.05))
+    low = wait_canvas_at_slider_value(page)
+    low_pixels, low_area = canvas_pixels(page), live_area(page)
+    assert high > 0.9 and low < 0.15
+    assert low_area > high_area, "a lower threshold keeps more pixels"
+    assert (low_pixels != high_pixels).any(axis=2).sum() >= low_area - high_area, "the drawn overlay changed"
+    assert joins == [], "dragging must not call the server"
+    assert image_src(page, "overlay") == server_overlay
+    shoot(page, "7_threshold_drag")
+
+    page.mouse.up()
+    released = wait_for_summary(page, "Tumor area:", old=first)
+    assert area_px(released) == low_area, "the browser's mask has the server's area at the released threshold"
+    page.wait_for_function("old => document.querySelector('#overlay img').src !== old", arg=server_overlay)
+    assert page.locator(CANVAS).evaluate("c => c.hidden"), "the server's overlay is shown after release"
+    server_pixels = url_pixels(image_src(page, "overlay"))
+    assert server_pixels.shape == low_pixels.shape
+    assert np.array_equal(server_pixels, low_pixels), "live canvas and server overlay differ"
+
+    slider = page.locator(SLIDER)
+    slider.focus()
+    page.keyboard.press("End")  # the keyboard moves the range without a pointer release
+    assert wait_canvas_at_slider_value(page) == pytest.approx(0.95)
+    keyed_area = canvas_area(page)
+    keyed = wait_for_summary(page, "Tumor area:", old=released)
+    assert area_px(keyed) == keyed_area

@@ -96,6 +96,7 @@ def dataset_with_stand_ins(lgg_test_dir, root):
     return root
 
 
+@pytest.mark.slow
 def test_evaluate_model_scores_the_patients_its_split_seed_picks(lgg_test_dir, tmp_path) -> None:
     data = dataset_with_stand_ins(lgg_test_dir, tmp_path / "data")
     segmenter = Segmenter.from_pretrained()

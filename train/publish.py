@@ -5,7 +5,6 @@ import argparse
 import dataclasses
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,11 @@ import torch
 from brainseg.card import build_card, check_evaluation, find_training_dir, metrics_summary, read_training_info
 from brainseg.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 from brainseg.data import bundled_test_patients, scan_dataset
+from brainseg.evaluation import evaluate_model
 from brainseg.hub import ModelLoadError, ResolvedModel, parse_repo_arg, resolve_model
 from brainseg.inference import Segmenter, load_model
 from brainseg.model import count_parameters
+from train.cli import run
 
 CARD_FILE = "README.md"
 EVAL_FILE = "evaluation.json"
@@ -68,16 +69,9 @@ def pick_split(data_dir: str, split: str) -> str:
     return "all" if all(p.folder in held_out for p in scan_dataset(data_dir)) else "test"
 
 
-def run_evaluation(data_dir: str, model_folder: Path, split: str, workdir: Path) -> dict[str, Any] | int:
-    """Run ``train.evaluate`` and return its JSON, or its exit status when it failed (it printed why)."""
-    from train import evaluate
-
-    out = workdir / EVAL_FILE
-    status = evaluate.main(["--data-dir", data_dir, "--model", str(model_folder), "--split",
-                            pick_split(data_dir, split), "--json", str(out)])
-    if status != 0:
-        return status
-    return json.loads(out.read_text())
+def run_evaluation(data_dir: str, segmenter: Segmenter, split: str) -> dict[str, Any]:
+    """Metrics of ``segmenter`` on the held-out patients of ``data_dir`` (what ``train.evaluate --json`` writes)."""
+    return evaluate_model(segmenter, data_dir, pick_split(data_dir, split))
 
 
 def check_held_out(evaluation: dict[str, Any]) -> None:
@@ -154,11 +148,6 @@ def push(folder: Path, repo_id: str, private: bool, message: str) -> str:
     return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=folder, commit_message=message).oid
 
 
-def one_line(exc: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
-    return text if len(text) <= 400 else text[:397] + "..."
-
-
 def publish(args: argparse.Namespace, workdir: Path) -> int:
     parsed = parse_repo_arg(args.repo_id)
     if parsed is None or parsed[1] is not None:
@@ -178,9 +167,8 @@ def publish(args: argparse.Namespace, workdir: Path) -> int:
     if args.eval_json:
         evaluation = json.loads(Path(args.eval_json).read_text())
     else:
-        evaluation = run_evaluation(args.data_dir, source.folder, args.split, workdir)
-        if isinstance(evaluation, int):
-            return evaluation
+        segmenter = Segmenter(model, config, source=source.source, revision=source.revision)
+        evaluation = run_evaluation(args.data_dir, segmenter, args.split)
     check_evaluation(evaluation, config)
     check_held_out(evaluation)
 
@@ -209,12 +197,13 @@ def publish(args: argparse.Namespace, workdir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def publish_in_workdir() -> int:
         with tempfile.TemporaryDirectory(prefix="brainseg-publish-") as tmp:
             return publish(args, Path(tmp))
-    except (ModelLoadError, ValueError, OSError, ImportError) as exc:  # HfHubHTTPError is an OSError
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
+
+    # HfHubHTTPError is an OSError
+    return run(publish_in_workdir, errors=(ModelLoadError, ValueError, OSError, ImportError))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@
 // a canvas laid over the overlay image: the same mask as the server's at every slider step (threshold, then
 // small-component removal) and the same pixels at a 1-px contour. The server's image replaces it when the
 // overlay changes (the `/threshold` call on release, a new slice).
+// For tests and benchmarks: `data-ready="true"` on `element` once a payload is decoded; after each draw the canvas
+// carries `data-threshold` and `data-area-px` and dispatches a bubbling `brainseg-drawn` event.
 const overlaySelector = `#${props.overlay_id}`;
 const sliderSelector = `#${props.slider_id} input[type=range]`;
 const readout = element.querySelector(".brainseg-live-readout");
@@ -36,6 +38,7 @@ async function pixels(url) {
 async function load(payload) {
   const mine = ++generation;
   data = null;
+  element.dataset.ready = "false";
   hide();
   if (!payload) return;
   const [rgba, gray] = await Promise.all([pixels(payload.image), pixels(payload.levels)]);
@@ -52,11 +55,12 @@ async function load(payload) {
     queue: new Int32Array(count),
     frame: new ImageData(payload.width, payload.height),
   };
+  element.dataset.ready = "true";
   if (wanted !== null) draw(wanted);
 }
 
-// Index of the slider step for `threshold`; `exact` when it is one (typed values between steps are rounded up
-// until the server's redraw on release).
+// Index of the slider step for `threshold`; `exact` when it is one (a value typed between steps is previewed at
+// the step above until the server's redraw).
 function step(threshold) {
   const steps = data.thresholds;
   let k = steps.findIndex((t) => t >= threshold - 1e-9);
@@ -157,6 +161,8 @@ function place(img) {
     canvas = document.createElement("canvas");
     canvas.className = "brainseg-live-canvas";
     canvas.setAttribute("aria-hidden", "true");
+    // out of the flow before it is inserted, so it never moves the image it measures
+    Object.assign(canvas.style, { position: "absolute", pointerEvents: "none" });
   }
   const frame = img.parentElement;
   if (canvas.parentElement !== frame) img.after(canvas);
@@ -165,14 +171,14 @@ function place(img) {
     canvas.width = data.width;
     canvas.height = data.height;
   }
+  const box = img.getBoundingClientRect();
+  const origin = frame.getBoundingClientRect();
   Object.assign(canvas.style, {
-    position: "absolute",
-    left: `${img.offsetLeft}px`,
-    top: `${img.offsetTop}px`,
-    width: `${img.offsetWidth}px`,
-    height: `${img.offsetHeight}px`,
+    left: `${box.left - origin.left - frame.clientLeft}px`,
+    top: `${box.top - origin.top - frame.clientTop}px`,
+    width: `${box.width}px`,
+    height: `${box.height}px`,
     objectFit: getComputedStyle(img).objectFit,
-    pointerEvents: "none",
   });
   return canvas;
 }
@@ -195,7 +201,7 @@ function draw(threshold) {
   target.hidden = false;
   const percent = (100 * area) / (data.width * data.height);
   readout.textContent =
-    `Live preview at ${data.thresholds[k]}${exact ? "" : " (nearest slider step)"}: ` +
+    `Live preview at ${data.thresholds[k]}${exact ? "" : " (the slider step above)"}: ` +
     `${area.toLocaleString("en-US")} px (${percent.toFixed(2)} % of the slice). ` +
     "Dice, the agreement map and the mask PNG follow on release.";
   target.dataset.threshold = String(data.thresholds[k]);

@@ -1,0 +1,171 @@
+"""Segment whole scans from the command line: ``python -m brainseg.predict FLAIR [FLAIR ...] --out DIR``.
+
+Each input is a NIfTI file, a DICOM series (folder or ``.zip``), a Kaggle patient folder, or a folder of
+those (one subject per entry). Writes ``DIR/<subject>_mask.nii.gz`` (uint8 0/1, the input's exact shape and
+affine) per volume, ``DIR/<subject>/<slice>_mask.png`` per patient folder, and with ``--json`` the numbers.
+A mistake the user can fix ends in one ``error:`` line and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .fileio import atomic_write_text
+from .hub import ModelLoadError
+from .inference import Segmenter
+from .volume import VolumePrediction, evaluate_volume, predict_patient_folder, predict_volume, save_mask
+from .volume_io import (
+    SubjectInputs,
+    VolumeError,
+    find_subjects,
+    is_patient_folder,
+    load_label_volume,
+    load_patient_folder,
+    load_volume,
+)
+
+USER_ERRORS = (VolumeError, ModelLoadError, OSError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m brainseg.predict",
+        description="Segment FLAIR abnormality on whole scans: one mask per subject, tumor volume in mL.")
+    parser.add_argument("inputs", nargs="+", metavar="FLAIR",
+                        help="NIfTI file, DICOM series folder or .zip, Kaggle patient folder, or a folder of these")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the masks")
+    parser.add_argument("--t1", type=Path, help="pre-contrast T1 on the FLAIR's grid (one input only)")
+    parser.add_argument("--t1ce", type=Path, help="post-contrast T1 on the FLAIR's grid (one input only)")
+    parser.add_argument("--json", type=Path, help="write the numbers here")
+    parser.add_argument("--model", help="model folder or ORG/NAME[@REVISION] (default: the bundled model)")
+    parser.add_argument("--threshold", type=float, help="probability threshold (default: the model's tuned one)")
+    parser.add_argument("--truth", type=Path, help="ground-truth label NIfTI (labels > 0 = tumor): adds Dice")
+    parser.add_argument("--truth-glob", help="ground truth inside each subject folder, e.g. 'OTMultiClass*'")
+    parser.add_argument("--no-crop", action="store_true", help="resize whole slices instead of the head's box")
+    parser.add_argument("--flair-only", action="store_true",
+                        help="use the FLAIR alone even where T1/T1ce are found or given (for comparisons)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except USER_ERRORS as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        raise VolumeError(f"--threshold {args.threshold}: give a probability between 0 and 1")
+    subjects = find_subjects(args.inputs, args.truth_glob)
+    explicit = {"--t1": args.t1, "--t1ce": args.t1ce, "--truth": args.truth}
+    given = [flag for flag, value in explicit.items() if value is not None]
+    if given and len(subjects) > 1:
+        raise VolumeError(f"{', '.join(given)} go with one input, but {len(subjects)} subjects were found: "
+                          "run them one at a time (or use --truth-glob for ground truth in subject folders)")
+    if subjects and given:
+        subjects = [SubjectInputs(subjects[0].name, subjects[0].flair, args.t1 or subjects[0].t1,
+                                  args.t1ce or subjects[0].t1ce, args.truth or subjects[0].truth)]
+    segmenter = Segmenter.from_pretrained(args.model, device=args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results, failed, used_names = [], 0, set()
+    subject_bar = tqdm(subjects, desc="subjects", unit="subject", disable=args.quiet or len(subjects) < 2)
+    for subject in subject_bar:
+        name = _unique(subject.name, used_names)
+        try:
+            result = _run_subject(segmenter, subject, name, args)
+        except VolumeError as exc:
+            failed += 1
+            tqdm.write(f"error: {name}: {_one_line(exc)}", file=sys.stderr)
+            continue
+        results.append(result)
+        tqdm.write(_describe(result))
+    if args.json and results:
+        atomic_write_text(args.json, json.dumps(_report(results), indent=2) + "\n")
+    return 2 if failed else 0
+
+
+def _unique(name: str, used: set[str]) -> str:
+    candidate, n = name, 2
+    while candidate in used:
+        candidate, n = f"{name}_{n}", n + 1
+    used.add(candidate)
+    return candidate
+
+
+def _run_subject(segmenter: Segmenter, subject: SubjectInputs, name: str, args: argparse.Namespace) -> dict:
+    started = time.perf_counter()
+    bar = tqdm(desc=name, unit="slice", leave=False, disable=args.quiet)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        if subject.flair.is_dir() and is_patient_folder(subject.flair):
+            patient = load_patient_folder(subject.flair)
+            prediction = predict_patient_folder(segmenter, patient, flair_only=args.flair_only, progress=progress)
+            truth = patient.truth
+            written = save_mask(prediction, str(args.out / name), args.threshold)
+        else:
+            flair = load_volume(subject.flair)
+            t1 = None if args.flair_only or subject.t1 is None else load_volume(subject.t1)
+            t1ce = None if args.flair_only or subject.t1ce is None else load_volume(subject.t1ce)
+            truth = None if subject.truth is None else load_label_volume(subject.truth, flair)
+            prediction = predict_volume(segmenter, flair, t1, t1ce, crop=not args.no_crop, progress=progress)
+            written = save_mask(prediction, str(args.out / f"{name}_mask.nii.gz"), args.threshold)
+    finally:
+        bar.close()
+    return _numbers(prediction, name, written, truth, args.threshold, time.perf_counter() - started)
+
+
+def _numbers(prediction: VolumePrediction, name: str, written: list, truth: np.ndarray | None,
+             threshold: float | None, seconds: float) -> dict:
+    numbers = prediction.summary(threshold)
+    numbers["name"] = name
+    numbers["seconds"] = round(seconds, 3)
+    numbers["ms_per_slice"] = round(1000 * seconds / max(prediction.n_slices, 1), 2)
+    numbers["output"] = str(written[0]) if len(written) == 1 else str(Path(written[0]).parent) if written else None
+    if truth is not None:
+        score = evaluate_volume(prediction, truth, threshold)
+        numbers["dice"] = round(score.dice, 4)
+        numbers["truth_voxels"] = score.truth_voxels
+    return numbers
+
+
+def _describe(result: dict) -> str:
+    volume = f"{result['volume_ml']:.2f} mL" if result["volume_ml"] is not None else f"{result['tumor_voxels']} px"
+    largest = "" if result["largest_slice"] is None else f", largest on slice {result['largest_slice']}"
+    dice = f", Dice {result['dice']:.3f}" if "dice" in result else ""
+    return (f"{result['name']}: {volume} in {result['slices_with_tumor']} of {result['n_slices']} slices{largest}"
+            f"{dice} ({result['seconds']:.1f} s) -> {result['output']}")
+
+
+def _report(results: list[dict]) -> dict:
+    """One subject: its numbers; several: ``{"subjects": [...], "n_subjects", "mean_dice" (with ground truth)}``."""
+    if len(results) == 1:
+        return results[0]
+    report: dict = {"n_subjects": len(results), "subjects": results}
+    scored = [r["dice"] for r in results if "dice" in r]
+    if scored:
+        report["mean_dice"] = round(float(np.mean(scored)), 4)
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(main())
