@@ -3,7 +3,8 @@
     python app.py [--host 0.0.0.0] [--port 7860] [--share] [--model FOLDER] [--data-dir PATH]
 
 Only UI wiring lives here; decoding is in ``brainseg.imaging``, the model in ``brainseg.inference``,
-drawing and the numbers in ``brainseg.overlay`` and dataset browsing in ``brainseg.gallery``.
+drawing and the numbers in ``brainseg.overlay`` and dataset browsing in ``brainseg.gallery``; the browser
+redraws the overlay itself while the threshold slider moves (``assets/app/threshold.js``).
 """
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ TAGS = ["image-segmentation", "medical-imaging", "brain-mri", "glioma", "unet", 
 DATASET_NAME = "LGG MRI Segmentation (Kaggle, TCGA-LGG)"
 DATASET_TYPE = "lgg-mri-segmentation"
 REQUIRED_KEYS = [m.key for m in METRICS] + ["n_slices", "n_tumor_slices", "n_patients", "per_patient_dice"]
-TRAIN_FIELDS_SKIPPED = ("data_dir", "out_dir", "device", "stop_after_epochs", "max_train_slices", "max_val_slices")
+TRAIN_FIELDS_SKIPPED = ("data_dir", "out_dir", "device", "stop_after_epochs", "max_train_slices", "max_val_slices",
+                        "world_size")
 CITATION = """@article{buda2019association,
   title   = {Association of genomic subtypes of lower-grade gliomas with shape features
              automatically extracted by a deep learning algorithm},
@@ -60,7 +61,9 @@ def find_training_dir(model_folder: Path) -> Path | None:
 
 def train_command(train_config: dict[str, Any]) -> str:
     """The ``python -m train.train`` command line that reproduces a saved ``train_config.json``."""
-    parts = ["python -m train.train", f"--data-dir {train_config.get('data_dir', 'DATA_DIR')}",
+    world_size = int(train_config.get("world_size", 1))  # processes under torchrun (issue 19)
+    launcher = "python -m train.train" if world_size <= 1 else f"torchrun --nproc_per_node={world_size} -m train.train"
+    parts = [launcher, f"--data-dir {train_config.get('data_dir', 'DATA_DIR')}",
              f"--out-dir {train_config.get('out_dir', 'OUT_DIR')}"]
     for name, value in train_config.items():
         if name in TRAIN_FIELDS_SKIPPED and not (name.startswith("max_") and value):

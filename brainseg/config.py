@@ -13,7 +13,11 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_VERSION = 1
 # Network architectures :func:`brainseg.model.build_model` can build; configs without ``arch`` are U-Nets.
-ARCHITECTURES = ("unet",)
+# "unet": the article's U-Net, sized by ``base_channels`` and ``depth``. The others are Transformers of fixed size
+# (:mod:`brainseg.transformer`, built with segmentation-models-pytorch), which ignore ``base_channels`` and ``depth``.
+UNET = "unet"
+TRANSFORMER_ARCHITECTURES = ("segformer_mit_b0", "unet_mit_b0")
+ARCHITECTURES = (UNET, *TRANSFORMER_ARCHITECTURES)
 
 
 @dataclass
@@ -44,7 +48,12 @@ class ModelConfig:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
 
     def architecture(self) -> dict[str, str | int]:
-        """The fields that shape the network (two configs with equal ones load the same weights)."""
+        """The fields that shape the network (two configs with equal ones load the same weights).
+
+        ``base_channels`` and ``depth`` size the U-Net only; a Transformer's size is fixed by its ``arch``.
+        """
+        if self.arch != UNET:
+            return {"arch": self.arch, "in_channels": self.in_channels}
         return {"arch": self.arch, "base_channels": self.base_channels, "depth": self.depth,
                 "in_channels": self.in_channels}
 

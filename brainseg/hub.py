@@ -1,4 +1,5 @@
-"""Turning a model argument (None, a folder, or ``ORG/NAME[@REVISION]``) into a folder of model files.
+"""Turning a model argument (None, a bundled model's name, a folder, or ``ORG/NAME[@REVISION]``) into a folder of
+model files.
 
 This module only finds files (:class:`ResolvedModel`); :mod:`brainseg.inference` builds models from them.
 
@@ -29,7 +30,10 @@ from huggingface_hub.errors import (
 
 from .config import CONFIG_FILE, WEIGHTS_FILE
 
-BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED_MODEL_DIR = ASSETS_DIR / "model"  # the default model (a U-Net)
+BUNDLED_MODELS_DIR = ASSETS_DIR / "models"  # the other bundled models, one folder per name
+DEFAULT_MODEL_NAME = "unet"
 BUNDLED_LABEL = "bundled default"
 MODEL_ENV_VAR = "BRAINSEG_MODEL"
 REPO_ARG = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w./-]+))?$")
@@ -74,12 +78,25 @@ def model_arg_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     return value or None
 
 
+def bundled_models() -> dict[str, Path]:
+    """The models shipped in ``assets/``, by name: ``"unet"`` (the default) first, then each folder of
+    ``assets/models/`` holding a ``config.json`` (its folder name is its name), sorted."""
+    models = {DEFAULT_MODEL_NAME: BUNDLED_MODEL_DIR}
+    if BUNDLED_MODELS_DIR.is_dir():
+        for folder in sorted(BUNDLED_MODELS_DIR.iterdir()):
+            if (folder / CONFIG_FILE).is_file() and folder.name not in models:
+                models[folder.name] = folder
+    return models
+
+
 def resolve_model(model_arg: str | Path | None, *, cache_dir: str | Path | None = None,
                   token: str | bool | None = None) -> ResolvedModel:
     """Find the folder holding ``config.json`` + ``model.safetensors`` for ``model_arg``.
 
-    ``None`` (or ``"bundled"``) is the bundled model, an existing folder is used as is, and
-    ``ORG/NAME[@REVISION]`` is downloaded from the Hub (or taken from the cache when offline).
+    ``None`` (or ``"bundled"``) is the bundled default model, an existing folder is used as is, a name from
+    :func:`bundled_models` (``"unet"``, ...) is that bundled model, and ``ORG/NAME[@REVISION]`` is downloaded
+    from the Hub (or taken from the cache when offline). A folder wins over a bundled name it shadows (as
+    for ``"bundled"``): pass ``./NAME`` or ``NAME`` to mean the folder, and run from elsewhere to mean the name.
     """
     text = "" if model_arg is None else str(model_arg).strip()
     if not text or (text == "bundled" and not Path(text).exists()):
@@ -87,12 +104,16 @@ def resolve_model(model_arg: str | Path | None, *, cache_dir: str | Path | None 
     path = Path(model_arg).expanduser()
     if path.is_dir():
         return ResolvedModel(path, str(model_arg))
+    bundled = bundled_models()
+    if not isinstance(model_arg, Path) and text in bundled:
+        return ResolvedModel(bundled[text], BUNDLED_LABEL if text == DEFAULT_MODEL_NAME else f"bundled {text}")
     if path.exists():
         raise ModelLoadError(f"{model_arg} is a file: pass the folder holding {CONFIG_FILE} and {WEIGHTS_FILE}")
     parsed = None if isinstance(model_arg, Path) else parse_repo_arg(text)
     if parsed is None:
         raise ModelLoadError(
-            f"{text} is neither an existing model folder nor a Hub repo id (ORG/NAME or ORG/NAME@REVISION)"
+            f"{text} is neither an existing model folder nor a Hub repo id (ORG/NAME or ORG/NAME@REVISION), nor "
+            f"the name of a bundled model ({', '.join(bundled)})"
         )
     return download_model(parsed[0], parsed[1], cache_dir=cache_dir, token=token)
 

@@ -81,7 +81,8 @@ class Segmenter:
 
     @classmethod
     def from_pretrained(cls, source: str | Path | None = None, device: str = "auto", bf16: bool = False) -> "Segmenter":
-        """Load the bundled default model (``source=None``), a saved model folder, or a Hub model.
+        """Load the bundled default model (``source=None``), a bundled model by name (:func:`brainseg.bundled_models`:
+        ``"unet"``, ...), a saved model folder, or a Hub model.
 
         Hub models are given as ``"ORG/NAME"`` or ``"ORG/NAME@REVISION"`` (branch, tag or commit)
         and go through the Hugging Face cache. Every failure raises :class:`brainseg.hub.ModelLoadError`.

@@ -1,6 +1,7 @@
 """Network architectures and :func:`build_model`, the one factory that turns a config into a module.
 
-The article's U-Net: DoubleConv blocks, max-pool down, bilinear up with skip concatenation.
+The article's U-Net: DoubleConv blocks, max-pool down, bilinear up with skip concatenation. The Transformer
+architectures are in :mod:`brainseg.transformer`.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from .config import ARCHITECTURES, ModelConfig
+from .transformer import TRANSFORMERS
 
 
 class DoubleConv(nn.Sequential):
@@ -83,8 +85,14 @@ def _build_unet(config: ModelConfig) -> UNet:
     return UNet(base_channels=config.base_channels, depth=config.depth, in_channels=config.in_channels)
 
 
+def _transformer_builder(name: str) -> Callable[[ModelConfig], nn.Module]:
+    return lambda config: TRANSFORMERS[name](config.in_channels)
+
+
 # one builder per name in brainseg.config.ARCHITECTURES (tests/test_model.py checks they match)
-BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {"unet": _build_unet}
+BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "unet": _build_unet, **{name: _transformer_builder(name) for name in TRANSFORMERS},
+}
 
 
 def build_model(config: ModelConfig) -> nn.Module:

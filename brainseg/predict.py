@@ -90,7 +90,8 @@ def _run(args: argparse.Namespace) -> int:
             result = _run_subject(segmenter, subject, name, args)
         except VolumeError as exc:
             failed += 1
-            tqdm.write(f"error: {name}: {_one_line(exc)}", file=sys.stderr)
+            prefix = f"{name}: " if len(subjects) > 1 else ""
+            tqdm.write(f"error: {prefix}{_one_line(exc)}", file=sys.stderr)
             continue
         results.append(result)
         tqdm.write(_describe(result))
@@ -109,12 +110,13 @@ def _unique(name: str, used: set[str]) -> str:
 
 def _run_subject(segmenter: Segmenter, subject: SubjectInputs, name: str, args: argparse.Namespace) -> dict:
     started = time.perf_counter()
-    bar = tqdm(desc=name, unit="slice", leave=False, disable=args.quiet)
+    bars: list[tqdm] = []  # opened at the first progress report, so a refused input prints no empty bar
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if not bars:
+            bars.append(tqdm(desc=name, total=total, unit="slice", leave=False, disable=args.quiet))
+        bars[0].n = done
+        bars[0].refresh()
 
     try:
         if subject.flair.is_dir() and is_patient_folder(subject.flair):
@@ -130,7 +132,8 @@ def _run_subject(segmenter: Segmenter, subject: SubjectInputs, name: str, args: 
             prediction = predict_volume(segmenter, flair, t1, t1ce, crop=not args.no_crop, progress=progress)
             written = save_mask(prediction, str(args.out / f"{name}_mask.nii.gz"), args.threshold)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     return _numbers(prediction, name, written, truth, args.threshold, time.perf_counter() - started)
 
 
@@ -150,7 +153,8 @@ def _numbers(prediction: VolumePrediction, name: str, written: list, truth: np.n
 
 def _describe(result: dict) -> str:
     volume = f"{result['volume_ml']:.2f} mL" if result["volume_ml"] is not None else f"{result['tumor_voxels']} px"
-    largest = "" if result["largest_slice"] is None else f", largest on slice {result['largest_slice']}"
+    largest_name = result["largest_slice_name"] or result["largest_slice"]
+    largest = "" if result["largest_slice"] is None else f", largest on slice {largest_name}"
     dice = f", Dice {result['dice']:.3f}" if "dice" in result else ""
     return (f"{result['name']}: {volume} in {result['slices_with_tumor']} of {result['n_slices']} slices{largest}"
             f"{dice} ({result['seconds']:.1f} s) -> {result['output']}")

@@ -5,6 +5,10 @@
 :func:`resume` (from ``checkpoint.pt``), then per epoch :func:`run_epoch` (train, validate, keep ``best/``)
 with ``log.csv`` and :func:`save_checkpoint`, and at the end :func:`save_final_models` (``last/``, ``swa/``)
 and :func:`tune_best_model`.
+
+Under ``torchrun`` with several processes (:mod:`brainseg.distributed`) every rank trains on its shard of each
+epoch through ``DistributedDataParallel``; rank 0 alone validates and writes the run folder, and the others
+wait for it at the end of each epoch. A world of one runs exactly the single-process path.
 """
 from __future__ import annotations
 
@@ -12,8 +16,10 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +29,21 @@ from torch.nn import functional as TF
 from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
-from .config import ModelConfig
+from .config import ARCHITECTURES, ModelConfig
 from .data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLIT_PROTOCOLS, SliceRecord, Split, load_slices, make_split
+from .distributed import (
+    SINGLE_PROCESS,
+    RankInfo,
+    broadcast_from_main,
+    check_sync_bn,
+    epoch_shard,
+    gather_to_main,
+    mean_over_ranks,
+    process_group,
+    rank_device,
+    wait_for_all,
+    wrap_model,
+)
 from .evaluation import evaluate_arrays, tune_postprocessing
 from .fileio import atomic_write, atomic_write_text
 from .hub import resolve_model
@@ -43,6 +62,7 @@ from .weights import save_model
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.csv"
 TRAIN_CONFIG_FILE = "train_config.json"
+SHARDS_FILE = "shards.jsonl"  # multi-process runs: the slices each rank trained on, one line per rank and epoch
 LOG_FIELDS = [
     "epoch", "train_loss", "lr", "val_slice_dice", "val_slice_iou", "val_tumor_slice_dice",
     "val_empty_fp_rate", "val_volume_dice", "seconds",
@@ -56,9 +76,9 @@ AUGMENTS = ("none", "affine_gamma")  # affine_gamma: random rotation/scale/shift
 # The valid values of TrainConfig's string options: checked there, offered as choices by train/train.py.
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": tuple(OPTIMIZERS), "schedule": SCHEDULES, "loss": LOSSES, "flip": FLIPS, "augment": AUGMENTS,
-    "split": SPLIT_PROTOCOLS,
+    "split": SPLIT_PROTOCOLS, "arch": ARCHITECTURES,
 }
-AT_LEAST_ONE = ("base_channels", "epochs", "batch_size", "checkpoint_every")
+AT_LEAST_ONE = ("base_channels", "epochs", "batch_size", "checkpoint_every", "dist_timeout_s")
 NOT_NEGATIVE = ("weight_decay", "max_train_slices", "max_val_slices", "stop_after_epochs", "swa_start")
 
 
@@ -71,6 +91,7 @@ class TrainConfig:
 
     data_dir: str
     out_dir: str
+    arch: str = "unet"  # brainseg.config.ARCHITECTURES; base_channels and depth size the U-Net only
     base_channels: int = 16
     depth: int = 4
     normalize: bool = True
@@ -97,6 +118,9 @@ class TrainConfig:
     stop_after_epochs: int = 0  # stop early (still resumable), 0 = run to the end
     init_from: str = ""  # model folder whose weights start the run (fine-tuning); "" = random init
     swa_start: int = 0  # average the weights of every epoch from this one on into swa/ (0 = off)
+    # under torchrun: batch_size is per process (effective batch = batch_size x processes), lr is used as given
+    sync_bn: bool = False  # torchrun on GPUs: BatchNorm statistics over the whole effective batch (SyncBatchNorm)
+    dist_timeout_s: int = 1800  # torchrun: how long a rank waits for the others (e.g. rank 0 validating) before failing
 
     def __post_init__(self) -> None:
         for name, valid in CHOICES.items():
@@ -116,7 +140,8 @@ class TrainConfig:
             raise ValueError(f"empty_fraction must be in [0, 1], got {self.empty_fraction}")
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(base_channels=self.base_channels, depth=self.depth, normalize=self.normalize)
+        return ModelConfig(arch=self.arch, base_channels=self.base_channels, depth=self.depth,
+                           normalize=self.normalize)
 
     def data_split(self) -> Split:
         """This run's train / validation / test split (:func:`brainseg.data.make_split`)."""
@@ -143,6 +168,7 @@ class TrainingData:
     val_images: np.ndarray  # (M, H, W, 3) uint8
     val_masks: np.ndarray  # (M, H, W) bool
     val_patients: list[str]  # (M,) the patient of each validation slice
+    train_slices: list[str] = field(default_factory=list)  # (N,) names of the training slices, e.g. PATIENT_12
 
 
 @dataclass
@@ -156,18 +182,31 @@ class TrainingState:
     epoch: int = 0  # the last finished epoch
     best_score: float = -1.0  # validation slice Dice of best/
     best_epoch: int = 0
+    world_size: int = 1  # processes training together: the LR schedule counts the steps of one of them
+    wrapped: nn.Module | None = None  # not saved: DistributedDataParallel(model) under torchrun
+
+    def training_module(self) -> nn.Module:
+        """What a training step calls: the DDP wrapper under torchrun, else the model itself."""
+        return self.model if self.wrapped is None else self.wrapped
 
     def state_dict(self) -> dict:
         state = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
-            "best_score": self.best_score, "best_epoch": self.best_epoch,
+            "best_score": self.best_score, "best_epoch": self.best_epoch, "world_size": self.world_size,
         }
         if self.averaged is not None:
             state["averaged"] = self.averaged.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        saved_world_size = int(state.get("world_size", 1))
+        if saved_world_size != self.world_size:
+            raise ValueError(
+                f"the checkpoint was written by {saved_world_size} training process(es), this run has "
+                f"{self.world_size}: its learning-rate schedule counts the steps of {saved_world_size}. Resume "
+                f"with the same number of processes (torchrun --nproc_per_node ...), or use another --out-dir"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -214,6 +253,19 @@ def write_log(path: Path, rows: list[dict]) -> None:
     atomic_write(path, write)
 
 
+def read_shards(path: Path, up_to_epoch: int) -> list[dict]:
+    """The rows of ``shards.jsonl`` up to ``up_to_epoch`` (as :func:`read_log`)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row for row in rows if int(row["epoch"]) <= up_to_epoch]
+
+
+def write_shards(path: Path, rows: list[dict]) -> None:
+    """Rewrite ``shards.jsonl`` atomically with ``rows``, one JSON object a line."""
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -249,11 +301,12 @@ def _channels_last_on_cpu(inputs: torch.Tensor, device: torch.device) -> torch.T
     return inputs.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else inputs
 
 
-def start_run_folder(cfg: TrainConfig) -> Path:
-    """Create ``cfg.out_dir`` and record the run's settings in ``train_config.json`` there."""
+def start_run_folder(cfg: TrainConfig, world_size: int = 1) -> Path:
+    """Create ``cfg.out_dir`` and record the run's settings and number of processes in ``train_config.json``."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / TRAIN_CONFIG_FILE, json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    settings = {**dataclasses.asdict(cfg), "world_size": world_size}
+    atomic_write_text(out / TRAIN_CONFIG_FILE, json.dumps(settings, indent=2) + "\n")
     return out
 
 
@@ -281,31 +334,37 @@ def place_model(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
 
 
-def load_data(cfg: TrainConfig, device: torch.device) -> TrainingData:
+def load_data(cfg: TrainConfig, device: torch.device, verbose: bool = True) -> TrainingData:
     """Read this run's training and validation slices (``max_*_slices`` seeded subsets when set)."""
     split = cfg.data_split()
     train_records = _subset(split.train, cfg.max_train_slices, cfg.seed)
     val_records = _subset(split.val, cfg.max_val_slices, cfg.seed + 1)
-    print(f"split {split.protocol}: {len(train_records)} train slices ({len(split.patients('train'))} patients), "
-          f"{len(val_records)} val slices; device {device}", flush=True)
+    if verbose:
+        print(f"split {split.protocol}: {len(train_records)} train slices ({len(split.patients('train'))} "
+              f"patients), {len(val_records)} val slices; device {device}", flush=True)
     train_images, train_masks = load_slices(train_records)
+    train_slices = [f"{r.patient}_{r.index}" for r in train_records]
     if cfg.flip == "offline":
         train_images, train_masks = flip_dataset_offline(train_images, train_masks)
+        train_slices += [f"{name}_flipped" for name in train_slices]
     val_images, val_masks = load_slices(val_records)
     return TrainingData(
         images=torch.from_numpy(train_images).permute(0, 3, 1, 2),  # uint8, channels-last in memory
         masks=torch.from_numpy(train_masks),
         has_tumor=train_masks.reshape(len(train_masks), -1).any(axis=1),
         val_images=val_images, val_masks=val_masks, val_patients=[r.patient for r in val_records],
+        train_slices=train_slices,
     )
 
 
-def new_state(cfg: TrainConfig, model: nn.Module, data: TrainingData) -> TrainingState:
-    """Optimizer, LR schedule (sized to the epoch's batches) and, with ``swa_start``, the weight average."""
+def new_state(cfg: TrainConfig, model: nn.Module, data: TrainingData, info: RankInfo = SINGLE_PROCESS
+              ) -> TrainingState:
+    """Optimizer, LR schedule (sized to this rank's batches per epoch) and, with ``swa_start``, the weight average."""
     optimizer = make_optimizer(cfg, model)
-    steps_per_epoch = math.ceil(len(_epoch_indices(data.has_tumor, cfg, 0)) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(rank_order(cfg, data, 0, info)[0]) / cfg.batch_size)
     averaged = AveragedModel(model) if cfg.swa_start > 0 else None
-    return TrainingState(model, optimizer, make_scheduler(cfg, optimizer, steps_per_epoch), averaged)
+    return TrainingState(model, optimizer, make_scheduler(cfg, optimizer, steps_per_epoch), averaged,
+                         world_size=info.world_size)
 
 
 def save_checkpoint(state: TrainingState, path: Path) -> None:
@@ -313,12 +372,22 @@ def save_checkpoint(state: TrainingState, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(state.state_dict(), tmp))
 
 
-def resume(state: TrainingState, path: Path, device: torch.device) -> None:
-    """Continue from ``path`` when it exists (the run was stopped or killed); otherwise start at epoch 1."""
-    if not path.exists():
+def resume(state: TrainingState, path: Path, device: torch.device, info: RankInfo = SINGLE_PROCESS) -> None:
+    """Continue from ``path`` when it exists (the run was stopped or killed); otherwise start at epoch 1.
+
+    Under torchrun rank 0 reads the checkpoint and sends it to the others, so every rank loads the same one
+    (and only rank 0 needs to see the run folder).
+    """
+    if not info.distributed:
+        checkpoint = torch.load(path, map_location=device, weights_only=True) if path.exists() else None
+    else:
+        on_main = torch.load(path, map_location="cpu", weights_only=True) if info.is_main and path.exists() else None
+        checkpoint = broadcast_from_main(on_main, info)
+    if checkpoint is None:
         return
-    state.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-    print(f"resumed from {path} after epoch {state.epoch}", flush=True)
+    state.load_state_dict(checkpoint)
+    if info.is_main:
+        print(f"resumed from {path} after epoch {state.epoch}", flush=True)
 
 
 def make_batch(
@@ -336,17 +405,33 @@ def make_batch(
     return _channels_last_on_cpu(inputs.to(device), device), masks.to(device)
 
 
-def train_epoch(cfg: TrainConfig, state: TrainingState, data: TrainingData, epoch: int, device: torch.device) -> float:
-    """One pass over the epoch's shuffled slices (an optimizer and schedule step per batch); the mean loss."""
-    state.model.train()
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-    order = torch.from_numpy(_epoch_indices(data.has_tumor, cfg, epoch))
+def rank_order(cfg: TrainConfig, data: TrainingData, epoch: int, info: RankInfo = SINGLE_PROCESS
+               ) -> tuple[np.ndarray, int]:
+    """This rank's training indices for ``epoch`` in order (the epoch's ``(seed, epoch)`` shuffle, sharded
+    by :func:`brainseg.distributed.epoch_shard`) and how many of them are padding repeats."""
+    return epoch_shard(_epoch_indices(data.has_tumor, cfg, epoch), info)
+
+
+def augment_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of an epoch's flips and warps on one rank (rank 0 keeps the single-process seed)."""
+    return seed * 1000 + epoch + rank * 2**48
+
+
+def train_epoch(cfg: TrainConfig, state: TrainingState, data: TrainingData, epoch: int, device: torch.device,
+                info: RankInfo = SINGLE_PROCESS, order: np.ndarray | None = None) -> float:
+    """One pass over this rank's share of the epoch's shuffled slices (``order``, by default
+    :func:`rank_order`), an optimizer and schedule step per batch; this rank's mean loss."""
+    network = state.training_module()
+    network.train()
+    generator = torch.Generator().manual_seed(augment_seed(cfg.seed, epoch, info.rank))
+    order = torch.from_numpy(rank_order(cfg, data, epoch, info)[0] if order is None else order)
     total_loss, batches = 0.0, 0
-    bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
+    bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+               disable=not info.is_main)
     for start in bar:
         inputs, masks = make_batch(cfg, data, order[start : start + cfg.batch_size], generator, device)
         with autocast(device, cfg.amp):
-            logits = state.model(inputs)
+            logits = network(inputs)
         loss = bce_dice_loss(logits.float(), masks, use_dice=cfg.loss == "bce_dice")
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -378,23 +463,45 @@ def log_row(epoch: int, train_loss: float, lr: float, report: Report, seconds: f
     }
 
 
+@dataclass
+class EpochRecord:
+    """What rank 0 writes after an epoch: the ``log.csv`` row and, under torchrun, a ``shards.jsonl`` row per rank."""
+
+    log_row: dict
+    shard_rows: list[dict]
+
+
 def run_epoch(
-    cfg: TrainConfig, state: TrainingState, data: TrainingData, epoch: int, device: torch.device, out: Path
-) -> dict:
+    cfg: TrainConfig, state: TrainingState, data: TrainingData, epoch: int, device: torch.device, out: Path,
+    info: RankInfo = SINGLE_PROCESS,
+) -> EpochRecord | None:
     """Train one epoch, validate, save ``best/`` when validation slice Dice improved, add the weights to the
-    SWA average from ``swa_start`` on; returns the epoch's log row (also printed as JSON)."""
+    SWA average from ``swa_start`` on; returns the epoch's record (its log row is also printed as JSON).
+
+    Under torchrun every rank trains on its shard and the logged loss is the mean over ranks; rank 0 alone
+    validates (the plain model, as a single process would) and gets the record, the others get None.
+    """
     started = time.time()
-    train_loss = train_epoch(cfg, state, data, epoch, device)
-    report = validate(cfg, state.model, data, device)
-    row = log_row(epoch, train_loss, state.scheduler.get_last_lr()[0], report, time.time() - started)
-    print(json.dumps(row), flush=True)
-    if report.slice_dice > state.best_score:
-        state.best_score, state.best_epoch = report.slice_dice, epoch
-        save_model(state.model, cfg.model_config(), out / "best")
+    order, repeats = rank_order(cfg, data, epoch, info)
+    train_loss = mean_over_ranks(train_epoch(cfg, state, data, epoch, device, info, order), info, device)
+    shard_rows: list[dict] = []
+    if info.distributed:
+        shard = {"epoch": epoch, "rank": info.rank, "world_size": info.world_size,
+                 "slices": [data.train_slices[i] for i in order], "repeats": repeats}
+        shard_rows = gather_to_main(shard, info) or []
+    record = None
+    if info.is_main:
+        report = validate(cfg, state.model, data, device)
+        row = log_row(epoch, train_loss, state.scheduler.get_last_lr()[0], report, time.time() - started)
+        print(json.dumps(row), flush=True)
+        if report.slice_dice > state.best_score:
+            state.best_score, state.best_epoch = report.slice_dice, epoch
+            save_model(state.model, cfg.model_config(), out / "best")
+        record = EpochRecord(row, shard_rows)
     if state.averaged is not None and epoch >= cfg.swa_start:
         state.averaged.update_parameters(state.model)
     state.epoch = epoch
-    return row
+    return record
 
 
 def epochs_to_run(cfg: TrainConfig, last_done: int) -> range:
@@ -454,26 +561,55 @@ def train(cfg: TrainConfig) -> Path:
     ``best/`` holds the epoch with the best validation slice Dice, ``last/`` the final epoch's weights and,
     with ``swa_start``, ``swa/`` the mean of the weights after epochs ``swa_start``..last (stochastic weight
     averaging) with BatchNorm statistics recomputed on the training slices.
+
+    Started by ``torchrun`` with several processes, each joins the process group (NCCL on CUDA, one GPU per
+    process; gloo on CPU) for the run and leaves it at the end, also on an error.
     """
-    out = start_run_folder(cfg)
+    info = RankInfo.current()
+    device = rank_device(pick_device(cfg.device), info)
+    if cfg.sync_bn and info.distributed:
+        check_sync_bn(device)
+    with process_group(info, device, timedelta(seconds=cfg.dist_timeout_s)):
+        return train_in_group(cfg, info, device)
+
+
+def train_in_group(cfg: TrainConfig, info: RankInfo, device: torch.device) -> Path:
+    """:func:`train`'s run on one rank of ``info`` (all of it in a world of one), on ``device``."""
+    out = start_run_folder(cfg, info.world_size) if info.is_main else Path(cfg.out_dir)
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
+    if info.distributed:
+        print(f"rank {info.rank}/{info.world_size}: pid {os.getpid()}, device {device}", flush=True)
     # the model before the data: a bad --init-from fails at once
     model = place_model(starting_model(cfg, cfg.model_config()), device)
-    data = load_data(cfg, device)
-    state = new_state(cfg, model, data)
-    resume(state, out / CHECKPOINT_FILE, device)
-    log_rows = read_log(out / LOG_FILE, state.epoch)
-    write_log(out / LOG_FILE, log_rows)
+    data = load_data(cfg, device, verbose=info.is_main)
+    state = new_state(cfg, model, data, info)
+    resume(state, out / CHECKPOINT_FILE, device, info)
+    state.wrapped = wrap_model(model, info, device, cfg.sync_bn) if info.distributed else None
+    log_rows: list[dict] = []
+    shard_rows: list[dict] = []
+    if info.is_main:
+        log_rows = read_log(out / LOG_FILE, state.epoch)
+        write_log(out / LOG_FILE, log_rows)
+        if info.distributed:
+            shard_rows = read_shards(out / SHARDS_FILE, state.epoch)
+            write_shards(out / SHARDS_FILE, shard_rows)
 
     epochs = epochs_to_run(cfg, state.epoch)
     for epoch in epochs:
-        log_rows.append(run_epoch(cfg, state, data, epoch, device, out))
-        write_log(out / LOG_FILE, log_rows)  # first the log, then the checkpoint: a resume drops later rows
-        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-            save_checkpoint(state, out / CHECKPOINT_FILE)
+        record = run_epoch(cfg, state, data, epoch, device, out, info)
+        if record is not None:
+            log_rows.append(record.log_row)
+            write_log(out / LOG_FILE, log_rows)  # first the log, then the checkpoint: a resume drops later rows
+            if info.distributed:
+                shard_rows += record.shard_rows
+                write_shards(out / SHARDS_FILE, shard_rows)
+            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+                save_checkpoint(state, out / CHECKPOINT_FILE)
+        wait_for_all(info)  # the other ranks wait while rank 0 validates and saves
 
     best_dir = out / "best"
+    if not info.is_main:
+        return best_dir
     finished = not log_rows or int(log_rows[-1]["epoch"]) >= cfg.epochs
     if finished and epochs:
         save_final_models(cfg, state, data, device, out)

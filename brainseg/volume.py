@@ -191,9 +191,12 @@ class VolumePrediction:
 
     def presented_mask(self, threshold: float | None = None) -> np.ndarray:
         """(Z, R, C) bool: each slice thresholded, components below the model's minimum size removed."""
-        threshold = self.threshold if threshold is None else threshold
-        min_px = self._min_component_voxels()
-        return np.stack([binarize(p, threshold, min_px) for p in self.proba])
+        return np.stack([self.slice_mask(k, threshold) for k in range(self.n_slices)])
+
+    def slice_mask(self, index: int, threshold: float | None = None) -> np.ndarray:
+        """(R, C) bool mask of presented slice ``index``: the same rule as :meth:`presented_mask`, one slice."""
+        return binarize(self.proba[index], self.threshold if threshold is None else threshold,
+                        self._min_component_voxels())
 
     def mask(self, threshold: float | None = None) -> np.ndarray:
         """uint8 0/1 mask on the input's exact voxel grid (Kaggle folders: (N, H, W) in slice order)."""

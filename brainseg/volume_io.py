@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import io
 import re
+import warnings
 import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -238,7 +239,9 @@ def load_dicom_series(path: str | Path) -> Volume:
     datasets = []
     for member_name, read in files:
         try:
-            ds = pydicom.dcmread(io.BytesIO(read()), force=False)
+            with warnings.catch_warnings():  # pydicom warns about what it can still read; refusals come below
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(io.BytesIO(read()), force=False)
         except (pydicom.errors.InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError):
             continue  # not DICOM (a README, a DICOMDIR's friends): skipped
         if "PixelData" in ds:
@@ -411,6 +414,8 @@ def find_subjects(paths: list[str | Path], truth_glob: str | None = None) -> lis
         path = Path(raw)
         if not path.exists():
             raise VolumeError(f"{path}: no such file or folder")
+        if path.is_file() and not (is_nifti(path) or path.suffix.lower() == ".zip"):
+            load_volume(path)  # refuses it with the reason (a single DICOM file, not a volume)
         if path.is_file() or is_patient_folder(path) or is_dicom_folder(path):
             subjects.append(SubjectInputs(subject_name(path), path))
             continue

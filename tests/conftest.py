@@ -21,3 +21,18 @@ def link_patient(source: Path, folder: Path, indices) -> None:
     for n in indices:
         for suffix in ("", "_mask"):
             (folder / f"{folder.name}_{n}{suffix}.tif").symlink_to(source / f"{source.name}_{n}{suffix}.tif")
+
+
+STANDIN_SOURCE = "TCGA_DU_5871_19941206"  # 36 slices, lesion on 17-31
+
+
+def link_standin_patients(lgg_test_dir: Path, root: Path, slice_ranges: list[range]) -> list[str]:
+    """Stand-in patients ``TCGA_XX_000i_20000101`` under ``root``, patient ``i`` linked to slices
+    ``slice_ranges[i]`` of one held-out patient (:data:`STANDIN_SOURCE`); returns their names.
+
+    The names are not held-out ones, so the patient split puts them in train / validation.
+    """
+    names = [f"TCGA_XX_{i:04d}_20000101" for i in range(len(slice_ranges))]
+    for name, indices in zip(names, slice_ranges):
+        link_patient(lgg_test_dir / STANDIN_SOURCE, root / name, indices)
+    return names

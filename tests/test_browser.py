@@ -10,12 +10,15 @@ import os
 import re
 import shutil
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from demo_server import REPO, DemoServer, demo_server, largest_tumor_slice
 from PIL import Image
+
+import app
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 CHROMIUM = os.environ.get("BRAINSEG_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -43,8 +46,8 @@ def server(request: pytest.FixtureRequest) -> DemoServer:
     return demo_server(request)
 
 
-@pytest.fixture()
-def page(server: DemoServer):
+@contextmanager
+def chromium_page():
     sync_api = pytest.importorskip("playwright.sync_api")
     executable = chromium_path()
     with sync_api.sync_playwright() as playwright:
@@ -52,10 +55,23 @@ def page(server: DemoServer):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1300})
             page.set_default_timeout(TIMEOUT_MS)
-            page.goto(server.url)
             yield page
         finally:
             browser.close()
+
+
+@pytest.fixture()
+def page(server: DemoServer):
+    with chromium_page() as page:
+        page.goto(server.url)
+        yield page
+
+
+@pytest.fixture()
+def blank_page():
+    """Chromium on an empty page (no server)."""
+    with chromium_page() as page:
+        yield page
 
 
 def summary_text(page) -> str:
@@ -109,8 +125,8 @@ def wait_canvas_at_slider_value(page) -> float:
     return float(page.locator("#threshold input[type=number]").input_value())
 
 
-def canvas_pixels(page) -> np.ndarray:
-    url = page.evaluate("s => document.querySelector(s).toDataURL('image/png')", CANVAS)
+def canvas_pixels(page, selector: str = CANVAS) -> np.ndarray:
+    url = page.evaluate("s => document.querySelector(s).toDataURL('image/png')", selector)
     with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as image:
         return np.asarray(image.convert("RGB"))
 
@@ -257,3 +273,67 @@ def test_threshold_drag_redraws_in_the_browser_as_the_server_would(page) -> None
     keyed_area = canvas_area(page)
     keyed = wait_for_summary(page, "Tumor area:", old=released)
     assert area_px(keyed) == keyed_area
+
+
+def synthetic_state(size: int) -> app.SliceState:
+    """A noisy slice with a smooth blob of probability and small islands for the small-component removal:
+    isolated specks, a 2x2 square (4 px: dropped at 5 px) and a 2x2 square with one diagonal neighbour (5 px
+    when 8-connected: kept)."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:size, :size] / size
+    proba = np.exp(-((yy - 0.4) ** 2 + (xx - 0.5) ** 2) / 0.03)
+    proba[rng.random((size, size)) > 0.996] = 0.6
+    proba[2:4, 2:4] = 0.7
+    proba[size - 5:size - 3, 2:4] = 0.7
+    proba[size - 3, 4] = 0.7
+    return app.SliceState(image, np.clip(proba, 0, 1).astype(np.float32), True)
+
+
+LIVE_PAGE = """<div id="overlay"><div class="frame"><img alt="" src="{src}"></div></div>
+<div id="threshold"><input type="range"></div>
+<div id="live"><div class="brainseg-live"><small class="brainseg-live-readout"></small></div></div>"""
+# app.py's gr.HTML runs assets/app/threshold.js as Function(element, trigger, props, server, upload, watch)
+RUN_LIVE_JS = """([code, payload]) => {
+    const props = {value: payload, overlay_id: "overlay", slider_id: "threshold"};
+    new Function("element", "trigger", "props", "server", "upload", "watch", code)(
+        document.querySelector("#live"), () => {}, props, {}, null, () => {});
+}"""
+
+
+@pytest.mark.parametrize("size", [64, 640])
+def test_live_overlay_script_draws_the_server_overlay(blank_page, tmp_path: Path, size: int) -> None:
+    """assets/app/threshold.js alone (no Gradio) against the server's drawing of the same threshold."""
+    from brainseg.config import ModelConfig
+    from brainseg.inference import Segmenter
+    from brainseg.model import build_model
+    from brainseg.overlay import PREDICTION_COLOUR, contour_thickness, fill_and_contour
+
+    config = ModelConfig(base_channels=2, depth=2, input_size=32, min_component_px=5)
+    segmenter = Segmenter(build_model(config), config, source="test", device="cpu")
+    state = synthetic_state(size)
+    payload = app.SliceHandlers(segmenter, str(tmp_path)).live_view(state)
+    blank_page.set_content(LIVE_PAGE.format(src=payload["image"]))
+    blank_page.evaluate(RUN_LIVE_JS, [app.LIVE_JS.read_text(), payload])
+    blank_page.locator("#live[data-ready=true]").wait_for(state="attached")
+
+    for threshold in (0.05, 0.3, 0.55, 0.65, 0.95):
+        blank_page.evaluate("t => document.dispatchEvent(new CustomEvent('brainseg-threshold', {detail: t}))",
+                            threshold)
+        expected_mask = segmenter.to_mask(state.proba, threshold)
+        if threshold < 0.7:  # the islands are in the raw threshold and the removal decides
+            assert (state.proba >= threshold).sum() > expected_mask.sum() and expected_mask[size - 3, 4]
+        expected = fill_and_contour(state.image, expected_mask, PREDICTION_COLOUR)
+        drawn = canvas_pixels(blank_page, "#overlay canvas")
+        assert int(blank_page.locator("#overlay canvas").get_attribute("data-area-px")) == expected_mask.sum()
+        differ = int((drawn != expected).any(axis=2).sum())
+        if contour_thickness(state.image.shape) == 1:
+            assert differ == 0, f"{differ} px differ at threshold {threshold}"
+        else:  # a thick contour: OpenCV's round caps are approximated
+            assert differ <= 0.02 * (expected != state.image).any(axis=2).sum(), f"{differ} px at {threshold}"
+
+    blank_page.evaluate("() => document.dispatchEvent(new CustomEvent('brainseg-threshold', {detail: 0.375}))")
+    readout = blank_page.locator(".brainseg-live-readout").inner_text()
+    assert "Live preview at 0.38 (the slider step above)" in readout
+    assert int(blank_page.locator("#overlay canvas").get_attribute("data-area-px")) == \
+        segmenter.to_mask(state.proba, 0.38).sum()

@@ -1,9 +1,13 @@
-"""Train a brainseg U-Net. `python -m train.train --help` lists every option."""
+"""Train a brainseg U-Net. `python -m train.train --help` lists every option.
+
+Several processes (GPUs or machines): `torchrun --nproc_per_node=N -m train.train ...` (docs/distributed.md).
+"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 
+from brainseg.distributed import RankInfo
 from brainseg.training import CHOICES, PRESETS, TrainConfig, train
 from train.cli import run
 
@@ -12,7 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m train.train",
         description="Train a U-Net on the Kaggle LGG MRI set (kaggle_3m layout). Resumes automatically "
-        "from OUT_DIR/checkpoint.pt; the best epoch on validation is saved to OUT_DIR/best/.",
+        "from OUT_DIR/checkpoint.pt; the best epoch on validation is saved to OUT_DIR/best/. Under "
+        "torchrun --nproc_per_node=N the processes train together (DistributedDataParallel): --batch-size is "
+        "per process, --lr is used as given (docs/distributed.md).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--data-dir", required=True, help="folder with TCGA_* patient folders (or its parent)")
@@ -46,7 +52,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def train_command(args: argparse.Namespace) -> int:
     best = train(config_from_args(args))
-    print(f"best model: {best}")
+    if RankInfo.from_env().is_main:
+        print(f"best model: {best}")
     return 0
 
 
