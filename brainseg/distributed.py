@@ -91,9 +91,11 @@ def process_group(info: RankInfo, device: torch.device, timeout: timedelta) -> I
     ``timeout`` bounds every wait in a collective (a rank that stops answering fails the job instead of
     hanging it). A world of one, or a group the caller already started, is left alone.
     """
-    if not info.distributed or dist.is_initialized():
+    if not info.distributed or (dist.is_available() and dist.is_initialized()):
         yield
         return
+    if not dist.is_available():
+        raise ValueError("this PyTorch build has no torch.distributed: use a standard PyTorch build for torchrun")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     # env:// rendezvous: MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE come from torchrun

@@ -1,6 +1,7 @@
 """Shared fixtures: the held-out test patients in ../shared (read-only)."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,20 @@ def link_standin_patients(lgg_test_dir: Path, root: Path, slice_ranges: list[ran
     for name, indices in zip(names, slice_ranges):
         link_patient(lgg_test_dir / STANDIN_SOURCE, root / name, indices)
     return names
+
+
+class ProcessOutput:
+    """Collects what a subprocess writes to one pipe (e.g. ``stdout`` with ``stderr=STDOUT``) in a background thread."""
+
+    def __init__(self, stream) -> None:
+        self.text = ""
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        while chunk := stream.read1(4096):
+            self.text += chunk.decode(errors="replace")
+
+    def join(self, timeout_s: float = 10) -> None:
+        """Wait until the pipe is closed (the process and its children ended) and read to its end."""
+        self._thread.join(timeout=timeout_s)

@@ -12,14 +12,13 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import link_standin_patients
+from conftest import ProcessOutput, link_standin_patients
 from torch import nn
 
 from brainseg import Segmenter
@@ -184,22 +183,6 @@ def test_torchrun_two_processes_train_shard_and_save_like_one(standin_data, tmp_
     assert report.tumor_slice_dice == report.tumor_slice_dice  # the validation patient has lesion slices
 
 
-class Output:
-    """Collects a subprocess's merged stdout/stderr in a background thread."""
-
-    def __init__(self, stream) -> None:
-        self.text = ""
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream) -> None:
-        while chunk := stream.read1(4096):
-            self.text += chunk.decode(errors="replace")
-
-    def join(self) -> None:
-        self._thread.join(timeout=10)
-
-
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_a_killed_rank_fails_the_job_promptly_and_a_relaunch_resumes(standin_data, tmp_path) -> None:
@@ -207,7 +190,7 @@ def test_a_killed_rank_fails_the_job_promptly_and_a_relaunch_resumes(standin_dat
     command = torchrun_command(standin_data, out, epochs=epochs, batch_size=1)  # 13 steps per epoch per rank
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    output = Output(process.stdout)
+    output = ProcessOutput(process.stdout)
     killed_at, done_epoch = None, None
     deadline = time.monotonic() + RUN_TIMEOUT_S
     try:
@@ -252,7 +235,7 @@ def test_a_stalled_rank_times_out_instead_of_hanging(standin_data, tmp_path) -> 
     command[command.index("--dist-timeout-s") + 1] = str(timeout_s)
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    output = Output(process.stdout)
+    output = ProcessOutput(process.stdout)
     stalled_pid, stopped_at = None, None
     deadline = time.monotonic() + RUN_TIMEOUT_S
     try:
