@@ -1,6 +1,7 @@
 """End-to-end time of ``python -m brainseg.predict`` on one volume, next to the single-slice forward time.
 
-    python -m benchmarks.volume_speed ../shared/data/external-brats2013/brats_2013_pat0001_1/Flair_subtrMeanDivStd.nii.gz
+    python -m benchmarks.volume_speed \
+        ../shared/data/external-brats2013/brats_2013_pat0001_1/Flair_subtrMeanDivStd.nii.gz
 
 Measures, in one process and one run: the median single-slice ``Segmenter.predict_proba`` time (256 x 256,
 one slice at a time, what the app does per upload), the per-slice time of ``predict_proba_batch`` (what the

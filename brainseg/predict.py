@@ -120,6 +120,9 @@ def _run_subject(segmenter: Segmenter, subject: SubjectInputs, name: str, args: 
 
     try:
         if subject.flair.is_dir() and is_patient_folder(subject.flair):
+            if subject.t1 or subject.t1ce or subject.truth:
+                raise VolumeError(f"{subject.flair.name} is a Kaggle patient folder: its slices hold all three "
+                                  "channels and its *_mask.tif files the ground truth (no --t1/--t1ce/--truth)")
             patient = load_patient_folder(subject.flair)
             prediction = predict_patient_folder(segmenter, patient, flair_only=args.flair_only, progress=progress)
             truth = patient.truth
@@ -148,6 +151,8 @@ def _numbers(prediction: VolumePrediction, name: str, written: list, truth: np.n
         score = evaluate_volume(prediction, truth, threshold)
         numbers["dice"] = round(score.dice, 4)
         numbers["truth_voxels"] = score.truth_voxels
+        if prediction.voxel_volume_ml is not None:
+            numbers["truth_volume_ml"] = round(score.truth_voxels * prediction.voxel_volume_ml, 4)
     return numbers
 
 

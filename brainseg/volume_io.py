@@ -10,8 +10,9 @@ import io
 import re
 import warnings
 import zipfile
+import zlib
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -86,7 +87,6 @@ class SubjectInputs:
     t1: Path | None = None
     t1ce: Path | None = None
     truth: Path | None = None
-    notes: tuple[str, ...] = field(default=())
 
 
 def voxel_volume_ml(affine: np.ndarray) -> float:
@@ -151,8 +151,8 @@ def _check_shape(shape: tuple[int, ...], name: str) -> None:
     if any(side < 1 for side in shape):
         raise VolumeError(f"{name} is empty (shape {shape})")
     if max(shape) > MAX_SIDE or int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
-        raise VolumeError(f"{name} is too large ({' x '.join(map(str, shape))} voxels; the limit is {MAX_SIDE} per side "
-                          f"and {MAX_VOXELS:,} in all): crop or downsample it first")
+        raise VolumeError(f"{name} is too large ({' x '.join(map(str, shape))} voxels; the limit is {MAX_SIDE} "
+                          f"per side and {MAX_VOXELS:,} in all): crop or downsample it first")
 
 
 def _squeeze_to_3d(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
@@ -224,7 +224,8 @@ def check_same_grid(reference: Volume, other: Volume, what: str) -> None:
     """Refuse ``other`` unless it has ``reference``'s shape and affine (within 0.01 mm)."""
     if other.shape != reference.shape:
         raise VolumeError(f"{what} ({other.name}, shape {other.shape}) is not on the FLAIR's grid (shape "
-                          f"{reference.shape}): resample it onto the FLAIR first (e.g. with ANTs, FSL flirt or 3D Slicer)")
+                          f"{reference.shape}): resample it onto the FLAIR first (e.g. with ANTs, FSL flirt or "
+                          "3D Slicer)")
     if not np.allclose(other.affine, reference.affine, atol=1e-2):
         raise VolumeError(f"{what} ({other.name}) has the FLAIR's shape but another position/orientation (affine "
                           f"differs by up to {np.abs(other.affine - reference.affine).max():.3g} mm): register it "
@@ -235,19 +236,18 @@ def check_same_grid(reference: Volume, other: Volume, what: str) -> None:
 def load_dicom_series(path: str | Path) -> Volume:
     """One DICOM series from a folder (searched recursively) or a ``.zip``; slices sorted along their normal."""
     path = Path(path)
-    files = _zip_members(path) if path.is_file() else _folder_files(path)
-    datasets = []
-    for member_name, read in files:
+    if path.is_file():
         try:
-            with warnings.catch_warnings():  # pydicom warns about what it can still read; refusals come below
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(io.BytesIO(read()), force=False)
-        except (pydicom.errors.InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError):
-            continue  # not DICOM (a README, a DICOMDIR's friends): skipped
-        if "PixelData" in ds:
-            datasets.append((member_name, ds))
+            archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise VolumeError(f"{path.name}: not a readable .zip ({_first_line(exc)})") from None
+        with archive:
+            datasets = _read_datasets(_zip_members(archive, path.name))
+    else:
+        datasets = _read_datasets(_folder_files(path))
     if not datasets:
-        raise VolumeError(f"{path.name}: no readable DICOM image in it: give a folder or .zip of one series' .dcm files")
+        raise VolumeError(f"{path.name}: no readable DICOM image in it: give a folder or .zip of one series' "
+                          ".dcm files")
     series: dict[str, list] = defaultdict(list)
     for member_name, ds in datasets:
         series[str(ds.get("SeriesInstanceUID", "unknown"))].append((member_name, ds))
@@ -256,6 +256,22 @@ def load_dicom_series(path: str | Path) -> Volume:
         raise VolumeError(f"{path.name} mixes {len(series)} DICOM series ({described}): give one series (the FLAIR) "
                           "per folder or .zip")
     return _stack_series(next(iter(series.values())), path.name)
+
+
+def _read_datasets(files) -> list:
+    """(name, dataset) for every file that parses as DICOM and holds pixels; other files are skipped."""
+    datasets = []
+    for member_name, read in files:
+        data = read()  # a VolumeError here (a corrupt zip member) stops the run
+        try:
+            with warnings.catch_warnings():  # pydicom warns about what it can still read; refusals come later
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(io.BytesIO(data), force=False)
+        except (pydicom.errors.InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError):
+            continue  # not DICOM (a README, a DICOMDIR's friends)
+        if "PixelData" in ds:
+            datasets.append((member_name, ds))
+    return datasets
 
 
 def _series_label(ds) -> str:
@@ -269,50 +285,38 @@ def _folder_files(folder: Path):
     return [(str(p.relative_to(folder)), p.read_bytes) for p in files]
 
 
-def _zip_members(path: Path):
+def _zip_members(archive: zipfile.ZipFile, zip_name: str) -> list:
     """(name, reader) for each member, after checking the archive against zip bombs."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise VolumeError(f"{path.name}: not a readable .zip ({_first_line(exc)})") from None
     members = [i for i in archive.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX/")
                and not Path(i.filename).name.startswith(".")]
     if not members:
-        raise VolumeError(f"{path.name} is an empty .zip: put the series' .dcm files in it")
+        raise VolumeError(f"{zip_name} is an empty .zip: put the series' .dcm files in it")
     if len(members) > MAX_ZIP_MEMBERS:
-        raise VolumeError(f"{path.name} holds {len(members)} files (limit {MAX_ZIP_MEMBERS}): give one series")
+        raise VolumeError(f"{zip_name} holds {len(members)} files (limit {MAX_ZIP_MEMBERS}): give one series")
     total = sum(i.file_size for i in members)
     if total > MAX_ZIP_BYTES:
-        raise VolumeError(f"{path.name} unpacks to {total / 2**20:.0f} MiB (limit {MAX_ZIP_BYTES >> 20} MiB): "
+        raise VolumeError(f"{zip_name} unpacks to {total / 2**20:.0f} MiB (limit {MAX_ZIP_BYTES >> 20} MiB): "
                           "give one series")
     for info in members:
         if info.file_size > 1 << 20 and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
-            raise VolumeError(f"{path.name}: {info.filename} expands {info.file_size // max(info.compress_size, 1)}x "
+            raise VolumeError(f"{zip_name}: {info.filename} expands {info.file_size // max(info.compress_size, 1)}x "
                               "(a zip bomb?): refused")
-
-    def reader(info: zipfile.ZipInfo):
-        def read() -> bytes:
-            with archive.open(info) as fh:  # never trust the header's size: read at most that much plus one byte
-                data = fh.read(info.file_size + 1)
-            if len(data) > info.file_size:
-                raise VolumeError(f"{path.name}: {info.filename} is larger than its header says: refused")
-            return data
-        return read
-
-    try:
-        return [(info.filename, _guard_zip_read(reader(info), path.name)) for info in members]
-    except RuntimeError as exc:  # encrypted members
-        raise VolumeError(f"{path.name}: {exc}") from None
+    return [(info.filename, _zip_reader(archive, info, zip_name)) for info in members]
 
 
-def _guard_zip_read(read, name: str):
-    def guarded() -> bytes:
+def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, zip_name: str):
+    """A function reading one member, never more than its header's size (plus one byte to notice a lie)."""
+    def read() -> bytes:
         try:
-            return read()
-        except (zipfile.BadZipFile, RuntimeError, OSError, EOFError) as exc:
-            raise VolumeError(f"{name}: a member cannot be unpacked ({_first_line(exc)}): the .zip is corrupt "
-                              "or encrypted") from None
-    return guarded
+            with archive.open(info) as fh:
+                data = fh.read(info.file_size + 1)
+        except (zipfile.BadZipFile, RuntimeError, OSError, EOFError, zlib.error) as exc:
+            raise VolumeError(f"{zip_name}: {info.filename} cannot be unpacked ({_first_line(exc)}): the .zip is "
+                              "corrupt or encrypted") from None
+        if len(data) > info.file_size:
+            raise VolumeError(f"{zip_name}: {info.filename} is larger than its header says: refused")
+        return data
+    return read
 
 
 def _stack_series(items: list, name: str) -> Volume:

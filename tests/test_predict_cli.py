@@ -78,7 +78,8 @@ def test_several_inputs_run_one_after_another(scans, lgg_test_dir, tmp_path):
     assert (out / "a_mask.nii.gz").is_file() and (out / "b_mask.nii.gz").is_file()
     pngs = sorted((out / PATIENT).iterdir())
     assert [p.name for p in pngs] == sorted(f"{PATIENT}_{n}_mask.png" for n in range(10, 14))
-    assert Image.open(pngs[0]).size == (256, 256)
+    with Image.open(pngs[0]) as png:
+        assert png.size == (256, 256)
     assert "dice" in numbers["subjects"][2] and numbers["mean_dice"] == numbers["subjects"][2]["dice"]
 
 

@@ -5,6 +5,7 @@ import itertools
 
 import numpy as np
 import pytest
+from volume_synth import affine_of, lgg_patient, ras_from_presented, rotation
 
 from brainseg.volume import (
     HEAD_FRAME_FILL,
@@ -16,7 +17,6 @@ from brainseg.volume import (
     head_mask,
     to_uint8_channel,
 )
-from volume_synth import affine_of, lgg_patient, ras_from_presented, rotation
 
 
 def all_axis_affines(spacing=(0.9, 1.1, 2.5)):
@@ -53,8 +53,8 @@ def test_ras_volume_is_presented_with_anterior_up_and_patient_right_on_the_left(
     # DICOM's own layout (LPS: columns to the patient's left, rows to posterior) is presented unchanged
     lps = Geometry(data.shape, np.diag([-1.0, -1.0, 1.0, 1.0]))
     assert np.array_equal(lps.to_presented(data), np.moveaxis(data, 2, 0).transpose(0, 2, 1))
-    assert np.array_equal(Geometry(data.shape, np.diag([1.0, 1.0, 1.0, 1.0])).to_presented(ras_from_presented(presented)),
-                          presented)
+    ras = Geometry(data.shape, np.diag([1.0, 1.0, 1.0, 1.0]))
+    assert np.array_equal(ras.to_presented(ras_from_presented(presented)), presented)
 
 
 def test_spacing_slice_axis_and_slice_index_follow_the_axes():
