@@ -1,17 +1,21 @@
-"""The brainseg Gradio demo: upload a brain-MRI slice and see the FLAIR abnormality the U-Net finds.
+"""The brainseg Gradio demo: upload a brain-MRI slice, or a whole scan, and see the FLAIR abnormality the U-Net finds.
 
     python app.py [--host 0.0.0.0] [--port 7860] [--share] [--model FOLDER] [--data-dir PATH]
 
 Only UI wiring lives here; decoding is in ``brainseg.imaging``, the model in ``brainseg.inference``,
 drawing and the numbers in ``brainseg.overlay`` and dataset browsing in ``brainseg.gallery``; the browser
-redraws the overlay itself while the threshold slider moves (``assets/app/threshold.js``).
+redraws the overlay itself while the threshold slider moves (``assets/app/threshold.js``). The Volume tab
+runs ``brainseg.volume`` over a whole scan; its views, plot and GIF come from ``brainseg.volume_export``.
 """
 from __future__ import annotations
 
 import argparse
 import base64
 import os
-from dataclasses import dataclass
+import re
+import tempfile
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -19,7 +23,7 @@ import gradio as gr
 import numpy as np
 
 import brainseg
-from brainseg import Segmenter
+from brainseg import Segmenter, volume_export
 from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position
 from brainseg.imaging import decode_image, encode_png, inspect_mask, save_png, slice_notes
 from brainseg.overlay import (
@@ -34,14 +38,17 @@ from brainseg.overlay import (
     tint_table,
     truth_overlay,
 )
+from brainseg.volume import VolumePrediction, predict_volume, save_mask
+from brainseg.volume_io import VolumeError, load_volume, subject_name
 
 DATA_DIR_ENV = "BRAINSEG_DATA_DIR"
 # fp32: bf16 autocast does not keep the test-set masks equal to fp32 at threshold 0.5 (it flips
 # a few boundary pixels in many slices; benchmarks/bf16_agreement.py, numbers in the README).
 DEFAULT_PRECISION = "fp32"
-DEFAULT_THRESHOLD = 0.5
 THRESHOLD_MIN, THRESHOLD_MAX, THRESHOLD_STEP = 0.05, 0.95, 0.01
-MAX_FILE_SIZE = "25mb"
+# Uploads: a DICOM series .zip or an uncompressed NIfTI can be large; volume_io still caps the voxels and
+# refuses zip bombs whatever the file size.
+MAX_FILE_SIZE = "256mb"
 STATE_TTL_S = 3600
 IMAGE_HEIGHT = 320
 KAGGLE_URL = "https://www.kaggle.com/datasets/mateuszbuda/lgg-mri-segmentation"
@@ -285,6 +292,264 @@ class DatasetBrowser:
                            caption=f"`{record.image_path.name}` ({has_mask})")
 
 
+# ------------------------------------------------------------------------------------------------ volume tab
+VOLUME_FILE_TYPES = [".nii", ".gz", ".zip"]
+VOLUME_START_TEXT = ("Upload a FLAIR volume (NIfTI `.nii` / `.nii.gz`, or a `.zip` of one DICOM series), optionally "
+                     "T1 and post-contrast T1 on the same grid, then press **Segment volume**.")
+
+
+@dataclass(frozen=True, eq=False)
+class VolumeState:
+    """Per-session state of the Volume tab: the prediction (probabilities of every slice, so a threshold move
+    or a scrub never re-runs the model), the optional ground truth and the run's end-to-end seconds."""
+
+    prediction: VolumePrediction
+    seconds: float
+    truth: np.ndarray | None = None  # bool, on the input grid
+    shown_truth: np.ndarray | None = None  # the same, presented (slice, row, column)
+
+
+class SliceView(NamedTuple):
+    """What scrubbing to another slice (or a threshold move) redraws."""
+
+    overlay: Any  # the slice with the prediction (red) and ground truth (blue)
+    probability: Any  # its probability map
+    caption: Any  # Markdown: slice number, its tumor area, its Dice
+
+
+class VolumeOutputs(NamedTuple):
+    """Everything the Volume tab shows. The field order is the order of the ``/segment_volume`` outputs
+    (``state`` is the session's, not part of the API)."""
+
+    mask_file: Any  # NIfTI mask, uint8 0/1, the input's shape and affine
+    numbers: Any  # JSON: volume_ml, slices_with_tumor, ... and with ground truth dice, per_slice_dice
+    gif_file: Any  # animated GIF of the overlays, inferior -> superior
+    area_plot: Any  # tumor area per slice (matplotlib)
+    position: Any  # the slice scrubber (1-based presented slice)
+    overlay: Any
+    probability: Any
+    caption: Any
+    summary: Any  # Markdown
+    state: Any  # VolumeState
+
+    @classmethod
+    def unchanged(cls) -> VolumeOutputs:
+        return cls(*(gr.skip() for _ in cls._fields))
+
+    def view(self) -> SliceView:
+        return SliceView(*(getattr(self, name) for name in SliceView._fields))
+
+
+def _safe_stem(name: str) -> str:
+    """A file-name stem from a volume's name (``Flair.nii.gz`` -> ``Flair``)."""
+    return re.sub(r"[^\w.-]+", "_", subject_name(name)).strip("._") or "volume"
+
+
+@dataclass(frozen=True)
+class VolumeHandlers:
+    """The Volume tab's handlers: the model runs once per upload (``segment_volume``); scrubbing, the threshold
+    and a ground truth only redraw from the stored probabilities."""
+
+    segmenter: Segmenter
+    cache_dir: str  # Gradio's cache: files are written straight into it
+
+    def png(self, array: np.ndarray, name: str) -> str:
+        return save_png(array, self.cache_dir, name)
+
+    def segment_volume(self, flair_file: str | None, t1_file: str | None, t1ce_file: str | None, threshold: float,
+                       truth_file: str | None = None, progress: gr.Progress = gr.Progress()) -> VolumeOutputs:
+        """Segment every axial slice of a FLAIR volume (+ optional T1 / post-contrast T1 on its grid); returns the
+        NIfTI mask (input shape and affine), the numbers (``volume_ml``, ...; with a ground-truth NIfTI the 3D
+        and per-slice Dice), the overlay GIF, the area plot and the views of the slice with the most tumor."""
+        if not flair_file:
+            raise gr.Error("Upload a FLAIR volume first (NIfTI .nii / .nii.gz, or a .zip of one DICOM series).")
+        started = time.perf_counter()
+
+        def slices_done(done: int, total: int) -> None:
+            progress((done, total), desc="Segmenting slices", unit="slices")
+
+        try:
+            progress(0, desc="Reading the volume")
+            flair = load_volume(flair_file)
+            t1 = load_volume(t1_file) if t1_file else None
+            t1ce = load_volume(t1ce_file) if t1ce_file else None
+            prediction = predict_volume(self.segmenter, flair, t1, t1ce, progress=slices_done)
+            del flair, t1, t1ce
+            truth = volume_export.read_truth(prediction, truth_file) if truth_file else None
+        except VolumeError as exc:
+            raise gr.Error(str(exc)) from None
+        except MemoryError:
+            raise gr.Error("This volume does not fit in the server's memory: crop or downsample it first.") from None
+        if prediction.slices_run == 0:
+            raise gr.Error(f"{prediction.name}: no slice holds any signal (the volume is constant): "
+                           "nothing to segment. Check that this is the FLAIR image.")
+        progress(1.0, desc="Writing the mask and the GIF")
+        return self.volume_outputs(self.new_state(prediction, 0.0, truth), threshold, started=started)
+
+    def new_state(self, prediction: VolumePrediction, seconds: float, truth: np.ndarray | None) -> VolumeState:
+        for note in prediction.notes:
+            gr.Warning(note)
+        shown = None if truth is None else volume_export.presented_truth(prediction, truth)
+        return VolumeState(prediction, seconds, truth, shown)
+
+    def numbers(self, state: VolumeState, threshold: float) -> dict:
+        score = volume_export.score_truth(state.prediction, state.truth, threshold)
+        return volume_export.volume_numbers(state.prediction, threshold, state.seconds, score)
+
+    def downloads(self, state: VolumeState, threshold: float) -> tuple[str, str]:
+        """The NIfTI mask and the overlay GIF at ``threshold``, in a new folder of Gradio's cache."""
+        folder = Path(tempfile.mkdtemp(prefix="volume-", dir=self.cache_dir))
+        stem = _safe_stem(state.prediction.name)
+        mask_path = save_mask(state.prediction, str(folder / f"{stem}_mask.nii.gz"), threshold)[0]
+        gif_path = volume_export.save_overlay_gif(state.prediction, folder / f"{stem}_overlay.gif", threshold,
+                                                  state.shown_truth)
+        return str(mask_path), str(gif_path)
+
+    def start_position(self, state: VolumeState, threshold: float) -> int:
+        """0-based presented slice to show first: the one with the most tumor, else the middle of the head."""
+        areas = state.prediction.slice_areas(threshold)
+        if areas.any():
+            return int(np.argmax(areas))
+        shown = volume_export.shown_slices(state.prediction)
+        return shown[len(shown) // 2]
+
+    def slice_view(self, state: VolumeState, index: int, threshold: float) -> SliceView:
+        """Presented slice ``index`` at ``threshold`` (no model run)."""
+        prediction = state.prediction
+        index = min(max(int(index), 0), prediction.n_slices - 1)
+        overlay = volume_export.overlay_frame(prediction, index, threshold, state.shown_truth)
+        area = int(prediction.slice_mask(index, threshold).sum())
+        geometry = prediction.geometry
+        caption = (f"**Slice {index + 1} of {prediction.n_slices}** (index {geometry.input_slice_index(index)} "
+                   f"along input axis {geometry.slice_axis}) · tumor {area:,} voxels "
+                   f"({area * volume_export.slice_area_mm2(prediction) / 100:.2f} cm²)")
+        if state.truth is not None:
+            score = volume_export.score_truth(prediction, state.truth, threshold)
+            caption += (f" · ground truth {int(state.shown_truth[index].sum()):,} voxels · "
+                        f"slice Dice {score.per_slice_dice[index]:.3f}")
+        return SliceView(overlay=self.png(overlay, "volume_overlay"),
+                         probability=self.png(volume_export.probability_frame(prediction, index), "volume_probability"),
+                         caption=caption)
+
+    def summary(self, numbers: dict) -> str:
+        volume = (f"**Tumor volume: {numbers['volume_ml']:.2f} mL**" if numbers["volume_ml"] is not None
+                  else f"**Tumor: {numbers['tumor_voxels']:,} voxels**")
+        text = (f"{volume} ({numbers['tumor_voxels']:,} voxels) in {numbers['slices_with_tumor']} of "
+                f"{numbers['n_slices']} slices at threshold {numbers['threshold']:g}  \n"
+                f"{numbers['slices_run']} slices with head were run in {numbers['seconds']:.1f} s; channels "
+                f"(pre-contrast, FLAIR, post-contrast inputs): {', '.join(numbers['channels'])}")
+        if "dice" in numbers:
+            text += (f"  \n**Against ground truth** ({numbers.get('truth_volume_ml') or 0:.2f} mL): "
+                     f"3D Dice {numbers['dice']:.3f}")
+        return text + "".join(f"\n\n**Note:** {note}" for note in numbers["notes"])
+
+    def volume_outputs(self, state: VolumeState, threshold: float, index: int | None = None,
+                       started: float | None = None) -> VolumeOutputs:
+        """Every output at ``threshold``; the scrubber moves to ``index`` (None: the slice with the most tumor).
+        With ``started`` (a new run's :func:`time.perf_counter` start) the state gets the end-to-end seconds,
+        files included."""
+        prediction = state.prediction
+        moved = index is None
+        index = self.start_position(state, threshold) if index is None else int(index)
+        mask_path, gif_path = self.downloads(state, threshold)
+        if started is not None:
+            state = replace(state, seconds=time.perf_counter() - started)
+        numbers = self.numbers(state, threshold)
+        count = prediction.n_slices
+        position = (gr.Slider(minimum=1, maximum=max(count, 2), value=index + 1, step=1, interactive=True,
+                              label=f"Slice (1-{count}, inferior → superior)") if moved else gr.skip())
+        return VolumeOutputs(
+            mask_file=mask_path, numbers=numbers, gif_file=gif_path,
+            area_plot=volume_export.area_plot(prediction, threshold, state.shown_truth),
+            position=position, **self.slice_view(state, index, threshold)._asdict(),
+            summary=self.summary(numbers), state=state)
+
+    def scrub(self, state: VolumeState | None, position: float, threshold: float) -> SliceView:
+        """Show another slice, or the same one at another threshold (no model run)."""
+        if state is None:
+            return SliceView(*(gr.skip() for _ in SliceView._fields))
+        return self.slice_view(state, int(position) - 1, threshold)
+
+    def rethreshold(self, state: VolumeState | None, threshold: float, position: float = 1) -> VolumeOutputs:
+        """Every output at a new threshold, files included (no model run); the scrubber stays at ``position``."""
+        if state is None:
+            return VolumeOutputs.unchanged()
+        return self.volume_outputs(state, threshold, int(position) - 1)._replace(state=gr.skip())
+
+    def change_truth(self, state: VolumeState | None, truth_file: str | None, position: float,
+                     threshold: float) -> VolumeOutputs:
+        """A ground-truth NIfTI was uploaded or removed: score and redraw without running the model."""
+        if state is None:
+            return VolumeOutputs.unchanged()
+        try:
+            truth = volume_export.read_truth(state.prediction, truth_file) if truth_file else None
+        except VolumeError as exc:
+            raise gr.Error(str(exc)) from None
+        state = VolumeState(state.prediction, state.seconds, truth,
+                            None if truth is None else volume_export.presented_truth(state.prediction, truth))
+        return self.volume_outputs(state, threshold, int(position) - 1)
+
+
+def build_volume_tab(segmenter: Segmenter, cache_dir: str) -> VolumeHandlers:
+    """The Volume tab's components and events (call inside a ``gr.Blocks``). ``/segment_volume`` queues in its
+    own concurrency group, one volume at a time, so single-slice requests never wait behind volumes."""
+    handlers = VolumeHandlers(segmenter, cache_dir)
+    cfg = segmenter.config
+    state = gr.State(None, time_to_live=STATE_TTL_S)
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            flair_file = gr.File(label="FLAIR volume (NIfTI, or .zip of a DICOM series)",
+                                 file_types=VOLUME_FILE_TYPES, elem_id="volume-flair")
+            with gr.Accordion("More channels and ground truth (optional)", open=False):
+                t1_file = gr.File(label="T1 (pre-contrast), on the FLAIR's grid", file_types=VOLUME_FILE_TYPES,
+                                  elem_id="volume-t1")
+                t1ce_file = gr.File(label="T1 post-contrast, on the FLAIR's grid", file_types=VOLUME_FILE_TYPES,
+                                    elem_id="volume-t1ce")
+                truth_file = gr.File(label="Ground-truth labels NIfTI (labels > 0 = tumor)",
+                                     file_types=[".nii", ".gz"], elem_id="volume-truth")
+            threshold = gr.Slider(THRESHOLD_MIN, THRESHOLD_MAX, value=cfg.threshold, step=THRESHOLD_STEP,
+                                  label="Threshold", elem_id="volume-threshold",
+                                  info=f"Starts at the model's tuned value {cfg.threshold:g}; moving it redraws "
+                                       "without re-running the model.")
+            run = gr.Button("Segment volume", variant="primary", elem_id="volume-run")
+            summary = gr.Markdown(VOLUME_START_TEXT, elem_id="volume-summary")
+            mask_file = gr.File(label="Mask (NIfTI, the input's shape and affine)", interactive=False,
+                                elem_id="volume-mask")
+            gif_file = gr.File(label="Overlays, animated GIF", interactive=False, elem_id="volume-gif")
+        with gr.Column(scale=2):
+            position = gr.Slider(1, 2, value=1, step=1, label="Slice", elem_id="volume-position")
+            shown = {"format": "png", "interactive": False, "height": IMAGE_HEIGHT}
+            with gr.Row():
+                overlay = gr.Image(label="Prediction (red) · ground truth (blue)", elem_id="volume-overlay", **shown)
+                probability = gr.Image(label="Probability (black 0 → yellow 1)", elem_id="volume-probability",
+                                       **shown)
+            caption = gr.Markdown("", elem_id="volume-caption")
+            area_plot = gr.Plot(label="Tumor area per slice", format="png", elem_id="volume-plot")
+            with gr.Accordion("Numbers (JSON)", open=False):
+                numbers = gr.JSON(label="Numbers", elem_id="volume-numbers")
+
+    outputs = VolumeOutputs(mask_file=mask_file, numbers=numbers, gif_file=gif_file, area_plot=area_plot,
+                            position=position, overlay=overlay, probability=probability, caption=caption,
+                            summary=summary, state=state)
+    run.click(handlers.segment_volume, [flair_file, t1_file, t1ce_file, threshold, truth_file], list(outputs),
+              api_name="segment_volume", concurrency_id="volume", concurrency_limit=1,
+              api_description="Segment a whole FLAIR volume (NIfTI file or .zip of a DICOM series; optional T1 and "
+                              "post-contrast T1 on the same grid, optional ground-truth labels NIfTI). Returns the "
+                              "NIfTI mask (input shape and affine), the numbers (volume_ml, slices_with_tumor, ...; "
+                              "dice and per_slice_dice with ground truth), the overlay GIF, the area plot, the "
+                              "slice shown, its overlay and probability map, caption and summary.")
+    redraw = {"api_visibility": "private", "show_progress": "hidden", "trigger_mode": "always_last"}
+    gr.on([position.input, threshold.input], handlers.scrub, [state, position, threshold],
+          list(outputs.view()), **redraw)
+    threshold.release(handlers.rethreshold, [state, threshold, position], list(outputs), api_name="volume_threshold",
+                      trigger_mode="always_last", show_progress="minimal",
+                      api_description="Redraw this session's last volume at a new threshold (no model run): the "
+                                      "same outputs as /segment_volume.")
+    gr.on([truth_file.upload, truth_file.clear], handlers.change_truth, [state, truth_file, position, threshold],
+          list(outputs), api_visibility="private", show_progress="minimal")
+    return handlers
+
+
 def load_segmenter(model: str | None = None, precision: str = DEFAULT_PRECISION) -> tuple[Segmenter, str]:
     """The one place the app gets its model: a local folder or Hub repo id ``ORG/NAME[@REVISION]``
     (``--model``, else ``BRAINSEG_MODEL``), else the bundled default. Returns the model and a note
@@ -293,13 +558,16 @@ def load_segmenter(model: str | None = None, precision: str = DEFAULT_PRECISION)
 
 
 def model_description(segmenter: Segmenter, note: str = "") -> str:
+    """One model line; ``note`` (from :func:`load_segmenter`) is added only when it says more than that line,
+    e.g. why the bundled model replaced the one asked for."""
     cfg = segmenter.config
     trained = "per-image normalization, Normalize(mean, 2·std)" if cfg.normalize else "raw [0, 1] input"
     precision = "bf16" if segmenter.bf16 else "fp32"
+    repeats_model_line = note.strip() in ("", f"Model: {segmenter.description}")
     return (
-        f"**Model:** `{segmenter.source}` · trained with **{trained}** · tuned threshold {cfg.threshold:g}"
+        f"**Model:** `{segmenter.description}` · trained with **{trained}** · tuned threshold {cfg.threshold:g}"
         f" · min. component {cfg.min_component_px} px · {precision} on {segmenter.device.type}"
-        + (f"\n\n{note}" if note else "")
+        + ("" if repeats_model_line else f"\n\n{note}")
     )
 
 
@@ -320,96 +588,106 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None, model_n
         )
         gr.Markdown(DISCLAIMER, elem_id="disclaimer")
         gr.Markdown(model_description(segmenter, model_note), elem_id="model-info")
-        state = gr.State(None, time_to_live=STATE_TTL_S)
-        with gr.Row():
-            with gr.Column(scale=1, min_width=300):
-                image_file = gr.File(label="Slice (TIFF / PNG / JPEG)", file_types=["image", ".tif", ".tiff"],
-                                     elem_id="slice-file")
-                truth_file = gr.File(label="Ground-truth mask (optional, upload after the slice)",
-                                     file_types=["image", ".tif", ".tiff"], elem_id="truth-file")
-                threshold = gr.Slider(THRESHOLD_MIN, THRESHOLD_MAX, value=DEFAULT_THRESHOLD, step=THRESHOLD_STEP,
-                                      label="Threshold",
-                                      info=f"Redraws in the browser while you drag, without re-running the model; "
-                                           f"the model's tuned value is {cfg.threshold:g}.", elem_id="threshold")
-                live_view = gr.HTML(None, html_template=LIVE_TEMPLATE, js_on_load=LIVE_JS.read_text(),
-                                    elem_id="live-threshold", overlay_id="overlay", slider_id="threshold")
-                normalize = gr.Checkbox(
-                    value=cfg.normalize, label="Per-image normalization, Normalize(mean, 2·std)",
-                    info=f"The loaded weights were trained with it {'ON' if cfg.normalize else 'OFF'}; "
-                         "flipping it re-runs the model (off = raw [0, 1] input).", elem_id="normalize")
-                run = gr.Button("Segment", variant="primary")
-                summary = gr.Markdown(START_TEXT, elem_id="summary")
-                with gr.Accordion("Dataset browser", open=index is not None):
-                    if index is None:
-                        gr.Markdown(NO_DATA_HINT, elem_id="no-data-hint")
-                    else:
-                        patient = gr.Dropdown(index.names, value=None, label="Patient", elem_id="patient")
-                        position = gr.Slider(1, 2, value=1, step=1, label="Slice", elem_id="slice-position")
-                        caption = gr.Markdown(f"{len(index.names)} patients in `{index.root}`.")
-            with gr.Column(scale=2):
-                shown = {"format": "png", "interactive": False, "height": IMAGE_HEIGHT}
+        with gr.Tabs():
+            with gr.Tab("Slice", id="slice-tab"):
+                state = gr.State(None, time_to_live=STATE_TTL_S)
                 with gr.Row():
-                    overlay_img = gr.Image(label="Prediction (red)", elem_id="overlay", **shown)
-                    heat_img = gr.Image(label="Probability (black 0 → yellow 1)", elem_id="heatmap", **shown)
-                with gr.Row():
-                    truth_img = gr.Image(label="Ground truth (blue)", elem_id="truth", **shown)
-                    agreement_img = gr.Image(label="Agreement: TP yellow · FP orange · FN blue",
-                                             elem_id="agreement", **shown)
-                with gr.Row():
-                    compare = gr.ImageSlider(label="Ground truth ↔ prediction", format="png", interactive=False,
-                                             max_height=IMAGE_HEIGHT, elem_id="compare")
-                    mask_img = gr.Image(label="Binary mask (white = abnormality), PNG", buttons=["download"],
-                                        elem_id="mask", **shown)
-                with gr.Accordion("Numbers (JSON)", open=False):
-                    stats = gr.JSON(label="Numbers", elem_id="stats")
+                    with gr.Column(scale=1, min_width=300):
+                        image_file = gr.File(label="Slice (TIFF / PNG / JPEG)",
+                                             file_types=["image", ".tif", ".tiff"], elem_id="slice-file")
+                        truth_file = gr.File(label="Ground-truth mask (optional, upload after the slice)",
+                                             file_types=["image", ".tif", ".tiff"], elem_id="truth-file")
+                        threshold = gr.Slider(THRESHOLD_MIN, THRESHOLD_MAX, value=cfg.threshold,
+                                              step=THRESHOLD_STEP, label="Threshold", elem_id="threshold",
+                                              info=f"Starts at the model's tuned value {cfg.threshold:g}; redraws in "
+                                                   "the browser while you drag, without re-running the model.")
+                        live_view = gr.HTML(None, html_template=LIVE_TEMPLATE, js_on_load=LIVE_JS.read_text(),
+                                            elem_id="live-threshold", overlay_id="overlay", slider_id="threshold")
+                        normalize = gr.Checkbox(
+                            value=cfg.normalize, label="Per-image normalization, Normalize(mean, 2·std)",
+                            info=f"The loaded weights were trained with it {'ON' if cfg.normalize else 'OFF'}; "
+                                 "flipping it re-runs the model (off = raw [0, 1] input).", elem_id="normalize")
+                        run = gr.Button("Segment", variant="primary")
+                        summary = gr.Markdown(START_TEXT, elem_id="summary")
+                        with gr.Accordion("Dataset browser", open=index is not None):
+                            if index is None:
+                                gr.Markdown(NO_DATA_HINT, elem_id="no-data-hint")
+                            else:
+                                patient = gr.Dropdown(index.names, value=None, label="Patient", elem_id="patient")
+                                position = gr.Slider(1, 2, value=1, step=1, label="Slice", elem_id="slice-position")
+                                caption = gr.Markdown(f"{len(index.names)} patients in `{index.root}`.")
+                    with gr.Column(scale=2):
+                        shown = {"format": "png", "interactive": False, "height": IMAGE_HEIGHT}
+                        with gr.Row():
+                            overlay_img = gr.Image(label="Prediction (red)", elem_id="overlay", **shown)
+                            heat_img = gr.Image(label="Probability (black 0 → yellow 1)", elem_id="heatmap",
+                                                **shown)
+                        with gr.Row():
+                            truth_img = gr.Image(label="Ground truth (blue)", elem_id="truth", **shown)
+                            agreement_img = gr.Image(label="Agreement: TP yellow · FP orange · FN blue",
+                                                     elem_id="agreement", **shown)
+                        with gr.Row():
+                            compare = gr.ImageSlider(label="Ground truth ↔ prediction", format="png",
+                                                     interactive=False, max_height=IMAGE_HEIGHT, elem_id="compare")
+                            mask_img = gr.Image(label="Binary mask (white = abnormality), PNG", buttons=["download"],
+                                                elem_id="mask", **shown)
+                        with gr.Accordion("Numbers (JSON)", open=False):
+                            stats = gr.JSON(label="Numbers", elem_id="stats")
 
-        outputs = SliceOutputs(mask=mask_img, stats=stats, overlay=overlay_img, heatmap=heat_img, truth=truth_img,
-                               agreement=agreement_img, compare=compare, summary=summary, state=state)
-        model_run = {"concurrency_id": "model", "concurrency_limit": 1}
-        segment_inputs = [image_file, threshold, normalize, truth_file]
+                outputs = SliceOutputs(mask=mask_img, stats=stats, overlay=overlay_img, heatmap=heat_img,
+                                       truth=truth_img, agreement=agreement_img, compare=compare, summary=summary,
+                                       state=state)
+                model_run = {"concurrency_id": "model", "concurrency_limit": 1}
+                segment_inputs = [image_file, threshold, normalize, truth_file]
 
-        run.click(handlers.segment, segment_inputs, list(outputs), api_name="segment", **model_run,
-                  api_description="Segment a slice. Returns the binary mask PNG (input size, white = "
-                                  "abnormality), the numbers (area; Dice and IoU with ground truth), the "
-                                  "overlay, heat map, ground-truth view, agreement map, slider pair, summary.")
-        image_file.upload(handlers.segment_new_upload, [image_file, threshold, normalize], [*outputs, truth_file],
-                          api_visibility="private", **model_run)
-        image_file.clear(clear_all, None, [*outputs, truth_file], api_visibility="private")
-        normalize.input(handlers.segment, segment_inputs, list(outputs), api_visibility="private", **model_run)
-        gr.on([truth_file.upload, truth_file.clear], handlers.change_truth, [state, truth_file, threshold],
-              list(outputs), api_visibility="private")
-        # Dragging redraws in the browser from the live view's data (sent once per new state); the server redraws
-        # (mask PNG, numbers, agreement, slider pair) on release, or on key up for the arrow keys.
-        state.change(handlers.live_view, state, live_view, api_visibility="private", show_progress="hidden")
-        threshold.input(None, threshold, None, js=ON_SLIDER_INPUT, api_visibility="private", show_progress="hidden")
-        gr.on([threshold.release, live_view.submit], handlers.rethreshold, [state, threshold], list(outputs.live()),
-              api_name="threshold", trigger_mode="always_last", show_progress="hidden",
-              api_description="Redraw the last segmented slice of this session at a new threshold (no model run).")
+                run.click(handlers.segment, segment_inputs, list(outputs), api_name="segment", **model_run,
+                          api_description="Segment a slice. Returns the binary mask PNG (input size, white = "
+                                          "abnormality), the numbers (area; Dice and IoU with ground truth), the "
+                                          "overlay, heat map, ground-truth view, agreement map, slider pair, summary.")
+                image_file.upload(handlers.segment_new_upload, [image_file, threshold, normalize],
+                                  [*outputs, truth_file], api_visibility="private", **model_run)
+                image_file.clear(clear_all, None, [*outputs, truth_file], api_visibility="private")
+                normalize.input(handlers.segment, segment_inputs, list(outputs), api_visibility="private",
+                                **model_run)
+                gr.on([truth_file.upload, truth_file.clear], handlers.change_truth, [state, truth_file, threshold],
+                      list(outputs), api_visibility="private")
+                # Dragging redraws in the browser from the live view's data (sent once per new state); the server
+                # redraws (mask PNG, numbers, agreement, slider pair) on release, or on key up for the arrow keys.
+                state.change(handlers.live_view, state, live_view, api_visibility="private", show_progress="hidden")
+                threshold.input(None, threshold, None, js=ON_SLIDER_INPUT, api_visibility="private",
+                                show_progress="hidden")
+                gr.on([threshold.release, live_view.submit], handlers.rethreshold, [state, threshold],
+                      list(outputs.live()), api_name="threshold", trigger_mode="always_last", show_progress="hidden",
+                      api_description="Redraw the last segmented slice of this session at a new threshold "
+                                      "(no model run).")
 
-        if index is not None:
-            browser = DatasetBrowser(index)
-            picked = list(PickedSlice(image_file=image_file, truth_file=truth_file, caption=caption))
-            then_segment = dict(fn=handlers.segment, inputs=segment_inputs, outputs=list(outputs),
-                                api_visibility="private", **model_run)
-            patient.change(browser.choose_patient, patient, position, api_visibility="private").then(
-                browser.pick_slice, [patient, position], picked, api_visibility="private"
-            ).then(**then_segment)
-            position.release(browser.pick_slice, [patient, position], picked,
-                             api_visibility="private").then(**then_segment)
-            examples = curated_examples(index.patients)
-            if examples:
-                gr.Examples(
-                    examples=[[str(e.record.image_path), str(e.record.mask_path) if e.record.mask_path else None,
-                               DEFAULT_THRESHOLD, cfg.normalize] for e in examples],
-                    inputs=[image_file, truth_file, threshold, normalize],
-                    outputs=list(outputs),
-                    fn=handlers.segment_example,
-                    run_on_click=True,
-                    cache_examples=False,
-                    example_labels=[e.label for e in examples],
-                    label="Examples from the dataset folder (with and without tumor)",
-                    api_visibility="private",
-                )
+                if index is not None:
+                    browser = DatasetBrowser(index)
+                    picked = list(PickedSlice(image_file=image_file, truth_file=truth_file, caption=caption))
+                    then_segment = dict(fn=handlers.segment, inputs=segment_inputs, outputs=list(outputs),
+                                        api_visibility="private", **model_run)
+                    patient.change(browser.choose_patient, patient, position, api_visibility="private").then(
+                        browser.pick_slice, [patient, position], picked, api_visibility="private"
+                    ).then(**then_segment)
+                    position.release(browser.pick_slice, [patient, position], picked,
+                                     api_visibility="private").then(**then_segment)
+                    examples = curated_examples(index.patients)
+                    if examples:
+                        gr.Examples(
+                            examples=[[str(e.record.image_path),
+                                       str(e.record.mask_path) if e.record.mask_path else None,
+                                       cfg.threshold, cfg.normalize] for e in examples],
+                            inputs=[image_file, truth_file, threshold, normalize],
+                            outputs=list(outputs),
+                            fn=handlers.segment_example,
+                            run_on_click=True,
+                            cache_examples=False,
+                            example_labels=[e.label for e in examples],
+                            label="Examples from the dataset folder (with and without tumor)",
+                            api_visibility="private",
+                        )
+            with gr.Tab("Volume", id="volume-tab"):
+                build_volume_tab(segmenter, demo.GRADIO_CACHE)
     return demo
 
 

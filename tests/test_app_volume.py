@@ -1,0 +1,269 @@
+"""The Volume tab through the HTTP API: ``/segment_volume`` and ``/volume_threshold`` on app.py (127.0.0.1),
+driven with gradio_client on NIfTI / DICOM volumes built at run time from a held-out LGG patient, checked
+against ``python -m brainseg.predict`` on the same files; bad inputs; a slice request while volumes queue."""
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import time
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from demo_server import DemoServer, demo_server, largest_tumor_slice
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from gradio_client.utils import Status
+from PIL import Image
+from volume_synth import affine_of, lgg_patient, ras_from_presented, rotation, save_nifti, write_dicom_series
+
+from brainseg.metrics import dice_score
+from brainseg.predict import main as predict_main
+from brainseg.volume import Geometry
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+PATIENT = "TCGA_HT_8114_19981030"  # 22 slices, a large tumor
+SPACING = (0.9, 0.9, 2.5)
+# Oblique (8 and -12 degrees) and left-handed (LAS, as dcm2niix writes): the mask must keep it exactly.
+AFFINE = affine_of(rotation(8, -12) @ np.diag([-0.9, 0.9, 2.5]), origin=(115.0, -115.0, -20.0))
+THRESHOLD = 0.2  # the bundled model's tuned threshold
+MASK, NUMBERS, GIF, PLOT, POSITION, OVERLAY, PROBABILITY, CAPTION, SUMMARY = range(9)
+BRATS = Path(__file__).resolve().parents[2] / "shared" / "data" / "external-brats2013" / "brats_2013_pat0002_1"
+
+
+@pytest.fixture(scope="module")
+def server(request: pytest.FixtureRequest) -> DemoServer:
+    return demo_server(request)
+
+
+@pytest.fixture()
+def client(server: DemoServer) -> Client:
+    return Client(server.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def scans(lgg_test_dir: Path, tmp_path_factory) -> dict[str, Path]:
+    """The patient's FLAIR (12-bit-like int16), post-contrast T1 and mask as NIfTI on one oblique LAS grid,
+    the FLAIR also as a .zip of a DICOM series (RAS grid), and volumes the app must refuse."""
+    folder = tmp_path_factory.mktemp("volumes")
+    images, truth = lgg_patient(lgg_test_dir, PATIENT)
+    to_grid = Geometry((22, 256, 256), AFFINE).from_presented
+    flair = to_grid(images[..., 1]).astype(np.int16) * 16
+    paths = {
+        "flair": save_nifti(flair, AFFINE, folder / "flair.nii.gz"),
+        "t1ce": save_nifti(to_grid(images[..., 2]), AFFINE, folder / "t1ce.nii.gz", np.int16),
+        "truth": save_nifti(to_grid(truth), AFFINE, folder / "truth.nii.gz", np.uint8),
+    }
+    ras = affine_of(np.diag(SPACING))
+    write_dicom_series(ras_from_presented(images[..., 1]).astype(np.uint16) * 16, ras, folder / "dicom")
+    paths["dicom_zip"] = zip_folder(folder / "dicom", folder / "flair_dicom.zip")
+    return paths
+
+
+def zip_folder(folder: Path, target: Path) -> Path:
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.iterdir()):
+            archive.write(path, path.name)
+    return target
+
+
+def segment_volume(client: Client, flair: Path, t1ce: Path | None = None, threshold: float = THRESHOLD,
+                   truth: Path | None = None) -> tuple:
+    """The documented call: ``client.predict(flair, t1_or_None, t1ce_or_None, threshold, api_name=...)``;
+    the ground truth is an optional fifth input."""
+    files = [handle_file(str(flair)), None, handle_file(str(t1ce)) if t1ce else None, threshold]
+    if truth is not None:
+        files.append(handle_file(str(truth)))
+    return client.predict(*files, api_name="/segment_volume")
+
+
+def run_cli(tmp_path: Path, flair: Path, *extra: str) -> tuple[dict, np.ndarray]:
+    """``python -m brainseg.predict`` (in process) on ``flair``: its JSON numbers and its mask."""
+    out, report = tmp_path / "cli", tmp_path / "cli.json"
+    assert predict_main([str(flair), *extra, "--out", str(out), "--json", str(report), "--quiet"]) == 0
+    numbers = json.loads(report.read_text())
+    return numbers, np.asarray(nib.load(numbers["output"]).dataobj)
+
+
+def check_mask_file(path: str, like: Path) -> np.ndarray:
+    """The downloaded mask has exactly the input's shape and affine, uint8 0/1; returns its voxels."""
+    mask, source = nib.load(path), nib.load(str(like))
+    assert mask.shape == source.shape
+    assert np.array_equal(mask.affine, source.affine)
+    assert mask.get_data_dtype() == np.uint8
+    data = np.asarray(mask.dataobj)
+    assert set(np.unique(data)) <= {0, 1}
+    return data
+
+
+def test_api_lists_segment_volume_with_four_required_inputs(client: Client) -> None:
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    parameters = endpoints["/segment_volume"]["parameters"]
+    assert [p["parameter_name"] for p in parameters] == ["flair_file", "t1_file", "t1ce_file", "threshold",
+                                                         "truth_file"]
+    assert parameters[3]["parameter_default"] == THRESHOLD, "the threshold starts at the model's tuned value"
+    assert parameters[4]["parameter_has_default"], "the ground truth may be left out"
+    assert "/volume_threshold" in endpoints and "/segment" in endpoints
+
+
+def test_segment_volume_gives_the_cli_mask_and_numbers(client: Client, scans: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    result = segment_volume(client, scans["flair"], t1ce=scans["t1ce"])
+    mask = check_mask_file(result[MASK], scans["flair"])
+    numbers = result[NUMBERS]
+    voxel_ml = float(np.prod(SPACING)) / 1000
+    assert numbers["voxel_volume_ml"] == pytest.approx(voxel_ml)
+    assert numbers["tumor_voxels"] == int(mask.sum()) > 0
+    assert numbers["volume_ml"] == pytest.approx(mask.sum() * voxel_ml, abs=1e-4)
+    assert numbers["channels"] == ["flair", "flair", "t1ce"] and numbers["n_slices"] == 22
+    assert numbers["ms_per_slice"] == pytest.approx(1000 * numbers["seconds"] / 22, rel=0.01)
+    cli, cli_mask = run_cli(tmp_path, scans["flair"], "--t1ce", str(scans["t1ce"]))
+    assert np.array_equal(mask, cli_mask), "the app and the CLI must write the same mask"
+    for key in ("volume_ml", "tumor_voxels", "slices_with_tumor", "largest_slice", "slices_run", "crop_box"):
+        assert numbers[key] == cli[key], key
+    assert f"{numbers['volume_ml']:.2f} mL" in result[SUMMARY]
+    # the scrubber starts on the slice with the most tumor; presented slice k is input slice k (LAS: S up)
+    largest = int(np.argmax(mask.sum(axis=(0, 1))))
+    assert result[POSITION]["value"] == largest + 1 and result[POSITION]["maximum"] == 22
+    assert f"**Slice {largest + 1} of 22**" in result[CAPTION]
+    with Image.open(result[OVERLAY]) as overlay, Image.open(result[PROBABILITY]) as probability:
+        assert overlay.size == probability.size == (256, 256)
+    with Image.open(result[GIF]) as gif:
+        assert gif.n_frames == 22 and gif.size == (256, 256) and gif.info["loop"] == 0
+    assert result[PLOT]["type"] == "matplotlib" and result[PLOT]["plot"].startswith("data:image/png;base64,")
+
+
+def test_ground_truth_gives_3d_and_per_slice_dice_and_threshold_moves_reuse_the_run(
+        client: Client, scans: dict[str, Path], tmp_path: Path) -> None:
+    result = segment_volume(client, scans["flair"], truth=scans["truth"])
+    mask = check_mask_file(result[MASK], scans["flair"])
+    truth = np.asarray(nib.load(str(scans["truth"])).dataobj) > 0
+    numbers = result[NUMBERS]
+    cli, _ = run_cli(tmp_path, scans["flair"], "--truth", str(scans["truth"]))
+    assert numbers["dice"] == cli["dice"] == pytest.approx(dice_score(mask > 0, truth), abs=1e-4)
+    assert numbers["dice"] > 0.9  # the library's test measured 0.941 for this patient, FLAIR alone
+    assert numbers["truth_voxels"] == int(truth.sum())
+    expected = [round(dice_score(mask[:, :, k] > 0, truth[:, :, k]), 4) for k in range(22)]
+    assert numbers["per_slice_dice"] == pytest.approx(expected, abs=1e-4)
+    assert f"3D Dice {numbers['dice']:.3f}" in result[SUMMARY] and "slice Dice" in result[CAPTION]
+
+    stricter = client.predict(0.6, api_name="/volume_threshold")
+    strict_mask = check_mask_file(stricter[MASK], scans["flair"])
+    assert stricter[NUMBERS]["threshold"] == 0.6
+    assert stricter[NUMBERS]["seconds"] == numbers["seconds"], "a threshold move must not run the model again"
+    assert stricter[NUMBERS]["volume_ml"] < numbers["volume_ml"]
+    assert not (strict_mask & ~mask).any(), "a stricter threshold may only remove voxels"
+    cli_strict, cli_strict_mask = run_cli(tmp_path / "strict", scans["flair"], "--threshold", "0.6")
+    assert np.array_equal(strict_mask, cli_strict_mask)
+    assert stricter[NUMBERS]["volume_ml"] == cli_strict["volume_ml"]
+
+
+def test_dicom_zip_gives_a_mask_on_the_series_grid(client: Client, scans: dict[str, Path], tmp_path: Path) -> None:
+    result = segment_volume(client, scans["dicom_zip"])
+    cli, cli_mask = run_cli(tmp_path, scans["dicom_zip"])
+    mask = nib.load(result[MASK])
+    assert mask.shape == (256, 256, 22) and np.allclose(mask.affine, nib.load(cli["output"]).affine)
+    assert np.array_equal(np.asarray(mask.dataobj), cli_mask)
+    assert result[NUMBERS]["volume_ml"] == cli["volume_ml"] > 0
+
+
+def bad_volumes(folder: Path, scans: dict[str, Path]) -> list[tuple[str, Path, Path | None, str]]:
+    """(what, flair, t1ce, expected message) for inputs the app must refuse with a message."""
+    eye = np.diag([1.0, 1.0, 1.0, 1.0])
+    flat = save_nifti(np.ones((64, 64), np.int16), eye, folder / "flat.nii.gz")
+    four_d = save_nifti(np.ones((16, 16, 8, 3), np.int16), eye, folder / "series4d.nii.gz")
+    corrupt = folder / "corrupt.nii.gz"
+    corrupt.write_bytes(scans["flair"].read_bytes()[:5000])
+    huge = folder / "huge.nii"
+    header = bytearray(nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), eye).to_bytes())
+    struct.pack_into("<3h", header, 42, 3000, 3000, 3000)  # dim[1..3]: the header claims 27 G voxels
+    huge.write_bytes(bytes(header))
+    zeros = save_nifti(np.zeros((64, 64, 20), np.int16), eye, folder / "zeros.nii.gz")
+    other_grid = save_nifti(np.ones((256, 256, 21), np.int16), AFFINE, folder / "t1ce_cropped.nii.gz")
+    for uid, description in (("1.2.3.4.1", "FLAIR"), ("1.2.3.4.2", "T2")):
+        write_dicom_series(np.full((16, 16, 4), 100, np.uint16), eye, folder / "mixed" / description,
+                           series_uid=uid, description=description)
+    mixed = folder / "mixed.zip"
+    with zipfile.ZipFile(mixed, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted((folder / "mixed").rglob("*.dcm")):
+            archive.write(path, f"{path.parent.name}/{path.name}")
+    bomb = folder / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("IM0001.dcm", bytes(64 << 20))  # 64 MiB of zeros in ~64 KiB
+    text = folder / "notes.nii"
+    text.write_text("not an image\n")
+    gz_text = folder / "report.nii.gz"
+    gz_text.write_bytes(gzip.compress(b"just text, gzip-compressed\n" * 50))
+    return [
+        ("2D NIfTI", flat, None, "has 2 dimensions"),
+        ("4D NIfTI", four_d, None, r"is 4D .* \(3 volumes\): give one 3D volume"),
+        ("truncated .nii.gz", corrupt, None, "truncated or corrupt"),
+        ("absurd size", huge, None, "is too large .*crop or downsample"),
+        ("all-zero volume", zeros, None, "nothing to segment"),
+        ("channels on different grids", scans["flair"], other_grid, "not on the FLAIR's grid"),
+        ("mixed DICOM series", mixed, None, "mixes 2 DICOM series"),
+        ("zip bomb", bomb, None, "zip bomb"),
+        ("text named .nii", text, None, "not a readable NIfTI"),
+        ("gzip of text named .nii.gz", gz_text, None, "not a readable NIfTI"),
+    ]
+
+
+def test_bad_volumes_get_a_clear_message_and_the_server_keeps_serving(
+        client: Client, scans: dict[str, Path], tmp_path: Path) -> None:
+    for what, flair, t1ce, message in bad_volumes(tmp_path, scans):
+        with pytest.raises(AppError, match=message):
+            segment_volume(client, flair, t1ce=t1ce)
+            pytest.fail(f"{what} was not refused")
+    with pytest.raises(AppError, match="Upload a FLAIR volume first"):
+        client.predict(None, None, None, THRESHOLD, api_name="/segment_volume")
+    with pytest.raises(AppError, match="ground truth .* not on the FLAIR's grid"):
+        segment_volume(client, scans["flair"], truth=tmp_path / "zeros.nii.gz")
+    # the server still serves volumes and slices
+    assert segment_volume(client, scans["flair"])[NUMBERS]["volume_ml"] > 0
+    image, _ = largest_tumor_slice()
+    assert client.predict(handle_file(str(image)), THRESHOLD, True, None, api_name="/segment")[1]["area_px"] > 0
+
+
+def slice_progress(job):
+    """The job's "Segmenting slices" progress (slices done of slices to run), or None."""
+    update = job.status()
+    units = (update.progress_data or []) if update.code == Status.PROGRESS else []
+    return next((u for u in units if u.desc == "Segmenting slices" and u.length), None)
+
+
+def test_a_slice_request_is_not_stuck_behind_queued_volumes(server: DemoServer) -> None:
+    """Two volume jobs (one runs, one waits with a visible queue position); a single-slice request sent
+    meanwhile is answered while the first volume is still running."""
+    flair = BRATS / "Flair_subtrMeanDivStd.nii.gz"
+    if not flair.is_file():
+        pytest.skip(f"{flair} is missing")
+    first, second = Client(server.url, verbose=False), Client(server.url, verbose=False)
+    running = first.submit(handle_file(str(flair)), None, None, THRESHOLD, api_name="/segment_volume")
+    deadline = time.monotonic() + 120
+    while not slice_progress(running) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    progress = slice_progress(running)
+    assert progress, f"the first volume never reported its slices: {running.status()}"
+    assert progress.unit == "slices" and 0 <= progress.index < progress.length <= 155, progress
+    waiting = second.submit(handle_file(str(flair)), None, None, THRESHOLD, api_name="/segment_volume")
+    while waiting.status().code != Status.IN_QUEUE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    queued = waiting.status()
+    assert queued.code == Status.IN_QUEUE and queued.rank is not None and queued.rank >= 0, queued
+
+    image, _ = largest_tumor_slice()
+    started = time.perf_counter()
+    result = Client(server.url, verbose=False).predict(handle_file(str(image)), THRESHOLD, True, None,
+                                                       api_name="/segment")
+    slice_seconds = time.perf_counter() - started
+    assert result[1]["area_px"] > 0
+    assert not running.done(), "the slice request should not wait for the running volume"
+    assert waiting.status().code == Status.IN_QUEUE, "the second volume waits for the first (one at a time)"
+    print(f"single-slice request while volumes queue: {slice_seconds:.2f} s")
+    waiting.cancel()
+    numbers = running.result(timeout=300)[NUMBERS]
+    assert numbers["input_shape"] == [240, 240, 155] and numbers["volume_ml"] > 0
+    assert slice_seconds < numbers["seconds"] / 2, (slice_seconds, numbers["seconds"])
