@@ -24,6 +24,7 @@ import numpy as np
 
 import brainseg
 from brainseg import Segmenter, volume_export
+from brainseg.backends import BACKENDS, BackendError
 from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position
 from brainseg.imaging import decode_image, encode_png, inspect_mask, save_png, slice_notes
 from brainseg.overlay import (
@@ -45,6 +46,9 @@ DATA_DIR_ENV = "BRAINSEG_DATA_DIR"
 # fp32: bf16 autocast does not keep the test-set masks equal to fp32 at threshold 0.5 (it flips
 # a few boundary pixels in many slices; benchmarks/bf16_agreement.py, numbers in the README).
 DEFAULT_PRECISION = "fp32"
+# auto: ONNX Runtime on the CPU when installed and within 1e-4 of PyTorch (about 2x faster per slice,
+# benchmarks/inference_speed.py), else PyTorch; always PyTorch on a GPU or with bf16.
+DEFAULT_BACKEND = "auto"
 THRESHOLD_MIN, THRESHOLD_MAX, THRESHOLD_STEP = 0.05, 0.95, 0.01
 # Uploads: a DICOM series .zip or an uncompressed NIfTI can be large; volume_io still caps the voxels and
 # refuses zip bombs whatever the file size.
@@ -398,6 +402,7 @@ class VolumeHandlers:
 
     def downloads(self, state: VolumeState, threshold: float) -> tuple[str, str]:
         """The NIfTI mask and the overlay GIF at ``threshold``, in a new folder of Gradio's cache."""
+        Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix="volume-", dir=self.cache_dir))
         stem = _safe_stem(state.prediction.name)
         mask_path = save_mask(state.prediction, str(folder / f"{stem}_mask.nii.gz"), threshold)[0]
@@ -532,7 +537,7 @@ def build_volume_tab(segmenter: Segmenter, cache_dir: str) -> VolumeHandlers:
                             position=position, overlay=overlay, probability=probability, caption=caption,
                             summary=summary, state=state)
     run.click(handlers.segment_volume, [flair_file, t1_file, t1ce_file, threshold, truth_file], list(outputs),
-              api_name="segment_volume", concurrency_id="volume", concurrency_limit=1,
+              api_name="segment_volume", concurrency_id="volume", concurrency_limit=1, show_progress_on=[overlay],
               api_description="Segment a whole FLAIR volume (NIfTI file or .zip of a DICOM series; optional T1 and "
                               "post-contrast T1 on the same grid, optional ground-truth labels NIfTI). Returns the "
                               "NIfTI mask (input shape and affine), the numbers (volume_ml, slices_with_tumor, ...; "
@@ -550,11 +555,12 @@ def build_volume_tab(segmenter: Segmenter, cache_dir: str) -> VolumeHandlers:
     return handlers
 
 
-def load_segmenter(model: str | None = None, precision: str = DEFAULT_PRECISION) -> tuple[Segmenter, str]:
+def load_segmenter(model: str | None = None, precision: str = DEFAULT_PRECISION,
+                   backend: str = DEFAULT_BACKEND) -> tuple[Segmenter, str]:
     """The one place the app gets its model: a local folder or Hub repo id ``ORG/NAME[@REVISION]``
-    (``--model``, else ``BRAINSEG_MODEL``), else the bundled default. Returns the model and a note
-    for the UI (which revision was pinned, or why it fell back to the bundled model)."""
-    return brainseg.load_segmenter(model, bf16=precision == "bf16")
+    (``--model``, else ``BRAINSEG_MODEL``), else the bundled default, run by ``backend`` (auto, onnx, torch).
+    Returns the model and a note for the UI (which revision was pinned, or why it fell back to the bundled model)."""
+    return brainseg.load_segmenter(model, bf16=precision == "bf16", backend=backend)
 
 
 def model_description(segmenter: Segmenter, note: str = "") -> str:
@@ -567,6 +573,7 @@ def model_description(segmenter: Segmenter, note: str = "") -> str:
     return (
         f"**Model:** `{segmenter.description}` · trained with **{trained}** · tuned threshold {cfg.threshold:g}"
         f" · min. component {cfg.min_component_px} px · {precision} on {segmenter.device.type}"
+        f" · {segmenter.backend_reason}"
         + ("" if repeats_model_line else f"\n\n{note}")
     )
 
@@ -581,10 +588,11 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None, model_n
 
     with demo:
         gr.Markdown(
-            "# brainseg: FLAIR abnormality (lower-grade glioma) on brain-MRI slices\n"
+            "# brainseg: FLAIR abnormality (lower-grade glioma) on brain-MRI slices and volumes\n"
             "Upload a 3-channel slice from the Kaggle LGG set (pre-contrast, FLAIR, post-contrast) or a "
             "single-channel FLAIR slice (replicated to 3 channels); any size, 8- or 16-bit. "
-            "Add its ground-truth mask to see Dice and IoU."
+            "Add its ground-truth mask to see Dice and IoU. The **Volume** tab takes a whole scan "
+            "(NIfTI or DICOM series) and gives the tumor volume in mL and a 3D mask."
         )
         gr.Markdown(DISCLAIMER, elem_id="disclaimer")
         gr.Markdown(model_description(segmenter, model_note), elem_id="model-info")
@@ -707,6 +715,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"Kaggle-layout folder for the patient browser and examples (or ${DATA_DIR_ENV})")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default=DEFAULT_PRECISION,
                         help=f"CPU inference precision (default {DEFAULT_PRECISION})")
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                        help="what runs the network: onnx = ONNX Runtime (CPU, fp32), torch = PyTorch, auto = ONNX "
+                        "Runtime when installed and equal to PyTorch within 1e-4, else PyTorch "
+                        f"(default {DEFAULT_BACKEND})")
     return parser.parse_args(argv)
 
 
@@ -714,9 +726,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     data_dir = resolve_data_dir(args.data_dir)
     try:
-        segmenter, note = load_segmenter(args.model, args.precision)
+        segmenter, note = load_segmenter(args.model, args.precision, args.backend)
         demo = build_demo(segmenter, data_dir, note)
-    except (FileNotFoundError, ValueError) as exc:  # a bad --model or --data-dir: say why, no traceback
+    except (FileNotFoundError, ValueError, BackendError) as exc:  # a bad --model, --data-dir or --backend
         raise SystemExit(f"app.py: error: {exc}") from None
     demo.queue(default_concurrency_limit=4, max_size=64)
     demo.launch(

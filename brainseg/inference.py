@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as TF
 
+from .backends import BACKENDS, BackendChoice, BackendError, Forward, select_backend
 from .config import WEIGHTS_FILE, ModelConfig
 from .hub import ModelLoadError, ResolvedModel, first_line, model_arg_from_env, resolve_model
 from .model import build_model
@@ -59,16 +60,41 @@ def load_model(resolved: ResolvedModel) -> tuple[ModelConfig, nn.Module]:
     return config, model
 
 
+def choose_backend(requested: str, model: nn.Module, config: ModelConfig, device: torch.device, bf16: bool,
+                   folder: str | Path | None, cache_dir: str | Path | None = None) -> BackendChoice:
+    """:func:`brainseg.backends.select_backend` for a model already on ``device``.
+
+    ONNX Runtime runs here on the CPU in fp32 only: on a GPU or with bf16, ``auto`` means PyTorch and
+    ``onnx`` is a :class:`BackendError`.
+    """
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown backend {requested!r}: choose one of {', '.join(BACKENDS)}")
+    if requested != "torch" and (device.type != "cpu" or bf16):
+        why = f"on {device.type}" if device.type != "cpu" else "with bf16"
+        if requested == "onnx":
+            raise BackendError(f"backend 'onnx' runs on the CPU in fp32 only, not {why}: use device 'cpu' without "
+                               "bf16, or backend 'torch'")
+        return BackendChoice("torch", model, f"PyTorch (ONNX Runtime is used on the CPU in fp32 only, not {why})")
+    return select_backend(requested, model, folder, config.input_size, cache_dir=cache_dir)
+
+
 class Segmenter:
     """A network plus the preprocessing and post-processing its weights were trained with.
 
     ``source`` says where the weights came from (``"bundled default"``, a folder, or
     ``"ORG/NAME@<commit>"``), ``revision`` is the Hub commit they were pinned to (None when
     not from the Hub) and ``description`` is a one-line summary for a UI.
+
+    ``backend`` (``"torch"``, ``"onnx"`` or ``"auto"``, :mod:`brainseg.backends`) says what runs the network's
+    forward; ``onnx``/``auto`` export the graph from ``folder/model.safetensors`` (``folder``: where ``model``'s
+    weights were loaded from; never written to). After construction ``backend`` holds the name that runs
+    (``"torch"`` or ``"onnx"``) and ``backend_reason`` one line saying why, for a UI. ``model`` is always the
+    PyTorch module (training, publishing and saving use it).
     """
 
     def __init__(self, model: nn.Module, config: ModelConfig, source: str = "", device: str = "auto",
-                 bf16: bool = False, revision: str | None = None, description: str | None = None):
+                 bf16: bool = False, revision: str | None = None, description: str | None = None,
+                 backend: str = "torch", folder: str | Path | None = None):
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
@@ -78,23 +104,34 @@ class Segmenter:
         self.revision = revision
         self.description = description or source
         self.bf16 = bf16
+        choice = choose_backend(backend, self.model, config, self.device, bf16, folder)
+        self.backend: str = choice.name
+        self.backend_reason: str = choice.reason
+        self.onnx_path: Path | None = choice.onnx_path if choice.name == "onnx" else None
+        self._network: Forward = choice.forward
 
     @classmethod
-    def from_pretrained(cls, source: str | Path | None = None, device: str = "auto", bf16: bool = False) -> "Segmenter":
+    def from_pretrained(cls, source: str | Path | None = None, device: str = "auto", bf16: bool = False,
+                        backend: str = "auto") -> "Segmenter":
         """Load the bundled default model (``source=None``), a bundled model by name (:func:`brainseg.bundled_models`:
         ``"unet"``, ...), a saved model folder, or a Hub model.
 
         Hub models are given as ``"ORG/NAME"`` or ``"ORG/NAME@REVISION"`` (branch, tag or commit)
-        and go through the Hugging Face cache. Every failure raises :class:`brainseg.hub.ModelLoadError`.
+        and go through the Hugging Face cache. Every failure to find or read the model raises
+        :class:`brainseg.hub.ModelLoadError`; ``backend="onnx"`` that cannot run raises :class:`BackendError`.
+        ``auto`` (the default) runs ONNX Runtime on the CPU when it is installed and matches PyTorch within
+        1e-4, else PyTorch (always PyTorch on a GPU or with ``bf16``).
         """
-        return cls.from_resolved(resolve_model(source), device=device, bf16=bf16)
+        return cls.from_resolved(resolve_model(source), device=device, bf16=bf16, backend=backend)
 
     @classmethod
-    def from_resolved(cls, resolved: ResolvedModel, device: str = "auto", bf16: bool = False) -> "Segmenter":
+    def from_resolved(cls, resolved: ResolvedModel, device: str = "auto", bf16: bool = False,
+                      backend: str = "auto") -> "Segmenter":
         """Load the model files :func:`brainseg.hub.resolve_model` found."""
         config, model = load_model(resolved)
         return cls(model, config, source=resolved.source, device=device, bf16=bf16,
-                   revision=resolved.revision, description=resolved.describe())
+                   revision=resolved.revision, description=resolved.describe(), backend=backend,
+                   folder=resolved.folder)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into ``folder``."""
@@ -102,11 +139,18 @@ class Segmenter:
 
     @torch.inference_mode()
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.bf16):
-            proba = torch.sigmoid(self.model(batch).float())
+        """(N, C, S, S) model input -> (N, S, S) float32 probabilities on the CPU, flip TTA included."""
+        if self.backend == "onnx":  # a contiguous float32 NCHW CPU tensor, as the graph was exported for
+            batch = batch.float().cpu().contiguous()
+            context: contextlib.AbstractContextManager = contextlib.nullcontext()
+        else:
+            batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+            context = autocast(self.device, self.bf16)
+        with context:
+            proba = torch.sigmoid(self._network(batch).float())
             if self.config.flip_tta:
-                proba = (proba + torch.sigmoid(self.model(batch.flip(-1)).float()).flip(-1)) / 2
+                flipped = batch.flip(-1).contiguous() if self.backend == "onnx" else batch.flip(-1)
+                proba = (proba + torch.sigmoid(self._network(flipped).float()).flip(-1)) / 2
         return proba[:, 0].float().cpu()
 
     def predict_proba(self, image: np.ndarray, normalize: bool | None = None) -> np.ndarray:
@@ -153,22 +197,24 @@ class Segmenter:
 
 
 def load_segmenter(model_arg: str | Path | None = None, fallback_to_bundled: bool | None = None, *,
-                   device: str = "auto", bf16: bool = False,
+                   device: str = "auto", bf16: bool = False, backend: str = "auto",
                    environ: Mapping[str, str] | None = None) -> tuple[Segmenter, str]:
     """Load the model an app or CLI was asked for; returns ``(segmenter, message for the UI)``.
 
     ``model_arg`` None means: ``BRAINSEG_MODEL`` if set, else the bundled model. ``fallback_to_bundled``
     defaults to "only when ``model_arg`` is None", so a model the user named explicitly either
     loads or raises :class:`ModelLoadError`, while a failing ``BRAINSEG_MODEL`` falls back with a warning.
+    ``backend`` is passed to :meth:`Segmenter.from_pretrained` (a :class:`BackendError` is never a reason to
+    fall back).
     """
     requested = model_arg if model_arg not in (None, "") else model_arg_from_env(environ)
     if fallback_to_bundled is None:
         fallback_to_bundled = model_arg in (None, "")
     try:
-        segmenter = Segmenter.from_pretrained(requested, device=device, bf16=bf16)
+        segmenter = Segmenter.from_pretrained(requested, device=device, bf16=bf16, backend=backend)
     except ModelLoadError as exc:
         if requested is None or not fallback_to_bundled:
             raise
-        segmenter = Segmenter.from_pretrained(None, device=device, bf16=bf16)
+        segmenter = Segmenter.from_pretrained(None, device=device, bf16=bf16, backend=backend)
         return segmenter, f"Could not load {requested} ({exc}); using the bundled default model instead."
     return segmenter, f"Model: {segmenter.description}"

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .backends import BACKENDS, BackendError
 from .fileio import atomic_write_text
 from .hub import ModelLoadError
 from .inference import Segmenter
@@ -30,7 +31,7 @@ from .volume_io import (
     load_volume,
 )
 
-USER_ERRORS = (VolumeError, ModelLoadError, OSError)
+USER_ERRORS = (VolumeError, ModelLoadError, BackendError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flair-only", action="store_true",
                         help="use the FLAIR alone even where T1/T1ce are found or given (for comparisons)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="what runs the network: onnx = ONNX Runtime (CPU, fp32), torch = PyTorch, auto = ONNX "
+                        "Runtime on the CPU when installed and equal to PyTorch within 1e-4, else PyTorch")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -80,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     if subjects and given:
         subjects = [SubjectInputs(subjects[0].name, subjects[0].flair, args.t1 or subjects[0].t1,
                                   args.t1ce or subjects[0].t1ce, args.truth or subjects[0].truth)]
-    segmenter = Segmenter.from_pretrained(args.model, device=args.device)
+    segmenter = Segmenter.from_pretrained(args.model, device=args.device, backend=args.backend)
     args.out.mkdir(parents=True, exist_ok=True)
     results, failed, used_names = [], 0, set()
     subject_bar = tqdm(subjects, desc="subjects", unit="subject", disable=args.quiet or len(subjects) < 2)
@@ -137,7 +141,9 @@ def _run_subject(segmenter: Segmenter, subject: SubjectInputs, name: str, args: 
     finally:
         for bar in bars:
             bar.close()
-    return _numbers(prediction, name, written, truth, args.threshold, time.perf_counter() - started)
+    numbers = _numbers(prediction, name, written, truth, args.threshold, time.perf_counter() - started)
+    numbers["backend"] = segmenter.backend
+    return numbers
 
 
 def _numbers(prediction: VolumePrediction, name: str, written: list, truth: np.ndarray | None,

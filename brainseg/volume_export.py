@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from .fileio import atomic_write
@@ -92,6 +93,7 @@ def area_plot(prediction: VolumePrediction, threshold: float, truth: np.ndarray 
     if current is not None:
         axes.axvline(current + 1, color="0.4", linewidth=1, linestyle=":")
     axes.set_xlim(0.5, prediction.n_slices + 0.5)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylim(bottom=0)
     axes.set_xlabel("slice (inferior → superior)")
     axes.set_ylabel("tumor area (cm²)")

@@ -10,9 +10,11 @@ import time
 import zipfile
 from pathlib import Path
 
+import gradio as gr
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from demo_server import DemoServer, demo_server, largest_tumor_slice
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -20,11 +22,13 @@ from gradio_client.utils import Status
 from PIL import Image
 from volume_synth import affine_of, lgg_patient, ras_from_presented, rotation, save_nifti, write_dicom_series
 
+import app
+from brainseg import ModelConfig, Segmenter, volume_export
 from brainseg.metrics import dice_score
+from brainseg.model import build_model
 from brainseg.predict import main as predict_main
 from brainseg.volume import Geometry
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 PATIENT = "TCGA_HT_8114_19981030"  # 22 slices, a large tumor
 SPACING = (0.9, 0.9, 2.5)
 # Oblique (8 and -12 degrees) and left-handed (LAS, as dcm2niix writes): the mask must keep it exactly.
@@ -88,6 +92,18 @@ def run_cli(tmp_path: Path, flair: Path, *extra: str) -> tuple[dict, np.ndarray]
     return numbers, np.asarray(nib.load(numbers["output"]).dataobj)
 
 
+def gif_slices(path: str) -> tuple[int, tuple[int, int]]:
+    """How many slices a looping overlay GIF shows (Pillow merges equal neighbours, adding their durations)
+    and its (rows, columns)."""
+    with Image.open(path) as gif:
+        assert gif.info["loop"] == 0
+        total_ms = 0
+        for frame in range(gif.n_frames):
+            gif.seek(frame)
+            total_ms += gif.info["duration"]
+        return round(total_ms / volume_export.GIF_FRAME_MS), (gif.height, gif.width)
+
+
 def check_mask_file(path: str, like: Path) -> np.ndarray:
     """The downloaded mask has exactly the input's shape and affine, uint8 0/1; returns its voxels."""
     mask, source = nib.load(path), nib.load(str(like))
@@ -99,6 +115,71 @@ def check_mask_file(path: str, like: Path) -> np.ndarray:
     return data
 
 
+@pytest.fixture(scope="module")
+def tiny_segmenter() -> Segmenter:
+    """An untrained two-level U-Net (32 px input) whose tuned threshold is 0.3, not the slider's old 0.5."""
+    torch.manual_seed(0)
+    config = ModelConfig(base_channels=2, depth=2, input_size=32, threshold=0.3)
+    return Segmenter(build_model(config), config, source="tiny test model", device="cpu")
+
+
+def test_volume_tab_wiring_and_both_sliders_start_at_the_tuned_threshold(tiny_segmenter: Segmenter) -> None:
+    demo = app.build_demo(tiny_segmenter, None, "Model: tiny test model")
+    config = demo.get_config_file()
+    props = {c["props"]["elem_id"]: c["props"] for c in config["components"] if c.get("props", {}).get("elem_id")}
+    assert props["threshold"]["value"] == props["volume-threshold"]["value"] == 0.3
+    assert props["model-info"]["value"].count("tiny test model") == 1, "the model line is shown once"
+    fallback = "Could not load org/missing (404); using the bundled default model instead."
+    assert fallback in app.model_description(tiny_segmenter, fallback), "a fallback note is still shown"
+    elem = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    dep = next(d for d in config["dependencies"] if d["api_name"] == "segment_volume")
+    assert [elem[i] for i in dep["inputs"]] == ["volume-flair", "volume-t1", "volume-t1ce", "volume-threshold",
+                                                "volume-truth"]
+    assert [elem[i] for i in dep["outputs"]] == ["volume-mask", "volume-numbers", "volume-gif", "volume-plot",
+                                                 "volume-position", "volume-overlay", "volume-probability",
+                                                 "volume-caption", "volume-summary", None]
+    fns = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
+    assert (fns["segment_volume"].concurrency_id, fns["segment_volume"].concurrency_limit) == ("volume", 1)
+    assert fns["segment"].concurrency_id != "volume", "slices must not queue behind volumes"
+
+
+def test_volume_handlers_segment_redraw_score_and_refuse(tiny_segmenter: Segmenter, tmp_path: Path) -> None:
+    """The handlers in process with the tiny model: files on the input grid, numbers from them, redraws that
+    reuse the run, and gr.Error for a bad volume."""
+    affine = affine_of(np.diag([-1.2, 1.2, 3.0]))
+    zz, yy, xx = np.mgrid[0:6, 0:40, 0:48]
+    head = ((yy - 20) / 16) ** 2 + ((xx - 24) / 20) ** 2 < 1
+    lesion = ((yy - 16) ** 2 + (xx - 28) ** 2 < 30) & (zz >= 2) & (zz <= 4)
+    flair = save_nifti(np.transpose(head * 400 + lesion * 600, (2, 1, 0)), affine, tmp_path / "flair.nii.gz",
+                       np.int16)
+    truth = save_nifti(np.transpose(lesion, (2, 1, 0)), affine, tmp_path / "truth.nii.gz", np.uint8)
+    handlers = app.VolumeHandlers(tiny_segmenter, str(tmp_path / "cache"))
+    out = handlers.segment_volume(str(flair), None, None, 0.3, str(truth))
+    mask = check_mask_file(out.mask_file, flair)
+    numbers = out.numbers
+    assert numbers["tumor_voxels"] == int(mask.sum())
+    assert numbers["volume_ml"] == pytest.approx(mask.sum() * 1.2 * 1.2 * 3.0 / 1000, abs=1e-4)
+    true_voxels = np.asarray(nib.load(str(truth)).dataobj) > 0
+    assert numbers["dice"] == pytest.approx(dice_score(mask > 0, true_voxels), abs=1e-4)
+    assert len(numbers["per_slice_dice"]) == 6 and numbers["truth_voxels"] == int(true_voxels.sum())
+    assert gif_slices(out.gif_file) == (6, (40, 48))
+    assert "Slice" in handlers.scrub(out.state, 2, 0.3).caption
+    again = handlers.rethreshold(out.state, 0.9, 2)
+    assert again.numbers["seconds"] == numbers["seconds"] and again.numbers["threshold"] == 0.9
+    assert again.numbers["tumor_voxels"] <= numbers["tumor_voxels"]
+    assert isinstance(again.state, type(gr.skip())) and isinstance(again.position, type(gr.skip()))
+    assert "dice" not in handlers.change_truth(out.state, None, 2, 0.3).numbers
+    assert all(isinstance(v, type(gr.skip())) for v in handlers.rethreshold(None, 0.5))
+    flat = save_nifti(np.ones((40, 48), np.int16), affine, tmp_path / "flat.nii.gz")
+    with pytest.raises(gr.Error, match="has 2 dimensions"):
+        handlers.segment_volume(str(flat), None, None, 0.3)
+    cropped = save_nifti(np.zeros((47, 40, 6), np.uint8), affine, tmp_path / "cropped_truth.nii.gz")
+    with pytest.raises(gr.Error, match=r"ground truth \(cropped_truth.nii.gz, shape \(47, 40, 6\)\) is not on"):
+        handlers.change_truth(out.state, str(cropped), 2, 0.3)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_api_lists_segment_volume_with_four_required_inputs(client: Client) -> None:
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     parameters = endpoints["/segment_volume"]["parameters"]
@@ -109,6 +190,8 @@ def test_api_lists_segment_volume_with_four_required_inputs(client: Client) -> N
     assert "/volume_threshold" in endpoints and "/segment" in endpoints
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_segment_volume_gives_the_cli_mask_and_numbers(client: Client, scans: dict[str, Path],
                                                        tmp_path: Path) -> None:
     result = segment_volume(client, scans["flair"], t1ce=scans["t1ce"])
@@ -131,11 +214,12 @@ def test_segment_volume_gives_the_cli_mask_and_numbers(client: Client, scans: di
     assert f"**Slice {largest + 1} of 22**" in result[CAPTION]
     with Image.open(result[OVERLAY]) as overlay, Image.open(result[PROBABILITY]) as probability:
         assert overlay.size == probability.size == (256, 256)
-    with Image.open(result[GIF]) as gif:
-        assert gif.n_frames == 22 and gif.size == (256, 256) and gif.info["loop"] == 0
+    assert gif_slices(result[GIF]) == (22, (256, 256))
     assert result[PLOT]["type"] == "matplotlib" and result[PLOT]["plot"].startswith("data:image/png;base64,")
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ground_truth_gives_3d_and_per_slice_dice_and_threshold_moves_reuse_the_run(
         client: Client, scans: dict[str, Path], tmp_path: Path) -> None:
     result = segment_volume(client, scans["flair"], truth=scans["truth"])
@@ -161,6 +245,8 @@ def test_ground_truth_gives_3d_and_per_slice_dice_and_threshold_moves_reuse_the_
     assert stricter[NUMBERS]["volume_ml"] == cli_strict["volume_ml"]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_dicom_zip_gives_a_mask_on_the_series_grid(client: Client, scans: dict[str, Path], tmp_path: Path) -> None:
     result = segment_volume(client, scans["dicom_zip"])
     cli, cli_mask = run_cli(tmp_path, scans["dicom_zip"])
@@ -211,6 +297,8 @@ def bad_volumes(folder: Path, scans: dict[str, Path]) -> list[tuple[str, Path, P
     ]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_bad_volumes_get_a_clear_message_and_the_server_keeps_serving(
         client: Client, scans: dict[str, Path], tmp_path: Path) -> None:
     for what, flair, t1ce, message in bad_volumes(tmp_path, scans):
@@ -234,6 +322,8 @@ def slice_progress(job):
     return next((u for u in units if u.desc == "Segmenting slices" and u.length), None)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_slice_request_is_not_stuck_behind_queued_volumes(server: DemoServer) -> None:
     """Two volume jobs (one runs, one waits with a visible queue position); a single-slice request sent
     meanwhile is answered while the first volume is still running."""

@@ -92,14 +92,15 @@ def endpoints(demo) -> set[str]:
 
 def test_ui_with_dataset_has_browser_examples_and_public_api(tiny_segmenter: Segmenter, dataset: Path) -> None:
     demo = app.build_demo(tiny_segmenter, dataset)
-    assert endpoints(demo) == {"segment", "threshold"}
+    assert endpoints(demo) == {"segment", "threshold", "segment_volume", "volume_threshold"}
     config = demo.get_config_file()
     ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
     assert {"disclaimer", "slice-file", "truth-file", "threshold", "normalize", "patient", "compare"} <= ids
     assert "no-data-hint" not in ids
     assert any(c["type"] == "dataset" for c in config["components"]), "the examples gallery"
     slider = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "threshold")
-    assert (slider["props"]["minimum"], slider["props"]["maximum"], slider["props"]["value"]) == (0.05, 0.95, 0.5)
+    assert (slider["props"]["minimum"], slider["props"]["maximum"], slider["props"]["value"]) == (
+        0.05, 0.95, tiny_segmenter.config.threshold)  # starts at the model's tuned threshold
 
 
 def test_ui_without_dataset_explains_how_to_get_examples(tiny_segmenter: Segmenter) -> None:

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import link_patient
 
 from brainseg.backends import (
     AUTO_TOLERANCE,
@@ -27,6 +30,7 @@ from brainseg.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 from brainseg.cpu import parse_cpuinfo, read_cpu_info
 from brainseg.data import load_slices, read_mask, scan_dataset
 from brainseg.hub import BUNDLED_MODEL_DIR
+from brainseg.inference import Segmenter, choose_backend
 from brainseg.model import build_model
 from brainseg.postprocess import binarize
 from brainseg.transforms import uint8_batch_to_input
@@ -264,3 +268,159 @@ def test_this_machines_cpu_flags_come_from_proc_cpuinfo() -> None:
     first_flags = next(line for line in cpuinfo.read_text().splitlines() if line.startswith(("flags", "Features")))
     assert cpu.flags == frozenset(first_flags.split(":", 1)[1].split())
     assert cpu.describe().startswith(cpu.name)
+
+
+# ------------------------------------------------------------------------------- through the Segmenter
+
+
+def held_out_images(lgg_test_dir: Path, count: int = 8) -> np.ndarray:
+    """(N, 256, 256, 3) uint8 held-out slices, half with abnormality, spread over the patients."""
+    records = [r for p in scan_dataset(lgg_test_dir) for r in p.slices]
+    with_abnormality = [r for r in records if read_mask(r.mask_path).any()]
+    without = [r for r in records if r not in with_abnormality]
+    half = count // 2
+    images, _ = load_slices(with_abnormality[:: len(with_abnormality) // half][:half]
+                            + without[:: len(without) // half][:half])
+    return images
+
+
+@pytest.fixture()
+def onnx_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty ONNX cache for this test (``BRAINSEG_CACHE``), so loads export into it and nowhere else."""
+    monkeypatch.setenv("BRAINSEG_CACHE", str(tmp_path / "brainseg-cache"))
+    return tmp_path / "brainseg-cache" / "onnx"
+
+
+@pytest.mark.slow
+def test_segmenter_backends_agree_on_held_out_slices_with_flip_tta(lgg_test_dir, onnx_cache) -> None:
+    bundle_before = sorted((p.name, p.stat().st_mtime_ns) for p in BUNDLED_MODEL_DIR.iterdir())
+    onnx_seg = Segmenter.from_pretrained(None, device="cpu", backend="onnx")
+    torch_seg = Segmenter.from_pretrained(None, device="cpu", backend="torch")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in BUNDLED_MODEL_DIR.iterdir()) == bundle_before, \
+        "loading the bundled model must not write into its folder"
+    assert (onnx_seg.backend, torch_seg.backend) == ("onnx", "torch")
+    assert onnx_seg.onnx_path is not None and onnx_seg.onnx_path.parent == onnx_cache
+    assert torch_seg.onnx_path is None and isinstance(onnx_seg.model, torch.nn.Module)
+    for seg in (onnx_seg, torch_seg):
+        seg.config = dataclasses.replace(seg.config, flip_tta=True)
+
+    images = held_out_images(lgg_test_dir)
+    batch_onnx, batch_torch = onnx_seg.predict_proba_batch(images, batch_size=3), torch_seg.predict_proba_batch(images)
+    assert batch_onnx.shape == batch_torch.shape == (8, 256, 256) and batch_onnx.dtype == np.float32
+    assert (batch_torch > torch_seg.config.threshold).any()
+    difference = np.abs(batch_onnx - batch_torch).max()
+    assert 0 < difference < AUTO_TOLERANCE, "the two backends compute separately and agree"
+    for image, proba in zip(images[:3], batch_onnx):
+        single = onnx_seg.predict_proba(image)
+        assert np.abs(single - torch_seg.predict_proba(image)).max() < AUTO_TOLERANCE
+        assert np.abs(single - proba).max() < AUTO_TOLERANCE
+        assert np.array_equal(onnx_seg.to_mask(single), torch_seg.to_mask(torch_seg.predict_proba(image)))
+    # resized input and constant slices behave as before, whatever the backend
+    small = images[0, ::2, ::2]
+    assert onnx_seg.predict_proba(small).shape == (128, 128)
+    assert np.abs(onnx_seg.predict_proba(small) - torch_seg.predict_proba(small)).max() < AUTO_TOLERANCE
+    assert not onnx_seg.predict_proba(np.zeros((256, 256, 3), np.uint8)).any()
+    with_blank = np.concatenate([images[:2], np.full((1, 256, 256, 3), 255, np.uint8)])
+    assert not onnx_seg.predict_proba_batch(with_blank)[2].any()
+
+
+@pytest.mark.slow
+def test_segmenter_auto_picks_onnx_on_the_cpu_and_pytorch_for_bf16(onnx_cache) -> None:
+    auto = Segmenter.from_pretrained(None, device="cpu")
+    assert auto.backend == "onnx" and "within" in auto.backend_reason, auto.backend_reason
+    again = Segmenter.from_pretrained(None, device="cpu")
+    assert again.onnx_path == auto.onnx_path and len(list(onnx_cache.iterdir())) == 1, "exported once"
+    bf16 = Segmenter.from_pretrained(None, device="cpu", bf16=True)
+    assert bf16.backend == "torch" and "bf16" in bf16.backend_reason
+    with pytest.raises(BackendError, match="CPU in fp32 only"):
+        Segmenter.from_pretrained(None, device="cpu", bf16=True, backend="onnx")
+
+
+def test_on_a_gpu_auto_means_pytorch_and_onnx_is_refused(bundled) -> None:
+    config, model = bundled
+    gpu = torch.device("cuda")  # only the choice is made: nothing runs on the device
+    choice = choose_backend("auto", model, config, gpu, False, BUNDLED_MODEL_DIR)
+    assert choice.name == "torch" and choice.forward is model and "not on cuda" in choice.reason
+    with pytest.raises(BackendError, match="not on cuda: use device 'cpu'"):
+        choose_backend("onnx", model, config, gpu, False, BUNDLED_MODEL_DIR)
+    with pytest.raises(ValueError, match="choose one of auto, onnx, torch"):
+        choose_backend("fast", model, config, torch.device("cpu"), False, BUNDLED_MODEL_DIR)
+
+
+def test_segmenter_auto_falls_back_to_pytorch_without_onnxruntime(lgg_test_dir, onnx_cache, monkeypatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # `import onnxruntime` now fails
+    auto = Segmenter.from_pretrained(None, device="cpu")
+    assert auto.backend == "torch" and auto.onnx_path is None
+    assert auto.backend_reason == "PyTorch (onnxruntime is not installed)"
+    images = held_out_images(lgg_test_dir, 4)
+    reference = Segmenter.from_pretrained(None, device="cpu", backend="torch").predict_proba_batch(images)
+    assert np.array_equal(auto.predict_proba_batch(images), reference)
+    with pytest.raises(BackendError, match="pip install onnxruntime"):
+        Segmenter.from_pretrained(None, device="cpu", backend="onnx")
+    assert not onnx_cache.exists(), "nothing exported without onnxruntime"
+
+
+def test_a_model_built_in_memory_runs_in_pytorch_unless_onnx_is_asked_for() -> None:
+    config = ModelConfig(base_channels=2, depth=2, input_size=32)
+    assert Segmenter(build_model(config), config, device="cpu").backend == "torch"
+    assert Segmenter(build_model(config), config, device="cpu", backend="auto").backend == "torch"
+    with pytest.raises(BackendError, match="needs a model folder"):
+        Segmenter(build_model(config), config, device="cpu", backend="onnx")
+
+
+# ------------------------------------------------------------------------------- command lines
+
+
+@pytest.mark.slow
+def test_evaluate_cli_takes_the_backend_and_records_it(lgg_test_dir, onnx_cache, tmp_path, capsys) -> None:
+    from train.evaluate import main as evaluate
+
+    data = tmp_path / "data"
+    link_patient(lgg_test_dir / "TCGA_DU_5871_19941206", data / "TCGA_DU_5871_19941206", range(15, 25))
+    results = {}
+    for backend in ("torch", "onnx"):
+        out = tmp_path / f"{backend}.json"
+        assert evaluate(["--data-dir", str(data), "--backend", backend, "--json", str(out)]) == 0
+        results[backend] = json.loads(out.read_text())
+        assert results[backend]["backend"] == backend and results[backend]["n_slices"] == 10
+    assert results["onnx"]["backend_reason"] == "ONNX Runtime (asked for)"
+    for key in ("slice_dice", "volume_dice", "empty_fp_rate"):
+        assert results["onnx"][key] == pytest.approx(results["torch"][key], abs=1e-3), key
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        evaluate(["--data-dir", str(data), "--backend", "tensorrt"])
+    assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
+    assert evaluate(["--data-dir", str(data), "--backend", "onnx", "--bf16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: backend 'onnx' runs on the CPU in fp32 only") and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_predict_cli_takes_the_backend_and_records_it(lgg_test_dir, onnx_cache, tmp_path, capsys) -> None:
+    from brainseg.predict import main as predict
+
+    patient = tmp_path / "TCGA_DU_5871_19941206"
+    link_patient(lgg_test_dir / patient.name, patient, range(18, 24))
+    reports = {}
+    for backend in ("torch", "onnx", "auto"):
+        report = tmp_path / f"{backend}.json"
+        assert predict([str(patient), "--out", str(tmp_path / backend), "--json", str(report), "--quiet",
+                        "--device", "cpu", "--backend", backend]) == 0
+        reports[backend] = json.loads(report.read_text())
+    assert [reports[b]["backend"] for b in ("torch", "onnx", "auto")] == ["torch", "onnx", "onnx"]
+    assert reports["onnx"]["tumor_voxels"] == reports["torch"]["tumor_voxels"] > 0
+    assert reports["onnx"]["dice"] == pytest.approx(reports["torch"]["dice"], abs=1e-4)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        predict([str(patient), "--out", str(tmp_path / "x"), "--backend", "gpu"])
+    assert "invalid choice: 'gpu'" in capsys.readouterr().err
+
+
+def test_app_takes_the_backend_and_shows_it_in_the_model_line(onnx_cache) -> None:
+    import app
+
+    assert app.parse_args([]).backend == app.DEFAULT_BACKEND == "auto"
+    assert app.parse_args(["--backend", "torch"]).backend == "torch"
+    segmenter, note = app.load_segmenter(None, "fp32", "torch")
+    assert segmenter.backend == "torch"
+    assert "PyTorch (asked for)" in app.model_description(segmenter, note)

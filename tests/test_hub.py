@@ -373,11 +373,13 @@ def test_publish_dry_run_round_trips_and_push_sends_the_same_folder(hub, tmp_pat
                    "--dry-run", str(out), "--train-hardware", "test CPU")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "nothing was pushed" in proc.stdout and hub.requests == []
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", CONFIG_FILE, "evaluation.json", WEIGHTS_FILE]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", CONFIG_FILE, "evaluation.json", "model.onnx",
+                                                     WEIGHTS_FILE]
     assert (out / WEIGHTS_FILE).read_bytes() == (best / WEIGHTS_FILE).read_bytes()
 
-    # the written folder loads back to the same weights and config
+    # the written folder loads back to the same weights and config, and runs its own model.onnx
     seg = Segmenter.from_pretrained(out, device="cpu")
+    assert seg.backend == "onnx" and seg.onnx_path == out / "model.onnx", seg.backend_reason
     reference, state = load_file(best / WEIGHTS_FILE), seg.model.state_dict()
     assert reference.keys() == state.keys() and all(torch.equal(reference[k], state[k].contiguous()) for k in reference)
     config = ModelConfig.load(out)
@@ -407,8 +409,8 @@ def test_publish_dry_run_round_trips_and_push_sends_the_same_folder(hub, tmp_pat
     sha = hub.repos["org/brainseg-unet"].refs["main"]
     assert f"at commit {sha}" in pushed.stdout and f"verified by loading org/brainseg-unet@{sha}" in pushed.stdout
     files = hub.files("org/brainseg-unet")
-    assert sorted(files) == [".gitattributes", "README.md", CONFIG_FILE, "evaluation.json", WEIGHTS_FILE]
-    for name in ("README.md", CONFIG_FILE, "evaluation.json", WEIGHTS_FILE):
+    assert sorted(files) == [".gitattributes", "README.md", CONFIG_FILE, "evaluation.json", "model.onnx", WEIGHTS_FILE]
+    for name in ("README.md", CONFIG_FILE, "evaluation.json", "model.onnx", WEIGHTS_FILE):
         assert files[name] == (out / name).read_bytes(), name
     [loaded] = load_all(env, ("org/brainseg-unet", best / WEIGHTS_FILE))
     assert loaded["equal"] and loaded["revision"] == sha and loaded["config"] == config.to_dict()

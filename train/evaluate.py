@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 from brainseg import Segmenter
+from brainseg.backends import BACKENDS, BackendError
 from brainseg.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 from brainseg.evaluation import EVAL_SPLITS, evaluate_model, markdown_table
-from train.cli import run
+from train.cli import USER_ERRORS, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,12 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                         help="override the preprocessing the model was trained with")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast inference")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="what runs the network: onnx = ONNX Runtime (CPU, fp32), torch = PyTorch, auto = ONNX "
+                        "Runtime on the CPU when installed and equal to PyTorch within 1e-4, else PyTorch")
     return parser
 
 
 def load_segmenter(args: argparse.Namespace) -> Segmenter:
     """The model to evaluate, with the overrides given on the command line."""
-    segmenter = Segmenter.from_pretrained(args.model, bf16=args.bf16)
+    segmenter = Segmenter.from_pretrained(args.model, bf16=args.bf16, backend=args.backend)
     if args.threshold is not None:
         segmenter.config = dataclasses.replace(segmenter.config, threshold=args.threshold)
     if args.normalize is not None:
@@ -48,8 +52,10 @@ def load_segmenter(args: argparse.Namespace) -> Segmenter:
 
 
 def evaluate_and_write(args: argparse.Namespace) -> int:
-    result = evaluate_model(load_segmenter(args), args.data_dir, args.split, split_seed=args.split_seed,
+    segmenter = load_segmenter(args)
+    result = evaluate_model(segmenter, args.data_dir, args.split, split_seed=args.split_seed,
                             val_fraction=args.val_fraction, figures_dir=args.figures)
+    result.update(backend=segmenter.backend, backend_reason=segmenter.backend_reason)
     table = markdown_table(result)
     print(table)
     if args.json_path:
@@ -61,7 +67,7 @@ def evaluate_and_write(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda: evaluate_and_write(args))
+    return run(lambda: evaluate_and_write(args), errors=(*USER_ERRORS, BackendError))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,14 @@ from typing import Any
 
 import torch
 
+from brainseg.backends import (
+    AUTO_TOLERANCE,
+    ONNX_FILE,
+    OnnxRunner,
+    max_probability_difference,
+    save_onnx,
+    synthetic_probe,
+)
 from brainseg.card import build_card, check_evaluation, find_training_dir, metrics_summary, read_training_info
 from brainseg.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 from brainseg.data import bundled_test_patients, scan_dataset
@@ -22,14 +30,15 @@ from train.cli import run
 
 CARD_FILE = "README.md"
 EVAL_FILE = "evaluation.json"
-PUBLISHED_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, EVAL_FILE)
+PUBLISHED_FILES = (WEIGHTS_FILE, ONNX_FILE, CONFIG_FILE, CARD_FILE, EVAL_FILE)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m train.publish",
         description="Evaluate a brainseg model on the held-out patients, write its model card and push "
-        "model.safetensors + config.json + README.md + evaluation.json to a Hub model repo. The token comes "
+        "model.safetensors + model.onnx (the same weights as an ONNX graph) + config.json + README.md + "
+        "evaluation.json to a Hub model repo. The token comes "
         "from `hf auth login` or HF_TOKEN; HF_ENDPOINT selects another Hub.",
     )
     parser.add_argument("--repo-id", required=True, help="target model repo, ORG/NAME (created if missing)")
@@ -116,10 +125,12 @@ def public_evaluation(evaluation: dict[str, Any], repo_id: str) -> dict[str, Any
     return public
 
 
-def write_folder(out: Path, source: ResolvedModel, config: ModelConfig, card: str, evaluation: dict[str, Any]) -> Path:
-    """Write exactly the files that get pushed."""
+def write_folder(out: Path, source: ResolvedModel, model: torch.nn.Module, config: ModelConfig, card: str,
+                 evaluation: dict[str, Any]) -> Path:
+    """Write exactly the files that get pushed; ``model`` holds the weights of ``source``."""
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source.folder / WEIGHTS_FILE, out / WEIGHTS_FILE)
+    save_onnx(model, out, config.input_size)
     config.save(out)
     (out / CARD_FILE).write_text(card)
     (out / EVAL_FILE).write_text(json.dumps(evaluation, indent=2, allow_nan=False) + "\n")
@@ -133,10 +144,19 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def verify(model_arg: str, model: torch.nn.Module, config: ModelConfig) -> Segmenter:
     """Load ``model_arg`` back and check it holds the same weights and config."""
-    loaded = Segmenter.from_pretrained(model_arg, device="cpu")
+    loaded = Segmenter.from_pretrained(model_arg, device="cpu", backend="torch")
     if not same_weights(loaded.model, model) or loaded.config != config:
         raise ValueError(f"{model_arg} does not load back to the same weights and config")
     return loaded
+
+
+def check_onnx(folder: Path, model: torch.nn.Module, config: ModelConfig) -> None:
+    """``folder/model.onnx`` must give the probabilities of ``model`` within the ``auto`` backend's tolerance."""
+    probe = synthetic_probe(config.input_size, config.in_channels, config.normalize)
+    difference = max_probability_difference(model.eval(), OnnxRunner(folder / ONNX_FILE), probe)
+    if difference > AUTO_TOLERANCE:
+        raise ValueError(f"the exported {ONNX_FILE} differs from the PyTorch model by {difference:.1e} (more than "
+                         f"{AUTO_TOLERANCE:.0e}): report this with the model's config.json")
 
 
 def push(folder: Path, repo_id: str, private: bool, message: str) -> str:
@@ -183,8 +203,9 @@ def publish(args: argparse.Namespace, workdir: Path) -> int:
     card = build_card(args.repo_id, final_config, evaluation, training, count_parameters(model))
 
     out = Path(args.dry_run) if args.dry_run else workdir / "upload"
-    write_folder(out, source, final_config, card, public_evaluation(evaluation, args.repo_id))
+    write_folder(out, source, model, final_config, card, public_evaluation(evaluation, args.repo_id))
     verify(str(out), model, final_config)
+    check_onnx(out, model, final_config)
     if args.dry_run:
         print(f"dry run: wrote {', '.join(PUBLISHED_FILES)} to {out}; nothing was pushed")
         return 0
