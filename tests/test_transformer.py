@@ -64,9 +64,12 @@ def test_save_and_load_round_trip_gives_the_same_probabilities(arch: str, tmp_pa
     assert json.loads((folder / "config.json").read_text())["arch"] == arch
     loaded = Segmenter.from_pretrained(folder, device="cpu")
     assert loaded.config == config and type(loaded.model) is type(original.model)
+    saved, restored = original.model.state_dict(), loaded.model.state_dict()
+    assert saved.keys() == restored.keys() and all(torch.equal(saved[k], restored[k]) for k in saved)
     image = np.random.default_rng(0).integers(0, 256, (200, 180, 3), dtype=np.uint8)  # not the input size
     expected, got = original.predict_proba(image), loaded.predict_proba(image)
-    assert got.shape == (200, 180) and np.array_equal(expected, got)
+    assert got.shape == (200, 180)
+    np.testing.assert_allclose(got, expected, atol=1e-5)  # same weights; CPU kernels may reorder float sums
     assert 0.0 < got.min() < got.max() < 1.0
 
 
