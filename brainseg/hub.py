@@ -89,6 +89,16 @@ def bundled_models() -> dict[str, Path]:
     return models
 
 
+def _bundled(folder: Path, label: str) -> ResolvedModel:
+    """A bundled model's folder; bundled weights live in the repository's ``assets/``, not in a wheel."""
+    if not (folder / CONFIG_FILE).is_file():
+        raise ModelLoadError(
+            f"the {label} model is not here ({folder}): bundled weights ship with the repository checkout, "
+            "so install with `pip install -e .` from a clone, or pass a model folder or ORG/NAME"
+        )
+    return ResolvedModel(folder, label)
+
+
 def resolve_model(model_arg: str | Path | None, *, cache_dir: str | Path | None = None,
                   token: str | bool | None = None) -> ResolvedModel:
     """Find the folder holding ``config.json`` + ``model.safetensors`` for ``model_arg``.
@@ -100,13 +110,13 @@ def resolve_model(model_arg: str | Path | None, *, cache_dir: str | Path | None 
     """
     text = "" if model_arg is None else str(model_arg).strip()
     if not text or (text == "bundled" and not Path(text).exists()):
-        return ResolvedModel(BUNDLED_MODEL_DIR, BUNDLED_LABEL)
+        return _bundled(BUNDLED_MODEL_DIR, BUNDLED_LABEL)
     path = Path(model_arg).expanduser()
     if path.is_dir():
         return ResolvedModel(path, str(model_arg))
     bundled = bundled_models()
     if not isinstance(model_arg, Path) and text in bundled:
-        return ResolvedModel(bundled[text], BUNDLED_LABEL if text == DEFAULT_MODEL_NAME else f"bundled {text}")
+        return _bundled(bundled[text], BUNDLED_LABEL if text == DEFAULT_MODEL_NAME else f"bundled {text}")
     if path.exists():
         raise ModelLoadError(f"{model_arg} is a file: pass the folder holding {CONFIG_FILE} and {WEIGHTS_FILE}")
     parsed = None if isinstance(model_arg, Path) else parse_repo_arg(text)

@@ -474,3 +474,12 @@ def test_publish_cli_errors_are_one_line(tmp_path, capsys):
         captured = capsys.readouterr()
         lines = captured.err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, captured.err)
+
+
+def test_missing_bundled_folder_says_how_to_get_it(monkeypatch, tmp_path):
+    """A non-editable install has no assets/: the message says to install from a checkout or name a model."""
+    import brainseg.hub as hub
+
+    monkeypatch.setattr(hub, "BUNDLED_MODEL_DIR", tmp_path / "absent")
+    with pytest.raises(hub.ModelLoadError, match="pip install -e"):
+        hub.resolve_model(None)
