@@ -4,7 +4,7 @@
         [--app-repeats 30] [--moves 40] [--no-app]
 
 Rows: the CPU (name, flags, threads); the network forward for one 256x256 held-out slice in PyTorch eager
-fp32 and in ONNX Runtime (median of ``-n`` after warm-up, the two interleaved so both see the same load);
+fp32 and in ONNX Runtime (median of ``-n`` after warm-up, taking turns in blocks so both see the same load);
 bf16 autocast where the CPU has native bf16 (AMX / AVX-512 BF16), else "not measured"; whether ONNX and
 bf16 keep the masks (model threshold + post-processing) on the held-out slices; a 155-slice volume batch
 (a 240x240x155 volume resized to 256x256) against 155 x the single-slice forward. Everything runs in one
@@ -94,14 +94,27 @@ def timed_ms(call: Callable[..., object], *args: object) -> float:
     return 1000 * (time.perf_counter() - started)
 
 
-def interleaved_medians(forwards: dict[str, Callable[[int], object]], repeats: int, warmup: int) -> dict[str, float]:
-    """Median milliseconds of each ``forwards[name](i)``, calling them in turn so they share the same load."""
+def interleaved_medians(forwards: dict[str, Callable[[int], object]], repeats: int, warmup: int,
+                        block: int = 6) -> dict[str, float]:
+    """Median milliseconds of each ``forwards[name](i)`` over ``repeats`` calls, the backends taking turns in
+    blocks of ``block`` consecutive calls so they share the same load.
+
+    The first call of each block is not counted: it runs while the previous backend's worker threads still
+    spin (ONNX Runtime's do after every run), which on 2 cores doubled the next PyTorch call when the two
+    alternated call by call.
+    """
     samples: dict[str, list[float]] = {name: [] for name in forwards}
-    for i in range(warmup + repeats):
+    for call in forwards.values():
+        for i in range(warmup):
+            call(i)
+    i = 0
+    while any(len(values) < repeats for values in samples.values()):
         for name, call in forwards.items():
-            elapsed = timed_ms(call, i)
-            if i >= warmup:
-                samples[name].append(elapsed)
+            for position in range(block):
+                elapsed = timed_ms(call, i)
+                i += 1
+                if position > 0 and len(samples[name]) < repeats:
+                    samples[name].append(elapsed)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

@@ -1,6 +1,8 @@
 """Shared fixtures: the held-out test patients in ../shared (read-only)."""
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -8,6 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LGG_TEST_DIR = REPO.parent / "shared" / "data" / "lgg-test"
+# ONNX graphs the tests export go to a throwaway cache, not the user's ~/.cache (subprocesses inherit it).
+os.environ.setdefault("BRAINSEG_CACHE", tempfile.mkdtemp(prefix="brainseg-test-cache-"))
 
 
 @pytest.fixture(scope="session")
