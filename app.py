@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import re
 import tempfile
+import threading
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -25,7 +28,9 @@ import numpy as np
 import brainseg
 from brainseg import Segmenter, volume_export
 from brainseg.backends import BACKENDS, BackendError
+from brainseg.config import UNET
 from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position
+from brainseg.hub import BUNDLED_LABEL, DEFAULT_MODEL_NAME, ModelLoadError, model_arg_from_env
 from brainseg.imaging import decode_image, encode_png, inspect_mask, save_png, slice_notes
 from brainseg.overlay import (
     FILL_ALPHA,
@@ -81,6 +86,21 @@ LIVE_TEMPLATE = '<div class="brainseg-live"><small class="brainseg-live-readout"
 ON_SLIDER_INPUT = '(t) => { document.dispatchEvent(new CustomEvent("brainseg-threshold", { detail: t })); }'
 
 
+SLICE_REDRAW = "redraws in the browser while you drag, without re-running the model."
+VOLUME_REDRAW = "moving it redraws without re-running the model."
+
+
+def threshold_info(threshold: float, redraw: str = SLICE_REDRAW) -> str:
+    """The threshold slider's help line for a model tuned at ``threshold``."""
+    return f"Starts at the model's tuned value {threshold:g}; {redraw}"
+
+
+def normalize_info(trained_with: bool) -> str:
+    """The normalization checkbox's help line for a model trained with it on or off."""
+    return (f"The loaded weights were trained with it {'ON' if trained_with else 'OFF'}; "
+            "flipping it re-runs the model (off = raw [0, 1] input).")
+
+
 def slider_steps(minimum: float = THRESHOLD_MIN, maximum: float = THRESHOLD_MAX,
                  step: float = THRESHOLD_STEP) -> tuple[float, ...]:
     """Every value the threshold slider can take, as the floats the browser sends (0.37, not 0.37000000000000005)."""
@@ -101,6 +121,7 @@ class SliceState:
     truth: np.ndarray | None = None
     truth_view: str | None = None
     notes: tuple[str, ...] = ()
+    model: str | None = None  # the model choice that gave ``proba`` (None: the one the app was started with)
 
 
 class LiveOutputs(NamedTuple):
@@ -174,12 +195,108 @@ def read_truth(truth_file: str | None, image: np.ndarray) -> tuple[np.ndarray | 
     return inspect_mask(truth_file, image.shape[:2]) if truth_file else (None, [])
 
 
+def started_choice(segmenter: Segmenter, requested: str | None = None) -> str:
+    """The selector's name for the model the app was started with: a bundled model's name when it is one
+    (also after a fallback to the bundled default), else what ``--model`` named, else its description."""
+    if segmenter.source == BUNDLED_LABEL:
+        return DEFAULT_MODEL_NAME
+    name = segmenter.source.removeprefix("bundled ")
+    if segmenter.source.startswith("bundled ") and name in brainseg.bundled_models():
+        return name
+    return requested or segmenter.description
+
+
+def bundled_label(name: str, folder: Path) -> str:
+    """The selector's label of a bundled model: its name and whether it is the U-Net or a Transformer."""
+    try:
+        arch = json.loads((folder / "config.json").read_text()).get("arch", UNET)
+    except (OSError, ValueError):
+        arch = "?"
+    kind = "U-Net" if arch == UNET else f"Transformer ({arch})"
+    return f"{name}: bundled {kind}" + (", default" if name == DEFAULT_MODEL_NAME else "")
+
+
+@dataclass
+class ModelRegistry:
+    """The models the app can serve, by choice name: the bundled ones plus the one it was started with. Each is
+    loaded on first use and kept; one lock, so concurrent sessions never load the same model twice."""
+
+    started: str  # the choice the app was started with (the selector's default)
+    sources: dict[str, str]  # choice -> what Segmenter.from_pretrained takes
+    labels: dict[str, str]  # choice -> the selector's label
+    bf16: bool = False
+    backend: str = DEFAULT_BACKEND
+    started_note: str = ""  # load_segmenter's note about the started model (shown with it only)
+    _loaded: dict[str, Segmenter] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def around(cls, segmenter: Segmenter, requested: str | None = None, backend: str = DEFAULT_BACKEND,
+               note: str = "") -> ModelRegistry:
+        """The bundled models plus ``segmenter`` (already loaded; ``requested``: the ``--model`` that gave it)."""
+        bundled = brainseg.bundled_models()
+        sources = {name: name for name in bundled}
+        labels = {name: bundled_label(name, folder) for name, folder in bundled.items()}
+        started = started_choice(segmenter, requested)
+        if started not in sources:
+            sources[started] = started
+            labels[started] = f"{started}: --model"
+        registry = cls(started, sources, labels, segmenter.bf16, backend, note)
+        registry._loaded[started] = segmenter
+        return registry
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(label, name) pairs for a ``gr.Dropdown``."""
+        return [(self.labels[name], name) for name in self.sources]
+
+    def get(self, name: str | None = None) -> Segmenter:
+        """The model ``name`` (None: the started one), loaded now if it is the first time."""
+        name = name or self.started
+        if name not in self.sources:
+            raise gr.Error(f"Unknown model {name!r}: choose one of {', '.join(self.sources)}.")
+        with self._lock:
+            if name not in self._loaded:
+                try:
+                    self._loaded[name] = Segmenter.from_pretrained(self.sources[name], bf16=self.bf16,
+                                                                   backend=self.backend)
+                except (ModelLoadError, BackendError) as exc:
+                    raise gr.Error(f"Could not load the model {name}: {exc}") from None
+            return self._loaded[name]
+
+    def description(self, name: str | None = None) -> str:
+        """The model line of ``name`` for the page."""
+        name = name or self.started
+        return model_description(self.get(name), self.started_note if name == self.started else "")
+
+
+METRIC_COLUMNS = (("slice_dice", "slice Dice"), ("volume_dice", "volume Dice"),
+                  ("tumor_slice_dice", "tumor-slice Dice"), ("empty_fp_rate", "empty-slice FP"))
+
+
+def bundled_metrics_table(folders: Mapping[str, Path]) -> str:
+    """A Markdown table of each bundled model's held-out numbers (its folder's ``metrics.json``)."""
+    rows = [f"| model | {' | '.join(title for _, title in METRIC_COLUMNS)} |",
+            "|---" * (len(METRIC_COLUMNS) + 1) + "|"]
+    for name, folder in folders.items():
+        try:
+            metrics = json.loads((Path(folder) / "metrics.json").read_text())
+        except (OSError, ValueError):
+            metrics = {}
+        cells = [f"{metrics[key]:.3f}" if isinstance(metrics.get(key), (int, float)) else "not measured"
+                 for key, _ in METRIC_COLUMNS]
+        rows.append(f"| `{name}` | {' | '.join(cells)} |")
+    patients = {json.loads((Path(f) / "metrics.json").read_text()).get("n_patients")
+                for f in folders.values() if (Path(f) / "metrics.json").is_file()}
+    held_out = f"{patients.pop()} held-out patients" if len(patients) == 1 else "held-out patients"
+    return f"**Bundled models on the {held_out}** (`python -m train.evaluate`):\n\n" + "\n".join(rows)
+
+
 @dataclass(frozen=True)
 class SliceHandlers:
     """The handlers of one demo: the model runs when the slice or its preprocessing changes, a threshold
-    move only redraws from the stored probability map."""
+    move only redraws from the stored probability map, with the post-processing of the model that made it."""
 
-    segmenter: Segmenter
+    models: ModelRegistry
     cache_dir: str  # Gradio's cache: PNGs are encoded straight into it, so Gradio only serves the files
     thresholds: tuple[float, ...] = slider_steps()  # what the browser can redraw by itself
 
@@ -187,16 +304,17 @@ class SliceHandlers:
         return None if array is None else save_png(array, self.cache_dir, name)
 
     def new_state(self, image: np.ndarray, proba: np.ndarray, normalize: bool, truth: np.ndarray | None,
-                  notes: tuple[str, ...] = ()) -> SliceState:
+                  notes: tuple[str, ...] = (), model: str | None = None) -> SliceState:
         """The session state for a slice; the ground-truth view is drawn here, once."""
         for note in notes:  # a visible toast; also in the numbers and the summary
             gr.Warning(note)
         view = None if truth is None else self.png(truth_overlay(image, truth), "ground_truth")
-        return SliceState(image, proba, normalize, truth, view, notes)
+        return SliceState(image, proba, normalize, truth, view, notes, model or self.models.started)
 
     def live_outputs(self, state: SliceState, threshold: float) -> LiveOutputs:
         """The threshold-dependent outputs (no model run)."""
-        views = render_views(state.image, self.segmenter.to_mask(state.proba, threshold), state.truth)
+        segmenter = self.models.get(state.model)
+        views = render_views(state.image, segmenter.to_mask(state.proba, threshold), state.truth)
         overlay = self.png(views.overlay, "prediction")
         return LiveOutputs(
             mask=self.png(views.mask, "prediction_mask"),
@@ -212,8 +330,9 @@ class SliceHandlers:
         return SliceOutputs.of(self.live_outputs(state, threshold), heatmap, state.truth_view, state)
 
     def segment(self, image_file: str | None, threshold: float, normalize: bool,
-                truth_file: str | None) -> SliceOutputs:
-        """Segment one slice; returns the binary mask (white = abnormality), the numbers and the views."""
+                truth_file: str | None, model: str | None = None) -> SliceOutputs:
+        """Segment one slice with ``model`` (a selector choice; None: the model the app was started with);
+        returns the binary mask (white = abnormality), the numbers and the views."""
         if not image_file:
             raise gr.Error("Upload a slice first (TIFF, PNG or JPEG).")
         try:
@@ -221,17 +340,40 @@ class SliceHandlers:
             truth, truth_notes = read_truth(truth_file, image)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
-        proba = self.segmenter.predict_proba(image, normalize=bool(normalize))
-        state = self.new_state(image, proba, bool(normalize), truth, (*slice_notes(image), *truth_notes))
+        model = model or self.models.started
+        proba = self.models.get(model).predict_proba(image, normalize=bool(normalize))
+        state = self.new_state(image, proba, bool(normalize), truth, (*slice_notes(image), *truth_notes), model)
         return self.slice_outputs(state, threshold)
 
-    def segment_new_upload(self, image_file: str | None, threshold: float, normalize: bool) -> tuple[Any, ...]:
-        """A new slice: segment it and empty the ground-truth file (it belonged to the previous slice)."""
-        return (*self.segment(image_file, threshold, normalize, None), None)
+    def choose_model(self, model: str | None) -> tuple[Any, Any, Any]:
+        """Another model was chosen: load it (once) and set its model line, its tuned threshold and the
+        normalization it was trained with; ``resegment`` then re-runs the current slice."""
+        segmenter = self.models.get(model)
+        cfg = segmenter.config
+        return (self.models.description(model), gr.Slider(value=cfg.threshold, info=threshold_info(cfg.threshold)),
+                gr.Checkbox(value=cfg.normalize, info=normalize_info(cfg.normalize)))
 
-    def segment_example(self, image_file: str, truth_file: str | None, threshold: float,
-                        normalize: bool) -> SliceOutputs:
-        return self.segment(image_file, threshold, normalize, truth_file)
+    def resegment(self, state: SliceState | None, threshold: float, normalize: bool,
+                  model: str | None) -> SliceOutputs:
+        """Re-run the current slice (its ground truth kept) with ``model``; nothing to do before a first slice."""
+        if state is None:
+            return unchanged(SliceOutputs)
+        model = model or self.models.started
+        proba = self.models.get(model).predict_proba(state.image, normalize=bool(normalize))
+        return self.slice_outputs(self.new_state(state.image, proba, bool(normalize), state.truth, state.notes,
+                                                 model), threshold)
+
+    def segment_new_upload(self, image_file: str | None, threshold: float, normalize: bool,
+                           model: str | None = None) -> tuple[Any, ...]:
+        """A new slice: segment it and empty the ground-truth file (it belonged to the previous slice)."""
+        return (*self.segment(image_file, threshold, normalize, None, model), None)
+
+    def segment_example(self, image_file: str, truth_file: str | None, model: str | None = None) -> tuple[Any, ...]:
+        """An example was clicked: segment it with ``model`` at that model's tuned threshold and normalization,
+        and set the slider and checkbox to them."""
+        cfg = self.models.get(model).config
+        return (*self.segment(image_file, cfg.threshold, cfg.normalize, truth_file, model), cfg.threshold,
+                cfg.normalize)
 
     def change_truth(self, state: SliceState | None, truth_file: str | None, threshold: float) -> SliceOutputs:
         """A ground-truth mask was uploaded or removed: redraw without running the model."""
@@ -242,7 +384,8 @@ class SliceHandlers:
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         notes = (*slice_notes(state.image), *truth_notes)
-        return self.slice_outputs(self.new_state(state.image, state.proba, state.normalize, truth, notes), threshold)
+        return self.slice_outputs(self.new_state(state.image, state.proba, state.normalize, truth, notes, state.model),
+                                  threshold)
 
     def rethreshold(self, state: SliceState | None, threshold: float) -> LiveOutputs:
         """Redraw for a new threshold from the stored probability map (no model run)."""
@@ -263,7 +406,7 @@ class SliceHandlers:
             "image": png_data_url(state.image),
             "levels": png_data_url(threshold_levels(state.proba, self.thresholds)),
             "thresholds": list(self.thresholds),
-            "min_component_px": self.segmenter.config.min_component_px,
+            "min_component_px": self.models.get(state.model).config.min_component_px,
             "colour": list(PREDICTION_COLOUR),
             "tint": tint_table(PREDICTION_COLOUR, FILL_ALPHA).tolist(),
             "contour": contour_offsets(contour_thickness(state.image.shape)),
@@ -354,15 +497,17 @@ class VolumeHandlers:
     """The Volume tab's handlers: the model runs once per upload (``segment_volume``); scrubbing, the threshold
     and a ground truth only redraw from the stored probabilities."""
 
-    segmenter: Segmenter
+    models: ModelRegistry
     cache_dir: str  # Gradio's cache: files are written straight into it
 
     def png(self, array: np.ndarray, name: str) -> str:
         return save_png(array, self.cache_dir, name)
 
     def segment_volume(self, flair_file: str | None, t1_file: str | None, t1ce_file: str | None, threshold: float,
-                       truth_file: str | None = None, progress: gr.Progress = gr.Progress()) -> VolumeOutputs:
-        """Segment every axial slice of a FLAIR volume (+ optional T1 / post-contrast T1 on its grid); returns the
+                       truth_file: str | None = None, model: str | None = None,
+                       progress: gr.Progress = gr.Progress()) -> VolumeOutputs:
+        """Segment every axial slice of a FLAIR volume (+ optional T1 / post-contrast T1 on its grid) with ``model``
+        (a selector choice; None: the model the app was started with); returns the
         NIfTI mask (input shape and affine), the numbers (``volume_ml``, ...; with a ground-truth NIfTI the 3D
         and per-slice Dice), the overlay GIF, the area plot and the views of the slice with the most tumor."""
         if not flair_file:
@@ -377,7 +522,7 @@ class VolumeHandlers:
             flair = load_volume(flair_file)
             t1 = load_volume(t1_file) if t1_file else None
             t1ce = load_volume(t1ce_file) if t1ce_file else None
-            prediction = predict_volume(self.segmenter, flair, t1, t1ce, progress=slices_done)
+            prediction = predict_volume(self.models.get(model), flair, t1, t1ce, progress=slices_done)
             del flair, t1, t1ce
             truth = volume_export.read_truth(prediction, truth_file) if truth_file else None
         except VolumeError as exc:
@@ -389,6 +534,19 @@ class VolumeHandlers:
                            "nothing to segment. Check that this is the FLAIR image.")
         progress(1.0, desc="Writing the mask and the GIF")
         return self.volume_outputs(self.new_state(prediction, 0.0, truth), threshold, started=started)
+
+    def choose_model(self, model: str | None) -> Any:
+        """Another model was chosen: the threshold slider moves to its tuned value."""
+        cfg = self.models.get(model).config
+        return gr.Slider(value=cfg.threshold, info=threshold_info(cfg.threshold, VOLUME_REDRAW))
+
+    def rerun(self, state: VolumeState | None, flair_file: str | None, t1_file: str | None, t1ce_file: str | None,
+              threshold: float, truth_file: str | None, model: str | None,
+              progress: gr.Progress = gr.Progress()) -> VolumeOutputs:
+        """Re-run the shown volume with the newly chosen model (nothing to do before a first run)."""
+        if state is None or not flair_file:
+            return VolumeOutputs.unchanged()
+        return self.segment_volume(flair_file, t1_file, t1ce_file, threshold, truth_file, model, progress)
 
     def new_state(self, prediction: VolumePrediction, seconds: float, truth: np.ndarray | None) -> VolumeState:
         for note in prediction.notes:
@@ -495,11 +653,12 @@ class VolumeHandlers:
         return self.volume_outputs(state, threshold, int(position) - 1)
 
 
-def build_volume_tab(segmenter: Segmenter, cache_dir: str) -> VolumeHandlers:
+def build_volume_tab(models: ModelRegistry, cache_dir: str, model_choice: gr.Dropdown) -> VolumeHandlers:
     """The Volume tab's components and events (call inside a ``gr.Blocks``). ``/segment_volume`` queues in its
-    own concurrency group, one volume at a time, so single-slice requests never wait behind volumes."""
-    handlers = VolumeHandlers(segmenter, cache_dir)
-    cfg = segmenter.config
+    own concurrency group, one volume at a time, so single-slice requests never wait behind volumes. A run uses
+    the model chosen in ``model_choice``; choosing another re-runs the shown volume."""
+    handlers = VolumeHandlers(models, cache_dir)
+    cfg = models.get().config
     state = gr.State(None, time_to_live=STATE_TTL_S)
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
@@ -514,8 +673,7 @@ def build_volume_tab(segmenter: Segmenter, cache_dir: str) -> VolumeHandlers:
                                      file_types=[".nii", ".gz"], elem_id="volume-truth")
             threshold = gr.Slider(THRESHOLD_MIN, THRESHOLD_MAX, value=cfg.threshold, step=THRESHOLD_STEP,
                                   label="Threshold", elem_id="volume-threshold",
-                                  info=f"Starts at the model's tuned value {cfg.threshold:g}; moving it redraws "
-                                       "without re-running the model.")
+                                  info=threshold_info(cfg.threshold, VOLUME_REDRAW))
             run = gr.Button("Segment volume", variant="primary", elem_id="volume-run")
             summary = gr.Markdown(VOLUME_START_TEXT, elem_id="volume-summary")
             mask_file = gr.File(label="Mask (NIfTI, the input's shape and affine)", interactive=False,
@@ -536,13 +694,15 @@ def build_volume_tab(segmenter: Segmenter, cache_dir: str) -> VolumeHandlers:
     outputs = VolumeOutputs(mask_file=mask_file, numbers=numbers, gif_file=gif_file, area_plot=area_plot,
                             position=position, overlay=overlay, probability=probability, caption=caption,
                             summary=summary, state=state)
-    run.click(handlers.segment_volume, [flair_file, t1_file, t1ce_file, threshold, truth_file], list(outputs),
+    run.click(handlers.segment_volume, [flair_file, t1_file, t1ce_file, threshold, truth_file, model_choice],
+              list(outputs),
               api_name="segment_volume", concurrency_id="volume", concurrency_limit=1, show_progress_on=[overlay],
               api_description="Segment a whole FLAIR volume (NIfTI file or .zip of a DICOM series; optional T1 and "
                               "post-contrast T1 on the same grid, optional ground-truth labels NIfTI). Returns the "
                               "NIfTI mask (input shape and affine), the numbers (volume_ml, slices_with_tumor, ...; "
                               "dice and per_slice_dice with ground truth), the overlay GIF, the area plot, the "
-                              "slice shown, its overlay and probability map, caption and summary.")
+                              "slice shown, its overlay and probability map, caption and summary. The optional last "
+                              "input names the model (default: the one the app was started with).")
     redraw = {"api_visibility": "private", "show_progress": "hidden", "trigger_mode": "always_last"}
     gr.on([position.input, threshold.input], handlers.scrub, [state, position, threshold],
           list(outputs.view()), **redraw)
@@ -552,6 +712,9 @@ def build_volume_tab(segmenter: Segmenter, cache_dir: str) -> VolumeHandlers:
                                       "same outputs as /segment_volume.")
     gr.on([truth_file.upload, truth_file.clear], handlers.change_truth, [state, truth_file, position, threshold],
           list(outputs), api_visibility="private", show_progress="minimal")
+    model_choice.input(handlers.choose_model, model_choice, threshold, api_visibility="private").then(
+        handlers.rerun, [state, flair_file, t1_file, t1ce_file, threshold, truth_file, model_choice], list(outputs),
+        api_visibility="private", concurrency_id="volume", concurrency_limit=1, show_progress_on=[overlay])
     return handlers
 
 
@@ -578,13 +741,16 @@ def model_description(segmenter: Segmenter, note: str = "") -> str:
     )
 
 
-def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None, model_note: str = "") -> gr.Blocks:
-    """The demo's UI; ``data_dir`` (a Kaggle-layout folder) adds the patient browser and examples."""
+def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None, model_note: str = "",
+               models: ModelRegistry | None = None) -> gr.Blocks:
+    """The demo's UI serving ``segmenter`` first; ``data_dir`` (a Kaggle-layout folder) adds the patient browser
+    and examples. ``models`` (default: the bundled models around ``segmenter``) fills the model selector."""
+    models = models or ModelRegistry.around(segmenter, note=model_note)
     cfg = segmenter.config
     index = DatasetIndex(data_dir) if data_dir else None
     demo = gr.Blocks(title="brainseg: FLAIR abnormality segmentation", analytics_enabled=False,
                      delete_cache=(3600, 3600))
-    handlers = SliceHandlers(segmenter, demo.GRADIO_CACHE)
+    handlers = SliceHandlers(models, demo.GRADIO_CACHE)
 
     with demo:
         gr.Markdown(
@@ -595,7 +761,13 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None, model_n
             "(NIfTI or DICOM series) and gives the tumor volume in mL and a 3D mask."
         )
         gr.Markdown(DISCLAIMER, elem_id="disclaimer")
-        gr.Markdown(model_description(segmenter, model_note), elem_id="model-info")
+        with gr.Row():
+            model_choice = gr.Dropdown(models.choices(), value=models.started, label="Model", scale=1,
+                                       elem_id="model-choice", info="Switching re-runs the current slice and volume "
+                                       "with that model, at its own tuned threshold.")
+            model_info = gr.Markdown(model_description(segmenter, model_note), elem_id="model-info")
+        with gr.Accordion("Held-out numbers of the bundled models", open=True):
+            gr.Markdown(bundled_metrics_table(brainseg.bundled_models()), elem_id="model-metrics")
         with gr.Tabs():
             with gr.Tab("Slice", id="slice-tab"):
                 state = gr.State(None, time_to_live=STATE_TTL_S)
@@ -607,14 +779,12 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None, model_n
                                              file_types=["image", ".tif", ".tiff"], elem_id="truth-file")
                         threshold = gr.Slider(THRESHOLD_MIN, THRESHOLD_MAX, value=cfg.threshold,
                                               step=THRESHOLD_STEP, label="Threshold", elem_id="threshold",
-                                              info=f"Starts at the model's tuned value {cfg.threshold:g}; redraws in "
-                                                   "the browser while you drag, without re-running the model.")
+                                              info=threshold_info(cfg.threshold))
                         live_view = gr.HTML(None, html_template=LIVE_TEMPLATE, js_on_load=LIVE_JS.read_text(),
                                             elem_id="live-threshold", overlay_id="overlay", slider_id="threshold")
                         normalize = gr.Checkbox(
                             value=cfg.normalize, label="Per-image normalization, Normalize(mean, 2·std)",
-                            info=f"The loaded weights were trained with it {'ON' if cfg.normalize else 'OFF'}; "
-                                 "flipping it re-runs the model (off = raw [0, 1] input).", elem_id="normalize")
+                            info=normalize_info(cfg.normalize), elem_id="normalize")
                         run = gr.Button("Segment", variant="primary")
                         summary = gr.Markdown(START_TEXT, elem_id="summary")
                         with gr.Accordion("Dataset browser", open=index is not None):
@@ -646,13 +816,19 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None, model_n
                                        truth=truth_img, agreement=agreement_img, compare=compare, summary=summary,
                                        state=state)
                 model_run = {"concurrency_id": "model", "concurrency_limit": 1}
-                segment_inputs = [image_file, threshold, normalize, truth_file]
+                segment_inputs = [image_file, threshold, normalize, truth_file, model_choice]
 
                 run.click(handlers.segment, segment_inputs, list(outputs), api_name="segment", **model_run,
                           api_description="Segment a slice. Returns the binary mask PNG (input size, white = "
                                           "abnormality), the numbers (area; Dice and IoU with ground truth), the "
-                                          "overlay, heat map, ground-truth view, agreement map, slider pair, summary.")
-                image_file.upload(handlers.segment_new_upload, [image_file, threshold, normalize],
+                                          "overlay, heat map, ground-truth view, agreement map, slider pair, summary. "
+                                          "The optional last input names the model (default: the one the app was "
+                                          "started with).")
+                model_choice.input(handlers.choose_model, model_choice, [model_info, threshold, normalize],
+                                   api_visibility="private", **model_run).then(
+                    handlers.resegment, [state, threshold, normalize, model_choice], list(outputs),
+                    api_visibility="private", **model_run)
+                image_file.upload(handlers.segment_new_upload, [image_file, threshold, normalize, model_choice],
                                   [*outputs, truth_file], api_visibility="private", **model_run)
                 image_file.clear(clear_all, None, [*outputs, truth_file], api_visibility="private")
                 normalize.input(handlers.segment, segment_inputs, list(outputs), api_visibility="private",
@@ -681,21 +857,21 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None, model_n
                                      api_visibility="private").then(**then_segment)
                     examples = curated_examples(index.patients)
                     if examples:
-                        gr.Examples(
+                        gallery = gr.Examples(
                             examples=[[str(e.record.image_path),
-                                       str(e.record.mask_path) if e.record.mask_path else None,
-                                       cfg.threshold, cfg.normalize] for e in examples],
-                            inputs=[image_file, truth_file, threshold, normalize],
-                            outputs=list(outputs),
-                            fn=handlers.segment_example,
-                            run_on_click=True,
+                                       str(e.record.mask_path) if e.record.mask_path else None] for e in examples],
+                            inputs=[image_file, truth_file],
                             cache_examples=False,
                             example_labels=[e.label for e in examples],
                             label="Examples from the dataset folder (with and without tumor)",
                             api_visibility="private",
                         )
+                        # run with the model chosen at click time, at its tuned threshold and normalization
+                        gallery.load_input_event.then(handlers.segment_example, [image_file, truth_file, model_choice],
+                                                      [*outputs, threshold, normalize], api_visibility="private",
+                                                      **model_run)
             with gr.Tab("Volume", id="volume-tab"):
-                build_volume_tab(segmenter, demo.GRADIO_CACHE)
+                build_volume_tab(models, demo.GRADIO_CACHE, model_choice)
     return demo
 
 
@@ -727,7 +903,8 @@ def main(argv: list[str] | None = None) -> None:
     data_dir = resolve_data_dir(args.data_dir)
     try:
         segmenter, note = load_segmenter(args.model, args.precision, args.backend)
-        demo = build_demo(segmenter, data_dir, note)
+        models = ModelRegistry.around(segmenter, args.model or model_arg_from_env(), args.backend, note)
+        demo = build_demo(segmenter, data_dir, note, models)
     except (FileNotFoundError, ValueError, BackendError) as exc:  # a bad --model, --data-dir or --backend
         raise SystemExit(f"app.py: error: {exc}") from None
     demo.queue(default_concurrency_limit=4, max_size=64)

@@ -11,6 +11,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from brainseg import Segmenter
 from brainseg.data import read_image, read_mask
 from brainseg.metrics import dice_score, iou_score
 
@@ -51,7 +52,26 @@ def as_mask(path: str) -> np.ndarray:
 def test_api_lists_segment_and_threshold(client: Client) -> None:
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert "/segment" in endpoints and "/threshold" in endpoints
-    assert len(endpoints["/segment"]["parameters"]) == 4
+    parameters = endpoints["/segment"]["parameters"]
+    assert len(parameters) == 5 and parameters[-1]["parameter_has_default"], "four inputs, then an optional model"
+    model = parameters[-1]
+    assert (model["parameter_name"], model["parameter_default"]) == ("model", "unet"), "default: the started model"
+    assert model["type"]["enum"] == ["unet", "segformer-b0"]
+
+
+def test_optional_model_input_runs_the_transformer(client: Client, tumor_slice: tuple[Path, Path]) -> None:
+    image_path = tumor_slice[0]
+    transformer = Segmenter.from_pretrained("segformer-b0")
+    tuned = transformer.config.threshold
+    result = client.predict(handle_file(str(image_path)), tuned, True, None, "segformer-b0", api_name="/segment")
+    image = read_image(image_path)
+    expected = transformer.predict_mask(image)  # at its own tuned threshold
+    assert expected.any() and np.array_equal(as_mask(result[MASK]), expected)
+    # the redraw of this session's slice post-processes with the Transformer that made the map
+    live = client.predict(0.3, api_name="/threshold")
+    assert np.array_equal(as_mask(live[LIVE_MASK]), transformer.to_mask(transformer.predict_proba(image), 0.3))
+    default = segment(Client(client.src, verbose=False), image_path, threshold=tuned)  # four inputs: the U-Net
+    assert not np.array_equal(as_mask(default[MASK]), expected)
 
 
 def test_tumor_slice_dice_above_0_7(client: Client, tumor_slice: tuple[Path, Path]) -> None:

@@ -134,7 +134,7 @@ def test_volume_tab_wiring_and_both_sliders_start_at_the_tuned_threshold(tiny_se
     elem = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
     dep = next(d for d in config["dependencies"] if d["api_name"] == "segment_volume")
     assert [elem[i] for i in dep["inputs"]] == ["volume-flair", "volume-t1", "volume-t1ce", "volume-threshold",
-                                                "volume-truth"]
+                                                "volume-truth", "model-choice"]
     assert [elem[i] for i in dep["outputs"]] == ["volume-mask", "volume-numbers", "volume-gif", "volume-plot",
                                                  "volume-position", "volume-overlay", "volume-probability",
                                                  "volume-caption", "volume-summary", None]
@@ -153,7 +153,7 @@ def test_volume_handlers_segment_redraw_score_and_refuse(tiny_segmenter: Segment
     flair = save_nifti(np.transpose(head * 400 + lesion * 600, (2, 1, 0)), affine, tmp_path / "flair.nii.gz",
                        np.int16)
     truth = save_nifti(np.transpose(lesion, (2, 1, 0)), affine, tmp_path / "truth.nii.gz", np.uint8)
-    handlers = app.VolumeHandlers(tiny_segmenter, str(tmp_path / "cache"))
+    handlers = app.VolumeHandlers(app.ModelRegistry.around(tiny_segmenter), str(tmp_path / "cache"))
     out = handlers.segment_volume(str(flair), None, None, 0.3, str(truth))
     mask = check_mask_file(out.mask_file, flair)
     numbers = out.numbers
@@ -184,9 +184,10 @@ def test_api_lists_segment_volume_with_four_required_inputs(client: Client) -> N
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     parameters = endpoints["/segment_volume"]["parameters"]
     assert [p["parameter_name"] for p in parameters] == ["flair_file", "t1_file", "t1ce_file", "threshold",
-                                                         "truth_file"]
+                                                         "truth_file", "model"]
     assert parameters[3]["parameter_default"] == THRESHOLD, "the threshold starts at the model's tuned value"
     assert parameters[4]["parameter_has_default"], "the ground truth may be left out"
+    assert parameters[5]["parameter_has_default"], "the model may be left out (the one the app was started with)"
     assert "/volume_threshold" in endpoints and "/segment" in endpoints
 
 

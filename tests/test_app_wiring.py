@@ -1,6 +1,7 @@
 """The app without a server: CLI, data folder resolution, dataset browser helpers, UI wiring."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gradio as gr
@@ -9,8 +10,10 @@ import pytest
 import tifffile
 
 import app
+import brainseg
 from brainseg.config import ModelConfig
 from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position, mask_areas
+from brainseg.imaging import decode_image
 from brainseg.inference import Segmenter
 from brainseg.model import build_model
 
@@ -123,7 +126,7 @@ def wired(demo, api_name: str) -> tuple[list[str | None], list[str | None]]:
 def test_outputs_are_wired_in_the_order_of_the_named_fields(tiny_segmenter: Segmenter) -> None:
     demo = app.build_demo(tiny_segmenter, None)
     inputs, outputs = wired(demo, "segment")
-    assert inputs == ["slice-file", "threshold", "normalize", "truth-file"]
+    assert inputs == ["slice-file", "threshold", "normalize", "truth-file", "model-choice"]
     api_order = ["mask", "stats", "overlay", "heatmap", "truth", "agreement", "compare", "summary"]
     assert outputs == [*api_order, None] and list(app.SliceOutputs._fields) == [*api_order, "state"]
     inputs, outputs = wired(demo, "threshold")
@@ -135,7 +138,7 @@ def test_outputs_are_wired_in_the_order_of_the_named_fields(tiny_segmenter: Segm
 def test_dragging_the_threshold_runs_only_in_the_browser(tiny_segmenter: Segmenter) -> None:
     config = app.build_demo(tiny_segmenter, None).get_config_file()
     elem = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
-    triggers = {dep["id"]: [(elem[target], event) for target, event in dep["targets"]]
+    triggers = {dep["id"]: [(elem.get(target), event) for target, event in dep["targets"]]
                 for dep in config["dependencies"]}
     on_drag = [dep for dep in config["dependencies"] if ("threshold", "input") in triggers[dep["id"]]]
     assert len(on_drag) == 1 and not on_drag[0]["backend_fn"] and "brainseg-threshold" in on_drag[0]["js"]
@@ -166,7 +169,7 @@ def test_live_view_data_gives_the_server_threshold_masks(tiny_segmenter: Segment
     exact = np.array(steps, np.float32)
     proba = np.concatenate([exact, np.nextafter(exact, np.float32(0)), rng.random(1200 - 2 * len(steps))])
     state = app.SliceState(image, proba.astype(np.float32).reshape(30, 40), True)
-    handlers = app.SliceHandlers(tiny_segmenter, str(tmp_path / "cache"))
+    handlers = app.SliceHandlers(app.ModelRegistry.around(tiny_segmenter), str(tmp_path / "cache"))
 
     view = handlers.live_view(state)
     assert (view["width"], view["height"]) == (40, 30) and view["thresholds"] == list(steps)
@@ -195,7 +198,7 @@ def test_handlers_segment_and_redraw_without_a_server(tiny_segmenter: Segmenter,
     truth = np.zeros((40, 48), np.uint8)
     truth[5:20, 10:30] = 255
     tifffile.imwrite(truth_file, truth)
-    handlers = app.SliceHandlers(tiny_segmenter, str(tmp_path / "cache"))
+    handlers = app.SliceHandlers(app.ModelRegistry.around(tiny_segmenter), str(tmp_path / "cache"))
 
     first = handlers.segment(str(image_file), 0.5, True, str(truth_file))
     state = first.state
@@ -234,3 +237,50 @@ def test_dataset_browser_picks_the_largest_tumor_slice(dataset: Path) -> None:
     assert picked.image_file.endswith(f"{name}_3.tif") and picked.truth_file.endswith(f"{name}_3_mask.tif")
     assert "with its ground truth" in picked.caption
     assert all(isinstance(v, type(gr.skip())) for v in browser.pick_slice(None, 3))
+
+
+def test_model_selector_lists_the_bundled_models_and_their_held_out_numbers(tiny_segmenter: Segmenter) -> None:
+    config = app.build_demo(tiny_segmenter, None).get_config_file()
+    props = {c["props"]["elem_id"]: c["props"] for c in config["components"] if c.get("props", {}).get("elem_id")}
+    choices = [value for _, value in props["model-choice"]["choices"]]
+    assert choices == ["unet", "segformer-b0", "tiny test model"]
+    assert props["model-choice"]["value"] == "tiny test model", "the model the app was started with"
+    table = props["model-metrics"]["value"]
+    for name, folder in brainseg.bundled_models().items():
+        metrics = json.loads((folder / "metrics.json").read_text())
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
+        assert row.split(" | ")[1:] == [f"{metrics['slice_dice']:.3f}", f"{metrics['volume_dice']:.3f}",
+                                        f"{metrics['tumor_slice_dice']:.3f}", f"{metrics['empty_fp_rate']:.3f} |"]
+    bundled = app.ModelRegistry.around(Segmenter.from_pretrained("unet", backend="torch"), backend="torch")
+    assert bundled.started == "unet" and list(bundled.sources) == ["unet", "segformer-b0"], "no duplicate entry"
+
+
+def test_switching_models_reruns_the_slice_with_the_chosen_models_threshold(tmp_path: Path) -> None:
+    from demo_server import largest_tumor_slice
+
+    image_file, truth_file = largest_tumor_slice()
+    unet = Segmenter.from_pretrained("unet", backend="torch")
+    models = app.ModelRegistry.around(unet, backend="torch")
+    handlers = app.SliceHandlers(models, str(tmp_path / "cache"))
+    first = handlers.segment(str(image_file), unet.config.threshold, True, str(truth_file))
+    assert first.state.model == "unet"
+
+    info, slider, checkbox = handlers.choose_model("segformer-b0")
+    segformer = models.get("segformer-b0")
+    assert models.get("segformer-b0") is segformer, "loaded once, then cached"
+    assert segformer.config.arch != unet.config.arch and "segformer-b0" in info
+    assert (slider.value, checkbox.value) == (segformer.config.threshold, segformer.config.normalize) == (0.6, True)
+    switched = handlers.resegment(first.state, slider.value, checkbox.value, "segformer-b0")
+    state = switched.state
+    assert state.model == "segformer-b0" and state.truth is first.state.truth
+    assert np.abs(state.proba - first.state.proba).max() > 0.1, "another model, another probability map"
+    assert np.array_equal(state.proba, segformer.predict_proba(decode_image(str(image_file))))
+    assert np.array_equal(png_pixels(switched.mask) == 255, segformer.to_mask(state.proba, 0.6))
+    # a threshold redraw post-processes with the model that made the map (its min. component size, not the U-Net's)
+    live = handlers.rethreshold(state, 0.3)
+    assert np.array_equal(png_pixels(live.mask) == 255, segformer.to_mask(state.proba, 0.3))
+    assert handlers.live_view(state)["min_component_px"] == segformer.config.min_component_px != \
+        unet.config.min_component_px
+    assert all(isinstance(v, type(gr.skip())) for v in handlers.resegment(None, 0.5, True, "unet"))
+    with pytest.raises(gr.Error, match="Unknown model"):
+        models.get("nope")

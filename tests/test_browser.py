@@ -208,6 +208,27 @@ def test_upload_threshold_toggle_and_ground_truth(page) -> None:
     assert before_toggle  # the summary stayed readable throughout
 
 
+
+def test_model_selector_reruns_the_slice_with_the_transformer(page) -> None:
+    image_path, _ = largest_tumor_slice()
+    assert "segformer-b0" in page.locator("#model-metrics").text_content(), "both bundled models' numbers"
+    page.locator("#slice-file input[type=file]").set_input_files(str(image_path))
+    first = wait_for_summary(page, "Tumor area:")
+    heat_before = image_src(page, "heatmap")
+
+    page.locator("#model-choice input").click()
+    page.get_by_role("option", name=re.compile("segformer-b0")).click()
+    page.wait_for_function(
+        "old => { const i = document.querySelector('#heatmap img'); return i && i.src !== old; }",
+        arg=heat_before, timeout=TIMEOUT_MS,
+    )
+    assert "segformer-b0" in page.locator("#model-info").inner_text()
+    assert page.locator("#threshold input[type=number]").input_value() == "0.6", "the Transformer's tuned value"
+    switched = wait_for_summary(page, "Tumor area:")
+    assert area_px(switched) != area_px(first), "another model, another mask"
+    shoot(page, "5_model_switched")
+
+
 def test_examples_load_slice_and_ground_truth(page) -> None:
     examples = page.locator("button.gallery-item")
     examples.first.wait_for(state="visible")
@@ -312,7 +333,7 @@ def test_live_overlay_script_draws_the_server_overlay(blank_page, tmp_path: Path
     config = ModelConfig(base_channels=2, depth=2, input_size=32, min_component_px=5)
     segmenter = Segmenter(build_model(config), config, source="test", device="cpu")
     state = synthetic_state(size)
-    payload = app.SliceHandlers(segmenter, str(tmp_path)).live_view(state)
+    payload = app.SliceHandlers(app.ModelRegistry.around(segmenter), str(tmp_path)).live_view(state)
     blank_page.set_content(LIVE_PAGE.format(src=payload["image"]))
     blank_page.evaluate(RUN_LIVE_JS, [app.LIVE_JS.read_text(), payload])
     blank_page.locator("#live[data-ready=true]").wait_for(state="attached")
