@@ -11,12 +11,12 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import ProcessOutput
 
 from brainseg.training import CHECKPOINT_FILE, LOG_FILE
 
@@ -36,19 +36,6 @@ def train_command(data_dir: Path, out_dir: Path) -> list[str]:
     ]
 
 
-class Output:
-    """Collects a subprocess's stderr (tqdm writes its progress there) in a background thread."""
-
-    def __init__(self, stream) -> None:
-        self.text = ""
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream) -> None:
-        while chunk := stream.read1(4096):
-            self.text += chunk.decode(errors="replace")
-
-
 def read_epochs(out_dir: Path) -> list[int]:
     with open(out_dir / LOG_FILE, newline="") as fh:
         return [int(row["epoch"]) for row in csv.DictReader(fh)]
@@ -58,7 +45,7 @@ def kill_mid_epoch(data_dir: Path, out_dir: Path) -> int:
     """Start training, SIGKILL it inside epoch ``checkpoint + 1``; returns the checkpoint's epoch."""
     process = subprocess.Popen(train_command(data_dir, out_dir), cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    err = Output(process.stderr)
+    err = ProcessOutput(process.stderr)
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while time.monotonic() < deadline and process.poll() is None:
