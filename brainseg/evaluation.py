@@ -19,6 +19,7 @@ from .data import (
     require_masks,
     scan_dataset,
 )
+from .forms import REPORT_FORMS, SELECTION_FORMS, present
 from .inference import Segmenter, describe_device
 from .metrics import METRICS, Report, SliceCounts, summarize
 from .postprocess import binarize
@@ -43,6 +44,45 @@ def evaluate_arrays(
     probas = segmenter.predict_proba_batch(images)
     cfg = segmenter.config
     return summarize(count_slices(probas, masks, patients, cfg.threshold, cfg.min_component_px))
+
+
+def evaluate_forms(
+    segmenter: Segmenter, images: np.ndarray, masks: np.ndarray, patients: Sequence[str],
+    forms: Sequence[str] = SELECTION_FORMS,
+) -> dict[str, Report]:
+    """:func:`evaluate_arrays` on the slices in each input form of :mod:`brainseg.forms`, by form name."""
+    return {form: evaluate_arrays(segmenter, *present(form, images, masks), patients) for form in forms}
+
+
+def forms_score(reports: dict[str, Report]) -> float:
+    """The number a robust model is chosen on: the mean over forms of (slice Dice + volume Dice) / 2."""
+    return float(np.mean([(r.slice_dice + r.volume_dice) / 2 for r in reports.values()]))
+
+
+def evaluate_model_forms(
+    segmenter: Segmenter, data_dir: str | Path, split: str = "all", forms: Sequence[str] = REPORT_FORMS, *,
+    split_seed: int = DEFAULT_SPLIT_SEED, val_fraction: float = DEFAULT_VAL_FRACTION,
+) -> dict[str, Any]:
+    """:func:`evaluate_forms` (the model's own threshold and post-processing) on :func:`select_slices`'s slices:
+    ``{"forms": {form: Report.to_dict()}, "forms_score": ...}`` (the score over the selection forms given)."""
+    records = select_slices(data_dir, split, split_seed=split_seed, val_fraction=val_fraction)
+    images, masks = load_slices(records)
+    reports = evaluate_forms(segmenter, images, masks, [r.patient for r in records], forms)
+    selection = {form: reports[form] for form in SELECTION_FORMS if form in reports}
+    return {"forms": {form: report.to_dict() for form, report in reports.items()},
+            "forms_score": forms_score(selection) if selection else None}
+
+
+def forms_markdown_table(result: dict[str, Any]) -> str:
+    """One row per input form: slice Dice, tumor-slice Dice, empty-slice FP, volume Dice."""
+    lines = ["| input form | slice Dice | tumor-slice Dice | empty-slice FP | volume Dice |", "|---|---|---|---|---|"]
+    for form, report in result["forms"].items():
+        lines.append(f"| {form} | {report['slice_dice']:.4f} | {report['tumor_slice_dice']:.4f} | "
+                     f"{100 * report['empty_fp_rate']:.1f} % | {report['volume_dice']:.4f} |")
+    if result.get("forms_score") is not None:
+        lines.append(f"\nforms score (mean of (slice + volume Dice) / 2 over {', '.join(SELECTION_FORMS)}): "
+                     f"{result['forms_score']:.4f}")
+    return "\n".join(lines) + "\n"
 
 
 def timed_probabilities(segmenter: Segmenter, images: np.ndarray) -> tuple[np.ndarray, float]:

@@ -29,6 +29,8 @@ from torch.nn import functional as TF
 from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
+from .augment import random_acquisition, random_missing_channels, random_skull_strip
+from .brainmask import brain_masks
 from .config import ARCHITECTURES, ModelConfig
 from .data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLIT_PROTOCOLS, SliceRecord, Split, load_slices, make_split
 from .distributed import (
@@ -44,8 +46,9 @@ from .distributed import (
     wait_for_all,
     wrap_model,
 )
-from .evaluation import evaluate_arrays, tune_postprocessing
+from .evaluation import evaluate_arrays, evaluate_forms, forms_score, tune_postprocessing
 from .fileio import atomic_write, atomic_write_text
+from .forms import SELECTION_FORMS
 from .hub import resolve_model
 from .inference import Segmenter, autocast, load_model, pick_device
 from .metrics import Report
@@ -73,13 +76,17 @@ SCHEDULES = ("constant", "onecycle", "cosine")
 LOSSES = ("bce", "bce_dice")  # bce_dice: BCE + (1 - soft Dice)
 FLIPS = ("none", "random", "offline")  # offline: the article's doubled set; random: each slice flipped 50 %
 AUGMENTS = ("none", "affine_gamma")  # affine_gamma: random rotation/scale/shift + per-channel gamma
+# What chooses best/ on validation: the slices as they are (slice Dice), or the mean over the input forms of
+# brainseg.forms.SELECTION_FORMS of (slice Dice + volume Dice) / 2 (brainseg.evaluation.forms_score).
+SELECT_ON = ("as_is", "forms")
 # The valid values of TrainConfig's string options: checked there, offered as choices by train/train.py.
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": tuple(OPTIMIZERS), "schedule": SCHEDULES, "loss": LOSSES, "flip": FLIPS, "augment": AUGMENTS,
-    "split": SPLIT_PROTOCOLS, "arch": ARCHITECTURES,
+    "split": SPLIT_PROTOCOLS, "arch": ARCHITECTURES, "select_on": SELECT_ON,
 }
 AT_LEAST_ONE = ("base_channels", "epochs", "batch_size", "checkpoint_every", "dist_timeout_s")
 NOT_NEGATIVE = ("weight_decay", "max_train_slices", "max_val_slices", "stop_after_epochs", "swa_start")
+PROBABILITIES = ("strip_prob", "missing_channel_prob")
 
 
 @dataclass
@@ -104,6 +111,12 @@ class TrainConfig:
     loss: str = "bce_dice"  # bce | bce_dice
     flip: str = "random"  # none | random | offline
     augment: str = "none"  # none | affine_gamma (random rotation/scale/shift + per-channel gamma)
+    scale_min: float = 0.9  # affine_gamma's zoom range: 0.5 puts the head in half the frame
+    scale_max: float = 1.1
+    strip_prob: float = 0.0  # share of training slices skull-stripped (brainseg.augment.random_skull_strip)
+    missing_channel_prob: float = 0.0  # share whose T1 / both T1s are replaced by FLAIR (random_missing_channels)
+    acquisition: bool = False  # MONAI bias field, low resolution, histogram shift, noise (random_acquisition)
+    select_on: str = "as_is"  # as_is | forms: what picks best/ on validation (SELECT_ON)
     split: str = "patient"  # patient | article
     val_fraction: float = DEFAULT_VAL_FRACTION
     empty_fraction: float = 1.0  # share of tumor-free training slices drawn each epoch
@@ -138,6 +151,11 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.empty_fraction <= 1.0:
             raise ValueError(f"empty_fraction must be in [0, 1], got {self.empty_fraction}")
+        for name in PROBABILITIES:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.scale_min <= self.scale_max:
+            raise ValueError(f"need 0 < scale_min <= scale_max, got {self.scale_min} and {self.scale_max}")
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(arch=self.arch, base_channels=self.base_channels, depth=self.depth,
@@ -169,6 +187,7 @@ class TrainingData:
     val_masks: np.ndarray  # (M, H, W) bool
     val_patients: list[str]  # (M,) the patient of each validation slice
     train_slices: list[str] = field(default_factory=list)  # (N,) names of the training slices, e.g. PATIENT_12
+    brains: torch.Tensor | None = None  # (N, H, W) bool heuristic brain masks, when the run skull-strips
 
 
 @dataclass
@@ -180,7 +199,7 @@ class TrainingState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     averaged: AveragedModel | None  # None unless swa_start
     epoch: int = 0  # the last finished epoch
-    best_score: float = -1.0  # validation slice Dice of best/
+    best_score: float = -1.0  # validation score of best/ (slice Dice, or forms_score with select_on=forms)
     best_epoch: int = 0
     world_size: int = 1  # processes training together: the LR schedule counts the steps of one of them
     wrapped: nn.Module | None = None  # not saved: DistributedDataParallel(model) under torchrun
@@ -242,11 +261,11 @@ def read_log(path: Path, up_to_epoch: int) -> list[dict]:
         return [row for row in csv.DictReader(fh) if int(row["epoch"]) <= up_to_epoch]
 
 
-def write_log(path: Path, rows: list[dict]) -> None:
-    """Rewrite ``log.csv`` atomically with ``rows``."""
+def write_log(path: Path, rows: list[dict], fields: list[str] = LOG_FIELDS) -> None:
+    """Rewrite ``log.csv`` atomically with ``rows`` (columns ``fields``, see :func:`log_fields`)."""
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+            writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
 
@@ -348,12 +367,13 @@ def load_data(cfg: TrainConfig, device: torch.device, verbose: bool = True) -> T
         train_images, train_masks = flip_dataset_offline(train_images, train_masks)
         train_slices += [f"{name}_flipped" for name in train_slices]
     val_images, val_masks = load_slices(val_records)
+    brains = torch.from_numpy(brain_masks(train_images)) if cfg.strip_prob > 0 else None
     return TrainingData(
         images=torch.from_numpy(train_images).permute(0, 3, 1, 2),  # uint8, channels-last in memory
         masks=torch.from_numpy(train_masks),
         has_tumor=train_masks.reshape(len(train_masks), -1).any(axis=1),
         val_images=val_images, val_masks=val_masks, val_patients=[r.patient for r in val_records],
-        train_slices=train_slices,
+        train_slices=train_slices, brains=brains,
     )
 
 
@@ -395,11 +415,22 @@ def make_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Model inputs and (N, 1, H, W) float masks for the training slices ``idx``, augmented as ``cfg`` says."""
     images, masks = data.images[idx], data.masks[idx].unsqueeze(1).float()
+    brains = None if data.brains is None else data.brains[idx].unsqueeze(1).float()
     if cfg.flip == "random":
-        images, masks = random_hflip(images, masks, generator)
+        if brains is None:
+            images, masks = random_hflip(images, masks, generator)
+        else:  # the brain masks flip with their slices
+            images, both = random_hflip(images, torch.cat([masks, brains], dim=1), generator)
+            masks, brains = both[:, :1], both[:, 1:]
+    if brains is not None:
+        images, masks = random_skull_strip(images, masks, brains[:, 0] > 0, cfg.strip_prob, generator)
     inputs = uint8_batch_to_input(images, normalize=False)
     if cfg.augment == "affine_gamma":
-        inputs, masks = random_affine_gamma(inputs, masks, generator)
+        inputs, masks = random_affine_gamma(inputs, masks, generator, scale_range=(cfg.scale_min, cfg.scale_max))
+    if cfg.acquisition:
+        inputs = random_acquisition(inputs, generator)
+    if cfg.missing_channel_prob > 0:
+        inputs = random_missing_channels(inputs, cfg.missing_channel_prob, generator)
     if cfg.normalize:
         inputs = normalize_per_image(inputs)
     return _channels_last_on_cpu(inputs.to(device), device), masks.to(device)
@@ -444,23 +475,58 @@ def train_epoch(cfg: TrainConfig, state: TrainingState, data: TrainingData, epoc
     return total_loss / max(batches, 1)
 
 
-def validate(cfg: TrainConfig, model: nn.Module, data: TrainingData, device: torch.device) -> Report:
-    """Metrics of ``model`` on the validation slices (threshold 0.5, no post-processing)."""
+@dataclass
+class Validation:
+    """An epoch's validation: the slices as they are and, with ``select_on=forms``, every input form."""
+
+    report: Report
+    forms: dict[str, Report] = field(default_factory=dict)
+
+    @property
+    def score(self) -> float:
+        """What chooses ``best/``: slice Dice as is, or :func:`brainseg.evaluation.forms_score`."""
+        return forms_score(self.forms) if self.forms else self.report.slice_dice
+
+
+def validate(cfg: TrainConfig, model: nn.Module, data: TrainingData, device: torch.device) -> Validation:
+    """Metrics of ``model`` on the validation slices (threshold 0.5, no post-processing), in every input form
+    of :data:`brainseg.forms.SELECTION_FORMS` when ``cfg.select_on`` is ``forms``."""
     segmenter = Segmenter(model, cfg.model_config(), device=str(device), bf16=cfg.amp)
-    report = evaluate_arrays(segmenter, data.val_images, data.val_masks, data.val_patients)
+    if cfg.select_on == "forms":
+        forms = evaluate_forms(segmenter, data.val_images, data.val_masks, data.val_patients, SELECTION_FORMS)
+        result = Validation(forms["as_is"], forms)
+    else:
+        result = Validation(evaluate_arrays(segmenter, data.val_images, data.val_masks, data.val_patients))
     model.train()
-    return report
+    return result
 
 
-def log_row(epoch: int, train_loss: float, lr: float, report: Report, seconds: float) -> dict:
-    """One ``log.csv`` row (:data:`LOG_FIELDS`)."""
-    return {
+def log_fields(cfg: TrainConfig) -> list[str]:
+    """The columns of ``log.csv``: :data:`LOG_FIELDS`, plus each form's numbers with ``select_on=forms``."""
+    if cfg.select_on != "forms":
+        return LOG_FIELDS
+    per_form = [f"val_{form}_{metric}" for form in SELECTION_FORMS for metric in ("slice_dice", "volume_dice")]
+    return [*LOG_FIELDS[:-1], *per_form, "val_forms_score", LOG_FIELDS[-1]]
+
+
+def log_row(epoch: int, train_loss: float, lr: float, validation: Validation | Report, seconds: float) -> dict:
+    """One ``log.csv`` row (:func:`log_fields`)."""
+    if isinstance(validation, Report):
+        validation = Validation(validation)
+    report = validation.report
+    row = {
         "epoch": epoch, "train_loss": round(train_loss, 5), "lr": f"{lr:.3g}",
         "val_slice_dice": round(report.slice_dice, 4), "val_slice_iou": round(report.slice_iou, 4),
         "val_tumor_slice_dice": round(report.tumor_slice_dice, 4),
         "val_empty_fp_rate": round(report.empty_fp_rate, 4), "val_volume_dice": round(report.volume_dice, 4),
-        "seconds": round(seconds, 1),
     }
+    for form, form_report in validation.forms.items():
+        row[f"val_{form}_slice_dice"] = round(form_report.slice_dice, 4)
+        row[f"val_{form}_volume_dice"] = round(form_report.volume_dice, 4)
+    if validation.forms:
+        row["val_forms_score"] = round(validation.score, 4)
+    row["seconds"] = round(seconds, 1)
+    return row
 
 
 @dataclass
@@ -475,8 +541,9 @@ def run_epoch(
     cfg: TrainConfig, state: TrainingState, data: TrainingData, epoch: int, device: torch.device, out: Path,
     info: RankInfo = SINGLE_PROCESS,
 ) -> EpochRecord | None:
-    """Train one epoch, validate, save ``best/`` when validation slice Dice improved, add the weights to the
-    SWA average from ``swa_start`` on; returns the epoch's record (its log row is also printed as JSON).
+    """Train one epoch, validate, save ``best/`` when the validation score (:class:`Validation`) improved, add
+    the weights to the SWA average from ``swa_start`` on; returns the epoch's record (its log row is also
+    printed as JSON).
 
     Under torchrun every rank trains on its shard and the logged loss is the mean over ranks; rank 0 alone
     validates (the plain model, as a single process would) and gets the record, the others get None.
@@ -491,11 +558,11 @@ def run_epoch(
         shard_rows = gather_to_main(shard, info) or []
     record = None
     if info.is_main:
-        report = validate(cfg, state.model, data, device)
-        row = log_row(epoch, train_loss, state.scheduler.get_last_lr()[0], report, time.time() - started)
+        validation = validate(cfg, state.model, data, device)
+        row = log_row(epoch, train_loss, state.scheduler.get_last_lr()[0], validation, time.time() - started)
         print(json.dumps(row), flush=True)
-        if report.slice_dice > state.best_score:
-            state.best_score, state.best_epoch = report.slice_dice, epoch
+        if validation.score > state.best_score:
+            state.best_score, state.best_epoch = validation.score, epoch
             save_model(state.model, cfg.model_config(), out / "best")
         record = EpochRecord(row, shard_rows)
     if state.averaged is not None and epoch >= cfg.swa_start:
@@ -550,7 +617,8 @@ def tune_best_model(cfg: TrainConfig, state: TrainingState, data: TrainingData, 
     """Choose ``best/``'s threshold, minimum component size and flip TTA on validation; store them in its config."""
     best = Segmenter.from_pretrained(best_dir, device=str(device), bf16=cfg.amp)
     best.config, _ = tune_postprocessing(best, data.val_images, data.val_masks, data.val_patients)
-    best.config.extra.update({"best_epoch": state.best_epoch, "val_slice_dice": state.best_score})
+    score_name = "val_forms_score" if cfg.select_on == "forms" else "val_slice_dice"
+    best.config.extra.update({"best_epoch": state.best_epoch, score_name: state.best_score})
     best.config.save(best_dir)
     print(f"post-processing tuned on validation: {best.config.to_dict()}", flush=True)
 
@@ -558,9 +626,9 @@ def tune_best_model(cfg: TrainConfig, state: TrainingState, data: TrainingData, 
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) into ``cfg.out_dir``; returns the folder of the best model.
 
-    ``best/`` holds the epoch with the best validation slice Dice, ``last/`` the final epoch's weights and,
-    with ``swa_start``, ``swa/`` the mean of the weights after epochs ``swa_start``..last (stochastic weight
-    averaging) with BatchNorm statistics recomputed on the training slices.
+    ``best/`` holds the epoch with the best validation score (:attr:`Validation.score`), ``last/`` the final
+    epoch's weights and, with ``swa_start``, ``swa/`` the mean of the weights after epochs ``swa_start``..last
+    (stochastic weight averaging) with BatchNorm statistics recomputed on the training slices.
 
     Started by ``torchrun`` with several processes, each joins the process group (NCCL on CUDA, one GPU per
     process; gloo on CPU) for the run and leaves it at the end, also on an error.
@@ -589,7 +657,7 @@ def train_in_group(cfg: TrainConfig, info: RankInfo, device: torch.device) -> Pa
     shard_rows: list[dict] = []
     if info.is_main:
         log_rows = read_log(out / LOG_FILE, state.epoch)
-        write_log(out / LOG_FILE, log_rows)
+        write_log(out / LOG_FILE, log_rows, log_fields(cfg))
         if info.distributed:
             shard_rows = read_shards(out / SHARDS_FILE, state.epoch)
             write_shards(out / SHARDS_FILE, shard_rows)
@@ -599,7 +667,8 @@ def train_in_group(cfg: TrainConfig, info: RankInfo, device: torch.device) -> Pa
         record = run_epoch(cfg, state, data, epoch, device, out, info)
         if record is not None:
             log_rows.append(record.log_row)
-            write_log(out / LOG_FILE, log_rows)  # first the log, then the checkpoint: a resume drops later rows
+            # first the log, then the checkpoint: a resume drops later rows
+            write_log(out / LOG_FILE, log_rows, log_fields(cfg))
             if info.distributed:
                 shard_rows += record.shard_rows
                 write_shards(out / SHARDS_FILE, shard_rows)

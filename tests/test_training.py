@@ -9,6 +9,7 @@ import torch
 from conftest import link_patient
 
 from brainseg import Segmenter
+from brainseg.forms import SELECTION_FORMS as FORMS
 from brainseg.training import (
     CHECKPOINT_FILE,
     CHOICES,
@@ -116,6 +117,27 @@ def test_affine_gamma_augmentation_trains_reproducibly(lgg_test_dir, tmp_path) -
     a, b, c = (Segmenter.from_pretrained(p).model.state_dict() for p in (first, second, plain))
     assert all(torch.equal(a[k], b[k]) for k in a)  # seeded: the random warps repeat
     assert not all(torch.equal(a[k], c[k]) for k in a)  # and they do change what the model saw
+
+
+@pytest.mark.slow
+def test_generalization_recipe_trains_reproducibly_and_chooses_on_every_input_form(lgg_test_dir, tmp_path) -> None:
+    """Skull-strip, missing-channel, wide-scale and acquisition augmentation; best/ picked on the forms' mean."""
+    recipe = dict(epochs=2, amp=False, augment="affine_gamma", scale_min=0.5, scale_max=1.4, strip_prob=0.5,
+                  missing_channel_prob=0.45, acquisition=True, select_on="forms")
+    first = train(tiny_config(lgg_test_dir, tmp_path / "a", **recipe))
+    second = train(tiny_config(lgg_test_dir, tmp_path / "b", **recipe))
+    a, b = (Segmenter.from_pretrained(p).model.state_dict() for p in (first, second))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = read_log(tmp_path / "a")
+    for row in rows:
+        forms = [f"val_{form}_{metric}" for form in FORMS for metric in ("slice_dice", "volume_dice")]
+        mean = sum(float(row[name]) for name in forms) / len(forms)
+        assert float(row["val_forms_score"]) == pytest.approx(mean, abs=2e-4)
+        assert row["val_as_is_slice_dice"] == row["val_slice_dice"]
+    best_row = max(rows, key=lambda row: float(row["val_forms_score"]))
+    state = torch.load(tmp_path / "a" / CHECKPOINT_FILE, weights_only=True)
+    assert state["best_epoch"] == int(best_row["epoch"])
+    assert state["best_score"] == pytest.approx(float(best_row["val_forms_score"]), abs=1e-4)
 
 
 def test_unknown_augment_is_refused_before_anything_is_written(lgg_test_dir, tmp_path) -> None:

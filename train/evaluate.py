@@ -1,25 +1,39 @@
-"""Evaluate a model on Kaggle-layout patient folders: JSON + Markdown metrics, figures, ms/slice."""
+"""Evaluate a model on Kaggle-layout patient folders (JSON + Markdown metrics, figures, ms/slice) and/or on
+external NIfTI subjects with labels (``--external``: 3D whole-tumor Dice per subject, all channels vs FLAIR only)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from brainseg import Segmenter
 from brainseg.backends import BACKENDS, BackendError
 from brainseg.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
-from brainseg.evaluation import EVAL_SPLITS, evaluate_model, markdown_table
+from brainseg.evaluation import EVAL_SPLITS, evaluate_model, evaluate_model_forms, forms_markdown_table, markdown_table
+from brainseg.external import DEFAULT_TRUTH_GLOBS, evaluate_external, external_markdown_table
 from train.cli import USER_ERRORS, run
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m train.evaluate",
-        description="Evaluate a brainseg model on every patient folder under --data-dir (Kaggle layout).",
+        description="Evaluate a brainseg model on every patient folder under --data-dir (Kaggle layout) and/or on "
+        "the labelled NIfTI subject folders under --external (whole scans, 3D whole-tumor Dice).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--data-dir", required=True, help="folder with TCGA_* patient folders (or its parent)")
+    parser.add_argument("--data-dir", default=None, help="folder with TCGA_* patient folders (or its parent)")
+    parser.add_argument("--external", default=None, metavar="DIR",
+                        help="folder of NIfTI subject folders (FLAIR, optional T1/T1c, one label file; labels > 0 = "
+                        "whole tumor): each runs through the volume pipeline with all its channels and FLAIR only; "
+                        "the result goes into --json under 'external'")
+    parser.add_argument("--external-truth-glob", default=None, metavar="GLOB",
+                        help="the label file in each --external subject folder (default: the first of "
+                        f"{', '.join(DEFAULT_TRUTH_GLOBS)} that matches one file in every folder)")
+    parser.add_argument("--forms", action="store_true",
+                        help="also score --data-dir's slices in every input form (skull-stripped, FLAIR only, "
+                        "FLAIR + T1c, half frame, ...; brainseg.forms); into --json under 'forms'")
     parser.add_argument("--model", default=None, help="model folder or Hub repo id[@revision]; default: bundled")
     parser.add_argument("--split", choices=EVAL_SPLITS, default="all",
                         help="'all' = every patient under --data-dir; test/val/train = that part of the "
@@ -53,10 +67,20 @@ def load_segmenter(args: argparse.Namespace) -> Segmenter:
 
 def evaluate_and_write(args: argparse.Namespace) -> int:
     segmenter = load_segmenter(args)
-    result = evaluate_model(segmenter, args.data_dir, args.split, split_seed=args.split_seed,
-                            val_fraction=args.val_fraction, figures_dir=args.figures)
+    result, table = {}, ""
+    if args.data_dir is not None:
+        result = evaluate_model(segmenter, args.data_dir, args.split, split_seed=args.split_seed,
+                                val_fraction=args.val_fraction, figures_dir=args.figures)
+        table = markdown_table(result)
+        if args.forms:
+            result.update(evaluate_model_forms(segmenter, args.data_dir, args.split, split_seed=args.split_seed,
+                                               val_fraction=args.val_fraction))
+            table += "\n" + forms_markdown_table(result)
+    if args.external is not None:
+        result["external"] = evaluate_external(segmenter, args.external, args.external_truth_glob,
+                                               on_subject=_print_subject)
+        table += ("\n" if table else "") + external_markdown_table(result["external"])
     result.update(backend=segmenter.backend, backend_reason=segmenter.backend_reason)
-    table = markdown_table(result)
     print(table)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(result, indent=2) + "\n")
@@ -65,8 +89,20 @@ def evaluate_and_write(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_subject(row: dict) -> None:
+    dice = ", ".join(f"{form} {value:.3f}" for form, value in row["dice"].items())
+    print(f"{row['name']}: Dice {dice} ({row['seconds']:.0f} s)", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.data_dir is None and args.external is None:
+        parser.error("give --data-dir (Kaggle patient folders), --external (NIfTI subject folders) or both")
+    if args.data_dir is None and args.forms:
+        parser.error("--forms scores --data-dir's slices: give --data-dir too")
+    if args.data_dir is None and args.figures is not None:
+        parser.error("--figures draws --data-dir's slices: give --data-dir too")
     return run(lambda: evaluate_and_write(args), errors=(*USER_ERRORS, BackendError))
 
 
