@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCardData
 
 from .config import ModelConfig
+from .forms import SELECTION_FORMS
 from .metrics import METRICS
 
 LICENSE = "cc-by-nc-sa-4.0"
@@ -20,6 +23,18 @@ DATASET_TYPE = "lgg-mri-segmentation"
 REQUIRED_KEYS = [m.key for m in METRICS] + ["n_slices", "n_tumor_slices", "n_patients", "per_patient_dice"]
 TRAIN_FIELDS_SKIPPED = ("data_dir", "out_dir", "device", "stop_after_epochs", "max_train_slices", "max_val_slices",
                         "world_size")
+LOG_FILES = ("log.csv", "training_log.csv")  # a run folder's epoch log; the bundled models keep it under the second
+# The input forms of brainseg.forms in the card's words: (title, what the model is given).
+FORM_TEXT = {
+    "as_is": ("as is", "the Kaggle slice: pre-contrast T1, FLAIR, post-contrast T1, skull included"),
+    "skull_stripped": ("skull-stripped", "everything outside a heuristic brain mask set to black"),
+    "flair_only": ("FLAIR only", "the FLAIR in all three channels"),
+    "flair_t1c": ("FLAIR + T1c", "the FLAIR in place of the pre-contrast T1"),
+    "half_frame": ("half frame", "the slice shrunk to half its size in a black frame"),
+    "stripped_flair_only": ("skull-stripped FLAIR only", "skull-stripped, the FLAIR in all three channels"),
+    "rotated_90": ("rotated 90°", "the slice turned by a quarter"),
+}
+SEQUENCE_TITLES = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1c"}  # brainseg.volume channel names
 CITATION = """@article{buda2019association,
   title   = {Association of genomic subtypes of lower-grade gliomas with shape features
              automatically extracted by a deep learning algorithm},
@@ -46,6 +61,17 @@ class TrainingInfo:
     split: str | None = None
     val_fraction: float | None = None
     seed: int | None = None
+    split_seed: int | None = None  # chooses the validation patients (runs before it was a field used ``seed``)
+    log_file: str | None = None  # the epoch log ``seconds`` and ``epochs_run`` were read from
+    # the recipe, each as recorded in train_config.json (None: not recorded, e.g. a run older than the field)
+    flip: str | None = None
+    augment: str | None = None
+    scale_range: list[float] | None = None  # [scale_min, scale_max] of the affine augmentation
+    strip_prob: float | None = None
+    missing_channel_prob: float | None = None
+    acquisition: bool | None = None
+    select_on: str | None = None
+    selection_forms: list[str] | None = None  # with select_on "forms": the forms validated on (log.csv columns)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -59,21 +85,47 @@ def find_training_dir(model_folder: Path) -> Path | None:
     return None
 
 
+def _shell_value(value: Any) -> str:
+    """A command-line value: ``$DATA``-style placeholders as they are, anything else shell-quoted when needed."""
+    text = str(value)
+    return text if re.fullmatch(r"\$\w+", text) else shlex.quote(text)
+
+
+def _portable_path(path: str, placeholder: str) -> str:
+    """A path for a published command: an absolute one (this machine's folders) becomes ``placeholder``."""
+    return placeholder if Path(path).is_absolute() else path
+
+
 def train_command(train_config: dict[str, Any]) -> str:
-    """The ``python -m train.train`` command line that reproduces a saved ``train_config.json``."""
+    """The ``python -m train.train`` command line that reproduces a saved ``train_config.json``.
+
+    Absolute folders are replaced by ``$DATA`` / ``OUT_DIR`` / ``INIT_MODEL`` (no machine's paths in a card);
+    an empty string (e.g. ``init_from`` unset) is the default and left out."""
     world_size = int(train_config.get("world_size", 1))  # processes under torchrun (issue 19)
     launcher = "python -m train.train" if world_size <= 1 else f"torchrun --nproc_per_node={world_size} -m train.train"
-    parts = [launcher, f"--data-dir {train_config.get('data_dir', 'DATA_DIR')}",
-             f"--out-dir {train_config.get('out_dir', 'OUT_DIR')}"]
+    data_dir = _portable_path(str(train_config.get("data_dir", "$DATA")), "$DATA")
+    out_dir = _portable_path(str(train_config.get("out_dir", "OUT_DIR")), "OUT_DIR")
+    parts = [launcher, f"--data-dir {_shell_value(data_dir)}", f"--out-dir {_shell_value(out_dir)}"]
     for name, value in train_config.items():
         if name in TRAIN_FIELDS_SKIPPED and not (name.startswith("max_") and value):
+            continue
+        if value == "":
             continue
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             parts.append(flag if value else "--no-" + flag[2:])
+        elif name == "init_from":
+            parts.append(f"{flag} {_shell_value(_portable_path(str(value), 'INIT_MODEL'))}")
         else:
-            parts.append(f"{flag} {value}")
+            parts.append(f"{flag} {_shell_value(value)}")
     return " \\\n    ".join(parts)
+
+
+def _logged_forms(columns: list[str]) -> list[str]:
+    """The input forms a ``select_on=forms`` run validated on: its ``val_<form>_slice_dice`` / ``_volume_dice``
+    columns."""
+    forms = [m.group(1) for c in columns if (m := re.fullmatch(r"val_(.+)_volume_dice", c))]
+    return [form for form in forms if f"val_{form}_slice_dice" in columns]
 
 
 def read_training_info(run_dir: Path | None, config: ModelConfig, hardware: str | None = None,
@@ -81,12 +133,22 @@ def read_training_info(run_dir: Path | None, config: ModelConfig, hardware: str 
     """Collect the training facts; anything not recorded stays None."""
     train_config: dict[str, Any] = {}
     rows: list[dict[str, str]] = []
+    columns: list[str] = []
+    log_file = None
     if run_dir is not None:
         train_config = json.loads((run_dir / "train_config.json").read_text())
-        log = run_dir / "log.csv"
-        if log.is_file():
+        log = next((run_dir / name for name in LOG_FILES if (run_dir / name).is_file()), None)
+        if log is not None:
             with open(log, newline="") as fh:
-                rows = list(csv.DictReader(fh))
+                reader = csv.DictReader(fh)
+                rows, columns, log_file = list(reader), list(reader.fieldnames or []), log.name
+    select_on = train_config.get("select_on")
+    selection_forms = None
+    if select_on == "forms":
+        selection_forms = _logged_forms(columns) or list(SELECTION_FORMS)
+    scale_range = None
+    if "scale_min" in train_config and "scale_max" in train_config:
+        scale_range = [float(train_config["scale_min"]), float(train_config["scale_max"])]
     seconds = sum(float(r.get("seconds") or 0) for r in rows) if rows else None
     best = config.extra.get("best_epoch")
     last = config.extra.get("epoch") if best is None else None
@@ -103,7 +165,57 @@ def read_training_info(run_dir: Path | None, config: ModelConfig, hardware: str 
         split=train_config.get("split"),
         val_fraction=train_config.get("val_fraction"),
         seed=train_config.get("seed"),
+        split_seed=train_config.get("split_seed"),
+        log_file=log_file if rows else None,
+        flip=train_config.get("flip"),
+        augment=train_config.get("augment"),
+        scale_range=scale_range,
+        strip_prob=train_config.get("strip_prob"),
+        missing_channel_prob=train_config.get("missing_channel_prob"),
+        acquisition=train_config.get("acquisition"),
+        select_on=select_on,
+        selection_forms=selection_forms,
     )
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.3g} %"
+
+
+def _form_title(form: str) -> str:
+    return FORM_TEXT.get(form, (form.replace("_", " "), ""))[0]
+
+
+def training_recipe(training: TrainingInfo) -> str | None:
+    """The augmentation and checkpoint choice in plain words, from what ``train_config.json`` recorded
+    (None when it recorded none of it)."""
+    parts = []
+    flips = {"random": "random horizontal flips", "offline": "every slice also mirrored (offline flips)",
+             "none": "no flips"}
+    if training.flip is not None:
+        parts.append(flips.get(training.flip, f"flips: {training.flip}"))
+    if training.augment == "affine_gamma":
+        scale = ""
+        if training.scale_range is not None:
+            scale = f" ({training.scale_range[0]:g}–{training.scale_range[1]:g})"
+        parts.append(f"random rotation/scale{scale}/shift + per-channel gamma")
+    elif training.augment == "none":
+        parts.append("no rotation/scale/intensity augmentation")
+    elif training.augment is not None:
+        parts.append(f"augmentation {training.augment}")
+    if training.strip_prob:
+        parts.append(f"skull-stripped with the heuristic brain mask on {_percent(training.strip_prob)} of slices")
+    if training.missing_channel_prob:
+        parts.append(f"T1 (or T1 and T1c) replaced by FLAIR on {_percent(training.missing_channel_prob)}")
+    if training.acquisition:
+        parts.append("MONAI bias field / low resolution / histogram shift / noise")
+    weights_are_best = training.last_epoch is None and training.averaged_epochs is None
+    if training.select_on == "forms" and weights_are_best:
+        forms = ", ".join(_form_title(f) for f in training.selection_forms or SELECTION_FORMS)
+        parts.append(f"checkpoint chosen on the mean over input forms ({forms}) of (slice Dice + volume Dice) / 2")
+    elif training.select_on == "as_is" and weights_are_best:
+        parts.append("checkpoint chosen on the validation slices as they are (slice Dice)")
+    return "; ".join(parts) if parts else None
 
 
 def check_evaluation(evaluation: dict[str, Any], config: ModelConfig) -> None:
@@ -115,6 +227,9 @@ def check_evaluation(evaluation: dict[str, Any], config: ModelConfig) -> None:
     published = config.to_dict()
     differs = [k for k in ("arch", "base_channels", "depth", "in_channels", "input_size", "normalize", "threshold",
                            "min_component_px", "flip_tta") if k in evaluated and evaluated[k] != published[k]]
+    external = evaluation.get("external") or {}
+    if "threshold" in external and external["threshold"] != published["threshold"]:
+        differs.append("external threshold")
     if differs:
         raise ValueError(f"the evaluation used a different {', '.join(differs)} than the model's config.json: "
                          "re-run the evaluation on this model")
@@ -127,6 +242,14 @@ def metrics_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
     summary["patients"] = sorted(evaluation.get("per_patient_dice", {}))
     if "hardware" in evaluation:
         summary["inference_hardware"] = evaluation["hardware"]
+    if evaluation.get("forms"):
+        summary["forms"] = {form: {k: _json_number(report[k]) for k in ("slice_dice", "volume_dice")}
+                            for form, report in evaluation["forms"].items()}
+        summary["forms_score"] = _json_number(evaluation.get("forms_score"))
+    if evaluation.get("external"):
+        external = evaluation["external"]
+        summary["external"] = {"folder": Path(str(external["folder"])).name, "n_subjects": external["n_subjects"],
+                               "mean_dice": external["mean_dice"]}
     return summary
 
 
@@ -169,6 +292,8 @@ def build_card(repo_id: str, config: ModelConfig, evaluation: dict[str, Any], tr
         _intro(repo_id, config, n_parameters),
         _usage(repo_id),
         _evaluation(evaluation),
+        *([_forms(evaluation)] if evaluation.get("forms") else []),
+        *([_external(evaluation["external"])] if evaluation.get("external") else []),
         _training(training, config),
         _data_and_licence(),
     ]
@@ -252,13 +377,62 @@ empty prediction as 1.
 </details>"""
 
 
+def _forms(evaluation: dict[str, Any]) -> str:
+    """The held-out slices in each input form (``brainseg.evaluation.evaluate_model_forms``'s ``forms``)."""
+    rows = []
+    for form, report in evaluation["forms"].items():
+        title, given = FORM_TEXT.get(form, (form.replace("_", " "), "see `brainseg.forms`"))
+        rows.append(f"| {title} | {given} | {_fmt(report['slice_dice'])} | {_fmt(report['volume_dice'])} |")
+    score = ""
+    if evaluation.get("forms_score") is not None:
+        chosen = [f for f in SELECTION_FORMS if f in evaluation["forms"]]
+        score = (f"\n\nMean of (slice Dice + volume Dice) / 2 over {', '.join(_form_title(f) for f in chosen)}: "
+                 f"**{_fmt(evaluation['forms_score'])}**.")
+    first = next(iter(evaluation["forms"].values()))
+    return f"""## Robustness: other input forms
+
+The same held-out slices ({first['n_slices']} slices of {first['n_patients']} patients), each given to the model
+in the forms a user may send instead of the Kaggle slice (made from the LGG slices by `brainseg.forms`; the
+model's own threshold and post-processing). Per-slice scores count an empty slice with an empty prediction as 1.
+
+| Input form | What the model is given | Slice Dice | Volume Dice |
+|---|---|---|---|
+{chr(10).join(rows)}{score}"""
+
+
+def _external(result: dict[str, Any]) -> str:
+    """Per-subject 3D Dice on external NIfTI subjects (``brainseg.external.evaluate_external``'s result)."""
+    forms = list(result["forms"])
+    rows = []
+    for row in result["subjects"]:
+        sequences = sorted({c for channels in row.get("channels", {}).values() for c in channels} - {"flair"})
+        given = ", ".join(["FLAIR", *(SEQUENCE_TITLES.get(c, c) for c in sequences)])
+        rows.append(f"| {row['name']} | {given} | " + " | ".join(_fmt(row["dice"][f], 3) for f in forms) + " |")
+    rows.append(f"| **mean of {result['n_subjects']}** | | "
+                + " | ".join(f"**{_fmt(result['mean_dice'][f], 3)}**" for f in forms) + " |")
+    folder = Path(str(result["folder"])).name
+    return f"""## External check
+
+Whole-tumor 3D Dice (every label > 0) on {result['n_subjects']} external NIfTI subjects (folder `{folder}`), a
+dataset other than the one the model learned from. These subjects were never used for training, tuning or
+choosing the model or its post-processing. Each scan ran through the whole-scan pipeline (head crop, threshold
+{result['threshold']}) with all the sequences it has (a missing T1 / T1c gets the FLAIR) and with the FLAIR alone.
+Their labels outline the whole tumor, which is close to, but not the same as, the FLAIR abnormality the model
+was trained to outline.
+
+| Subject | Sequences | {' | '.join(f'Dice, {form}' for form in forms)} |
+|---|---|{'---:|' * len(forms)}
+{chr(10).join(rows)}"""
+
+
 def _training(training: TrainingInfo, config: ModelConfig) -> str:
     epochs = "not recorded"
     if training.epochs_run is not None or training.epochs_planned is not None:
         epochs = f"{training.epochs_run if training.epochs_run is not None else '?'} of "
         epochs += f"{training.epochs_planned if training.epochs_planned is not None else '?'} planned"
     if training.best_epoch is not None:
-        epochs += f"; weights from epoch {training.best_epoch} (best validation Dice)"
+        best_on = "best validation score over input forms" if training.select_on == "forms" else "best validation Dice"
+        epochs += f"; weights from epoch {training.best_epoch} ({best_on})"
     elif training.last_epoch is not None:
         epochs += f"; weights from epoch {training.last_epoch}, the run's last"
     elif training.averaged_epochs is not None:
@@ -270,21 +444,24 @@ def _training(training: TrainingInfo, config: ModelConfig) -> str:
     if training.split is None:
         split_text = "not recorded (no train_config.json next to the weights)"
     elif training.split == "patient":
+        split_seed = training.split_seed if training.split_seed is not None else training.seed
         split_text = ("patient-level: the 11 held-out test patients are excluded, and "
                       f"{training.val_fraction if training.val_fraction is not None else 0.1:.0%} of the remaining "
-                      f"patients (seed {training.seed}) form the validation set used to pick the checkpoint "
+                      f"patients (seed {split_seed}) form the validation set used to pick the checkpoint "
                       "and the post-processing")
     else:
         split_text = f"`{training.split}` (see the brainseg repository)"
     duration = _duration(training.seconds)
     if training.seconds is not None:
-        duration += " (sum of epoch times in `log.csv`)"
+        duration += f" (sum of epoch times in `{training.log_file or LOG_FILES[0]}`)"
     command = f"```bash\n{training.command}\n```" if training.command else "Command not recorded."
+    recipe = training_recipe(training)
+    recipe_line = f"\n- **Augmentation and choice:** {recipe}." if recipe else ""
     return f"""## Training
 
 - **Data:** Kaggle "LGG MRI Segmentation" (`kaggle_3m`), 110 patients, 3,929 slices with manual FLAIR masks.
 - **Split:** {split_text}.
-- **Epochs:** {epochs}.
+- **Epochs:** {epochs}.{recipe_line}
 - **Training time:** {duration}.
 - **Hardware:** {training.hardware or 'not recorded'}.
 - **Post-processing** (chosen on validation patients): threshold {config.threshold},

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from brainseg.backends import (
 from brainseg.card import build_card, check_evaluation, find_training_dir, metrics_summary, read_training_info
 from brainseg.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 from brainseg.data import bundled_test_patients, scan_dataset
-from brainseg.evaluation import evaluate_model
+from brainseg.evaluation import evaluate_model, evaluate_model_forms
+from brainseg.external import DEFAULT_TRUTH_GLOBS, evaluate_external
 from brainseg.hub import ModelLoadError, ResolvedModel, parse_repo_arg, resolve_model
 from brainseg.inference import Segmenter, load_model
 from brainseg.model import count_parameters
@@ -49,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=["auto", "all", "test"], default="auto",
                         help="patients of --data-dir to evaluate: auto = all when the folder holds only held-out "
                         "patients, else the held-out test split")
+    parser.add_argument("--forms", action="store_true",
+                        help="also score those slices in every input form (skull-stripped, FLAIR only, FLAIR + "
+                        "T1c, half frame, ...; brainseg.forms) and put the table in the card (needs --data-dir; "
+                        "an --eval-json written by `train.evaluate --forms` brings its own)")
+    parser.add_argument("--external", metavar="DIR",
+                        help="also measure 3D whole-tumor Dice on the labelled NIfTI subject folders under DIR "
+                        "(all channels and FLAIR only) and put the table in the card; never used for choosing")
+    parser.add_argument("--external-truth-glob", metavar="GLOB",
+                        help="the label file in each --external subject folder (default: the first of "
+                        f"{', '.join(DEFAULT_TRUTH_GLOBS)} that matches one file in every folder)")
     parser.add_argument("--dry-run", metavar="DIR", help="write the folder that would be pushed into DIR, push nothing")
     parser.add_argument("--train-dir", help="run folder with train_config.json / log.csv (default: the model "
                         "folder or its parent)")
@@ -78,14 +90,27 @@ def pick_split(data_dir: str, split: str) -> str:
     return "all" if all(p.folder in held_out for p in scan_dataset(data_dir)) else "test"
 
 
-def run_evaluation(data_dir: str, segmenter: Segmenter, split: str) -> dict[str, Any]:
-    """Metrics of ``segmenter`` on the held-out patients of ``data_dir`` (what ``train.evaluate --json`` writes)."""
-    return evaluate_model(segmenter, data_dir, pick_split(data_dir, split))
+def run_evaluation(data_dir: str, segmenter: Segmenter, split: str, forms: bool = False) -> dict[str, Any]:
+    """Metrics of ``segmenter`` on the held-out patients of ``data_dir`` (what ``train.evaluate --json`` writes),
+    with ``forms`` also on those slices in every input form (``train.evaluate --forms``)."""
+    split = pick_split(data_dir, split)
+    evaluation = evaluate_model(segmenter, data_dir, split)
+    if forms:
+        evaluation.update(evaluate_model_forms(segmenter, data_dir, split))
+    return evaluation
+
+
+def print_subject(row: dict[str, Any]) -> None:
+    dice = ", ".join(f"{form} {value:.3f}" for form, value in row["dice"].items())
+    print(f"external {row['name']}: Dice {dice}", file=sys.stderr, flush=True)
 
 
 def check_held_out(evaluation: dict[str, Any]) -> None:
-    """The card promises metrics on held-out patients: refuse anything else."""
-    leaked = sorted(set(evaluation["per_patient_dice"]) - set(bundled_test_patients()))
+    """The card promises metrics on held-out patients (also in every input form): refuse anything else."""
+    patients = set(evaluation["per_patient_dice"])
+    for report in (evaluation.get("forms") or {}).values():
+        patients |= set(report["per_patient_dice"])
+    leaked = sorted(patients - set(bundled_test_patients()))
     if leaked:
         raise ValueError(f"the evaluation includes {len(leaked)} patients outside the held-out test split "
                          f"(e.g. {leaked[0]}): evaluate on the held-out patients only (--split test)")
@@ -117,11 +142,14 @@ def json_safe(value: Any) -> Any:
 
 
 def public_evaluation(evaluation: dict[str, Any], repo_id: str) -> dict[str, Any]:
-    """The evaluation as published: strict JSON, without local paths."""
+    """The evaluation as published: strict JSON, without local paths (folders by their last name)."""
     public = json_safe(evaluation)
     public["model"] = repo_id
     if "data_dir" in public:
         public["data_dir"] = Path(str(public["data_dir"])).name
+    if public.get("external"):
+        public["external"] = {**public["external"], "model": repo_id,
+                              "folder": Path(str(public["external"]["folder"])).name}
     return public
 
 
@@ -181,16 +209,26 @@ def publish(args: argparse.Namespace, workdir: Path) -> int:
             raise ValueError("not logged in to the Hub: run `hf auth login` or set HF_TOKEN (or use --dry-run DIR)")
     if not (args.data_dir or args.eval_json):
         raise ValueError("give --data-dir to evaluate the model, or --eval-json with an existing evaluation")
+    if args.forms and not args.data_dir:
+        raise ValueError("--forms scores --data-dir's slices: give --data-dir (or an --eval-json written by "
+                         "`python -m train.evaluate --forms`, without --forms)")
+    if args.external_truth_glob and not args.external:
+        raise ValueError("--external-truth-glob names the label files of --external DIR: give --external too")
 
     source = resolve_model(args.model)
     config, model = load_model(source)
+    segmenter = None  # made only when something runs the model
+    if not args.eval_json or args.external:
+        segmenter = Segmenter(model, config, source=source.source, revision=source.revision)
     if args.eval_json:
         evaluation = json.loads(Path(args.eval_json).read_text())
     else:
-        segmenter = Segmenter(model, config, source=source.source, revision=source.revision)
-        evaluation = run_evaluation(args.data_dir, segmenter, args.split)
+        evaluation = run_evaluation(args.data_dir, segmenter, args.split, args.forms)
     check_evaluation(evaluation, config)
     check_held_out(evaluation)
+    if args.external:
+        evaluation["external"] = evaluate_external(segmenter, args.external, args.external_truth_glob,
+                                                   on_subject=print_subject)
 
     run_dir = Path(args.train_dir) if args.train_dir else (None if source.repo_id else find_training_dir(source.folder))
     if run_dir is not None and not (run_dir / "train_config.json").is_file():
