@@ -177,7 +177,7 @@ def test_torchrun_two_processes_train_shard_and_save_like_one(standin_data, tmp_
     Segmenter.from_pretrained(out / "best")
     # the logged validation of epoch 2 is a single-process evaluation of the final weights
     cfg = TrainConfig(**{k: v for k, v in settings.items() if k != "world_size"})
-    report = validate(cfg, last.model, load_data(cfg, torch.device("cpu"), verbose=False), torch.device("cpu"))
+    report = validate(cfg, last.model, load_data(cfg, torch.device("cpu"), verbose=False), torch.device("cpu")).report
     assert float(rows[-1]["val_slice_dice"]) == pytest.approx(report.slice_dice, abs=1e-4)
     assert float(rows[-1]["val_volume_dice"]) == pytest.approx(report.volume_dice, abs=1e-4)
     assert report.tumor_slice_dice == report.tumor_slice_dice  # the validation patient has lesion slices
