@@ -234,4 +234,4 @@ def test_cli_offers_the_choices_and_refuses_a_typo_before_writing(tmp_path) -> N
     help_text = subprocess.run([sys.executable, "-m", "train.train", "--help"], capture_output=True, text=True,
                                check=True).stdout
     for option, values in CHOICES.items():
-        assert f"--{option} {{{','.join(values)}}}" in help_text, option
+        assert f"--{option.replace('_', '-')} {{{','.join(values)}}}" in help_text, option
