@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import torch
 
-FLAIR = 1  # channel order of the LGG slices: pre-contrast T1, FLAIR, post-contrast T1
+from .pixels import FLAIR
+
 FLAIR_ONLY_SHARE = 0.6  # of the slices that lose channels, the share that keeps FLAIR alone (else FLAIR + T1c)
 
 

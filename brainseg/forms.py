@@ -21,8 +21,7 @@ import cv2
 import numpy as np
 
 from .brainmask import brain_masks
-
-FLAIR = 1  # channel order of the LGG slices: pre-contrast T1, FLAIR, post-contrast T1
+from .pixels import FLAIR
 
 Slices = tuple[np.ndarray, np.ndarray]  # (N, H, W, 3) uint8 images, (N, H, W) bool masks
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+FLAIR = 1  # channel order of the LGG slices (and of every model input): pre-contrast T1, FLAIR, post-contrast T1
+
 
 def to_uint8(array: np.ndarray, name: str = "image") -> np.ndarray:
     """8-bit pixels from bool, 8/16-bit integers or floats.

@@ -509,10 +509,8 @@ def log_fields(cfg: TrainConfig) -> list[str]:
     return [*LOG_FIELDS[:-1], *per_form, "val_forms_score", LOG_FIELDS[-1]]
 
 
-def log_row(epoch: int, train_loss: float, lr: float, validation: Validation | Report, seconds: float) -> dict:
+def log_row(epoch: int, train_loss: float, lr: float, validation: Validation, seconds: float) -> dict:
     """One ``log.csv`` row (:func:`log_fields`)."""
-    if isinstance(validation, Report):
-        validation = Validation(validation)
     report = validation.report
     row = {
         "epoch": epoch, "train_loss": round(train_loss, 5), "lr": f"{lr:.3g}",
