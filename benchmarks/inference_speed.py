@@ -1,6 +1,6 @@
 """Inference speed on this CPU in one table, each figure next to its reference from the same run.
 
-    python benchmarks/inference_speed.py [--data-dir ../shared/data/lgg-test] [--model assets/model] [-n 30]
+    python benchmarks/inference_speed.py [--data-dir ../shared/data/lgg-test] [--model unet|segformer-b0|FOLDER] [-n 30]
         [--app-repeats 30] [--moves 40] [--no-app]
 
 Rows: the CPU (name, flags, threads); the network forward for one 256x256 held-out slice in PyTorch eager
@@ -36,6 +36,7 @@ from brainseg.backends import AUTO_TOLERANCE, OnnxRunner, ensure_onnx  # noqa: E
 from brainseg.config import WEIGHTS_FILE, ModelConfig  # noqa: E402
 from brainseg.cpu import CpuInfo, read_cpu_info  # noqa: E402
 from brainseg.data import load_slices, scan_dataset  # noqa: E402
+from brainseg.hub import resolve_model  # noqa: E402
 from brainseg.model import build_model  # noqa: E402
 from brainseg.postprocess import binarize  # noqa: E402
 from brainseg.transforms import uint8_batch_to_input  # noqa: E402
@@ -289,7 +290,7 @@ def held_out_inputs(data_dir: str, config: ModelConfig, limit: int) -> torch.Ten
 
 def measure(args: argparse.Namespace) -> list[Row]:
     cpu = read_cpu_info()
-    folder = Path(args.model)
+    folder = resolve_model(args.model).folder
     config, model = load_folder_model(folder)
     inputs = held_out_inputs(args.data_dir, config, args.slices)
     onnx = OnnxRunner(ensure_onnx(folder, model, config.input_size, args.cache_dir))
@@ -307,7 +308,8 @@ def measure(args: argparse.Namespace) -> list[Row]:
 def main(argv: list[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "lgg-test"))
-    parser.add_argument("--model", default=str(REPO / "assets" / "model"), help="model folder (default: bundled)")
+    parser.add_argument("--model", default=str(REPO / "assets" / "model"),
+                        help="model folder, bundled name (unet, segformer-b0, ...) or ORG/NAME (default: bundled)")
     parser.add_argument("-n", "--repeats", type=int, default=30, help="timed single-slice forwards per backend")
     parser.add_argument("--slices", type=int, default=0, help="held-out slices for the agreement rows (0: all)")
     parser.add_argument("--volume-batch", type=int, default=32, help="batch size for the 155-slice volume")
