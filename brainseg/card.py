@@ -300,6 +300,20 @@ def build_card(repo_id: str, config: ModelConfig, evaluation: dict[str, Any], tr
     return "\n\n".join(sections).rstrip() + "\n"
 
 
+def architecture_summary(config: ModelConfig, n_parameters: int) -> tuple[str, str]:
+    """The network's short name (for the card title) and one phrase describing it, by ``config.arch``."""
+    if config.arch == "segformer_mit_b0":
+        return "SegFormer-B0 (Transformer)", (
+            f"A 2D SegFormer-B0 (Mix-Transformer MiT-b0 encoder, all-MLP decoder at 1/4 resolution, logits upsampled "
+            f"bilinearly; random init, no pretrained weights; {n_parameters:,} parameters)")
+    if config.arch == "unet_mit_b0":
+        return "U-Net with a MiT-b0 Transformer encoder", (
+            f"A 2D U-Net decoder on a Mix-Transformer MiT-b0 encoder (random init, no pretrained weights; "
+            f"{n_parameters:,} parameters)")
+    return "U-Net", (f"A 2D U-Net ({config.depth} down/up levels, {config.base_channels} base channels, bilinear "
+                     f"upsampling,\n{n_parameters:,} parameters)")
+
+
 def _intro(repo_id: str, config: ModelConfig, n_parameters: int) -> str:
     norm = "per-image normalisation (mean, 2·std)" if config.normalize else "inputs scaled to [0, 1], no normalisation"
     post = f"threshold {config.threshold}"
@@ -307,13 +321,13 @@ def _intro(repo_id: str, config: ModelConfig, n_parameters: int) -> str:
         post += f", connected components under {config.min_component_px} px removed"
     if config.flip_tta:
         post += ", horizontal-flip test-time augmentation"
-    return f"""# {repo_id.split('/')[-1]}: U-Net for FLAIR abnormality (lower-grade glioma) on brain MRI
+    name, description = architecture_summary(config, n_parameters)
+    return f"""# {repo_id.split('/')[-1]}: {name} for FLAIR abnormality (lower-grade glioma) on brain MRI
 
 > **Not for clinical use.** This is a research and teaching model. It is not a medical device, has not been
 > clinically validated, and must not be used for diagnosis, treatment planning or any decision about a patient.
 
-A 2D U-Net ({config.depth} down/up levels, {config.base_channels} base channels, bilinear upsampling,
-{n_parameters:,} parameters) that outlines the FLAIR abnormality on one axial brain-MRI slice.
+{description} that outlines the FLAIR abnormality on one axial brain-MRI slice.
 
 - **Input:** a {config.input_size}x{config.input_size}x{config.in_channels} slice whose channels are pre-contrast,
   FLAIR and post-contrast, as in the Kaggle LGG set (other sizes are resized); {norm}.

@@ -270,13 +270,13 @@ def test_switching_models_reruns_the_slice_with_the_chosen_models_threshold(tmp_
     segformer = models.get("segformer-b0")
     assert models.get("segformer-b0") is segformer, "loaded once, then cached"
     assert segformer.config.arch != unet.config.arch and "segformer-b0" in info
-    assert (slider.value, checkbox.value) == (segformer.config.threshold, segformer.config.normalize) == (0.6, True)
+    assert (slider.value, checkbox.value) == (segformer.config.threshold, segformer.config.normalize) == (0.4, True)
     switched = handlers.resegment(first.state, slider.value, checkbox.value, "segformer-b0")
     state = switched.state
     assert state.model == "segformer-b0" and state.truth is first.state.truth
     assert np.abs(state.proba - first.state.proba).max() > 0.1, "another model, another probability map"
     assert np.array_equal(state.proba, segformer.predict_proba(decode_image(str(image_file))))
-    assert np.array_equal(png_pixels(switched.mask) == 255, segformer.to_mask(state.proba, 0.6))
+    assert np.array_equal(png_pixels(switched.mask) == 255, segformer.to_mask(state.proba, 0.4))
     # a threshold redraw post-processes with the model that made the map (its min. component size, not the U-Net's)
     live = handlers.rethreshold(state, 0.3)
     assert np.array_equal(png_pixels(live.mask) == 255, segformer.to_mask(state.proba, 0.3))

@@ -223,7 +223,7 @@ def test_model_selector_reruns_the_slice_with_the_transformer(page) -> None:
         arg=heat_before, timeout=TIMEOUT_MS,
     )
     assert "segformer-b0" in page.locator("#model-info").inner_text()
-    assert page.locator("#threshold input[type=number]").input_value() == "0.6", "the Transformer's tuned value"
+    assert page.locator("#threshold input[type=number]").input_value() == "0.4", "the Transformer's tuned value"
     switched = wait_for_summary(page, "Tumor area:")
     assert area_px(switched) != area_px(first), "another model, another mask"
     shoot(page, "5_model_switched")

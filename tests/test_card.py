@@ -105,9 +105,9 @@ def test_forms_choice_is_not_claimed_for_last_epoch_weights_and_unlogged_forms_f
     assert "checkpoint chosen" not in training_recipe(last) and "MONAI" in training_recipe(last)
 
 
-@pytest.mark.parametrize("folder, rows", [("assets/model", 80), ("assets/models/segformer-b0", 2)])
+@pytest.mark.parametrize("folder, rows", [("assets/model", 80)])
 def test_old_train_config_says_only_what_it_recorded(folder, rows):
-    """The bundled runs predate the recipe fields: flips and affine + gamma only, no scale range, no choice."""
+    """The default's run predates the recipe fields: flips and affine + gamma only, no scale range, no choice."""
     run = REPO / folder
     config = ModelConfig.load(run)
     training = read_training_info(run, config)
@@ -225,3 +225,18 @@ def test_external_run_with_another_threshold_is_refused():
     with pytest.raises(ValueError, match="external threshold"):
         check_evaluation(full, ModelConfig())
     check_evaluation({**full, "external": external_result()}, ModelConfig())
+
+
+@pytest.mark.parametrize("arch, title, described", [
+    ("unet", "U-Net for FLAIR", "A 2D U-Net (4 down/up levels, 16 base channels"),
+    ("segformer_mit_b0", "SegFormer-B0 (Transformer) for FLAIR", "A 2D SegFormer-B0 (Mix-Transformer MiT-b0"),
+    ("unet_mit_b0", "U-Net with a MiT-b0 Transformer encoder for FLAIR", "Mix-Transformer MiT-b0 encoder"),
+])
+def test_card_names_the_architecture_it_describes(arch, title, described):
+    config = ModelConfig(arch=arch, base_channels=16, depth=4)
+    card = build_card("org/m", config, evaluation(), read_training_info(None, config), 3_714_401)
+    heading = card.split("\n# ", 1)[1].splitlines()[0]
+    assert heading == f"m: {title} abnormality (lower-grade glioma) on brain MRI"
+    assert described in card and "3,714,401 parameters" in card
+    if arch != "unet":
+        assert "A 2D U-Net (" not in card, "a Transformer is not described as a U-Net"
