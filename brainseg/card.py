@@ -182,8 +182,13 @@ def _percent(share: float) -> str:
     return f"{100 * share:.3g} %"
 
 
+def _form_text(form: str) -> tuple[str, str]:
+    """(title, what the model is given) of an input form; a form added to brainseg.forms later gets its name."""
+    return FORM_TEXT.get(form, (form.replace("_", " "), "see `brainseg.forms`"))
+
+
 def _form_title(form: str) -> str:
-    return FORM_TEXT.get(form, (form.replace("_", " "), ""))[0]
+    return _form_text(form)[0]
 
 
 def training_recipe(training: TrainingInfo) -> str | None:
@@ -395,7 +400,7 @@ def _forms(evaluation: dict[str, Any]) -> str:
     """The held-out slices in each input form (``brainseg.evaluation.evaluate_model_forms``'s ``forms``)."""
     rows = []
     for form, report in evaluation["forms"].items():
-        title, given = FORM_TEXT.get(form, (form.replace("_", " "), "see `brainseg.forms`"))
+        title, given = _form_text(form)
         rows.append(f"| {title} | {given} | {_fmt(report['slice_dice'])} | {_fmt(report['volume_dice'])} |")
     score = ""
     if evaluation.get("forms_score") is not None:
