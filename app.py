@@ -28,7 +28,7 @@ import numpy as np
 import brainseg
 from brainseg import Segmenter, volume_export
 from brainseg.backends import BACKENDS, BackendError
-from brainseg.config import UNET
+from brainseg.config import ENSEMBLE, UNET
 from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position
 from brainseg.hub import BUNDLED_LABEL, DEFAULT_MODEL_NAME, ModelLoadError, model_arg_from_env
 from brainseg.imaging import decode_image, encode_png, inspect_mask, save_png, slice_notes
@@ -209,10 +209,15 @@ def started_choice(segmenter: Segmenter, requested: str | None = None) -> str:
 def bundled_label(name: str, folder: Path) -> str:
     """The selector's label of a bundled model: its name and whether it is the U-Net or a Transformer."""
     try:
-        arch = json.loads((folder / "config.json").read_text()).get("arch", UNET)
-    except (OSError, ValueError):
-        arch = "?"
-    kind = "U-Net" if arch == UNET else f"Transformer ({arch})"
+        config = json.loads((folder / "config.json").read_text())
+        arch = config.get("arch", UNET)
+        members = [member.get("arch", UNET) for member in config.get("members", [])]
+    except (OSError, ValueError, AttributeError):
+        arch, members = "?", []
+    if arch == ENSEMBLE:
+        kind = f"ensemble ({' + '.join(members)})"
+    else:
+        kind = "U-Net" if arch == UNET else f"Transformer ({arch})"
     return f"{name}: bundled {kind}" + (", default" if name == DEFAULT_MODEL_NAME else "")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from .config import ModelConfig
+from .config import ENSEMBLE, ModelConfig
 from .forms import SELECTION_FORMS
 from .metrics import METRICS
 
@@ -307,6 +307,13 @@ def build_card(repo_id: str, config: ModelConfig, evaluation: dict[str, Any], tr
 
 def architecture_summary(config: ModelConfig, n_parameters: int) -> tuple[str, str]:
     """The network's short name (for the card title) and one phrase describing it, by ``config.arch``."""
+    if config.arch == ENSEMBLE:
+        members = config.member_configs()
+        names = [architecture_summary(member, 0)[0] for member in members]
+        flips = ", ".join(f"{name}: {'on' if member.flip_tta else 'off'}" for name, member in zip(names, members))
+        return f"Ensemble ({' + '.join(names)})", (
+            f"An ensemble of {len(members)} trained 2D networks ({', '.join(names)}) whose probabilities are "
+            f"averaged, each with its own horizontal-flip TTA ({flips}); {n_parameters:,} parameters in all")
     if config.arch == "segformer_mit_b0":
         return "SegFormer-B0 (Transformer)", (
             f"A 2D SegFormer-B0 (Mix-Transformer MiT-b0 encoder, all-MLP decoder at 1/4 resolution, logits upsampled "

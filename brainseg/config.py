@@ -15,9 +15,15 @@ CONFIG_VERSION = 1
 # Network architectures :func:`brainseg.model.build_model` can build; configs without ``arch`` are U-Nets.
 # "unet": the article's U-Net, sized by ``base_channels`` and ``depth``. The others are Transformers of fixed size
 # (:mod:`brainseg.transformer`, built with segmentation-models-pytorch), which ignore ``base_channels`` and ``depth``.
+# "ensemble": the mean probability of trained member networks (``members``: their configs), made by
+# ``python -m train.ensemble`` from trained models, never trained itself.
 UNET = "unet"
 TRANSFORMER_ARCHITECTURES = ("segformer_mit_b0", "unet_mit_b0")
-ARCHITECTURES = (UNET, *TRANSFORMER_ARCHITECTURES)
+TRAINABLE_ARCHITECTURES = (UNET, *TRANSFORMER_ARCHITECTURES)
+ENSEMBLE = "ensemble"
+ARCHITECTURES = (*TRAINABLE_ARCHITECTURES, ENSEMBLE)
+# what every member of an ensemble must share with it: they all see the same preprocessed input
+SHARED_INPUT_FIELDS = ("in_channels", "input_size", "normalize")
 
 
 @dataclass
@@ -35,6 +41,8 @@ class ModelConfig:
     flip_tta: bool = False
     version: int = CONFIG_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    # for ``arch="ensemble"`` only: each member's own config (as a dict), in the order of its weights
+    members: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -46,12 +54,34 @@ class ModelConfig:
             raise ValueError(f"base_channels must be positive, got {self.base_channels}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.arch == ENSEMBLE:
+            self._check_members()
+        elif self.members:
+            raise ValueError(f"only an ensemble config lists members, not arch {self.arch!r}")
 
-    def architecture(self) -> dict[str, str | int]:
+    def _check_members(self) -> None:
+        if len(self.members) < 2:
+            raise ValueError(f"an ensemble needs at least two members, config.json lists {len(self.members)}")
+        for index, member in enumerate(self.member_configs()):
+            if member.arch == ENSEMBLE:
+                raise ValueError(f"ensemble member {index} is itself an ensemble: list its members instead")
+            for name in SHARED_INPUT_FIELDS:
+                if getattr(member, name) != getattr(self, name):
+                    raise ValueError(f"ensemble member {index} has {name}={getattr(member, name)!r} but the "
+                                     f"ensemble {getattr(self, name)!r}: every member must see the same input")
+
+    def member_configs(self) -> list["ModelConfig"]:
+        """An ensemble's member configs (empty for a single network)."""
+        return [ModelConfig.from_dict(member) for member in self.members]
+
+    def architecture(self) -> dict[str, Any]:
         """The fields that shape the network (two configs with equal ones load the same weights).
 
-        ``base_channels`` and ``depth`` size the U-Net only; a Transformer's size is fixed by its ``arch``.
+        ``base_channels`` and ``depth`` size the U-Net only; a Transformer's size is fixed by its ``arch``; an
+        ensemble's is its members'.
         """
+        if self.arch == ENSEMBLE:
+            return {"arch": self.arch, "members": [m.architecture() for m in self.member_configs()]}
         if self.arch != UNET:
             return {"arch": self.arch, "in_channels": self.in_channels}
         return {"arch": self.arch, "base_channels": self.base_channels, "depth": self.depth,

@@ -1,7 +1,7 @@
 """Network architectures and :func:`build_model`, the one factory that turns a config into a module.
 
 The article's U-Net: DoubleConv blocks, max-pool down, bilinear up with skip concatenation. The Transformer
-architectures are in :mod:`brainseg.transformer`.
+architectures are in :mod:`brainseg.transformer`, the ensemble of trained networks in :mod:`brainseg.ensemble`.
 """
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .config import ARCHITECTURES, ModelConfig
+from .config import ARCHITECTURES, ENSEMBLE, ModelConfig
+from .ensemble import MeanProbabilityEnsemble
 from .transformer import TRANSFORMERS
 
 
@@ -89,9 +90,14 @@ def _transformer_builder(name: str) -> Callable[[ModelConfig], nn.Module]:
     return lambda config: TRANSFORMERS[name](config.in_channels)
 
 
+def _build_ensemble(config: ModelConfig) -> MeanProbabilityEnsemble:
+    members = config.member_configs()
+    return MeanProbabilityEnsemble([build_model(member) for member in members], [m.flip_tta for m in members])
+
+
 # one builder per name in brainseg.config.ARCHITECTURES (tests/test_model.py checks they match)
 BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
-    "unet": _build_unet, **{name: _transformer_builder(name) for name in TRANSFORMERS},
+    "unet": _build_unet, **{name: _transformer_builder(name) for name in TRANSFORMERS}, ENSEMBLE: _build_ensemble,
 }
 
 

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from .augment import random_acquisition, random_missing_channels, random_skull_strip
 from .brainmask import brain_masks
-from .config import ARCHITECTURES, ModelConfig
+from .config import TRAINABLE_ARCHITECTURES, ModelConfig
 from .data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLIT_PROTOCOLS, SliceRecord, Split, load_slices, make_split
 from .distributed import (
     SINGLE_PROCESS,
@@ -82,7 +82,7 @@ SELECT_ON = ("as_is", "forms")
 # The valid values of TrainConfig's string options: checked there, offered as choices by train/train.py.
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": tuple(OPTIMIZERS), "schedule": SCHEDULES, "loss": LOSSES, "flip": FLIPS, "augment": AUGMENTS,
-    "split": SPLIT_PROTOCOLS, "arch": ARCHITECTURES, "select_on": SELECT_ON,
+    "split": SPLIT_PROTOCOLS, "arch": TRAINABLE_ARCHITECTURES, "select_on": SELECT_ON,
 }
 AT_LEAST_ONE = ("base_channels", "epochs", "batch_size", "checkpoint_every", "dist_timeout_s")
 NOT_NEGATIVE = ("weight_decay", "max_train_slices", "max_val_slices", "stop_after_epochs", "swa_start")
@@ -98,7 +98,7 @@ class TrainConfig:
 
     data_dir: str
     out_dir: str
-    arch: str = "unet"  # brainseg.config.ARCHITECTURES; base_channels and depth size the U-Net only
+    arch: str = "unet"  # brainseg.config.TRAINABLE_ARCHITECTURES; base_channels and depth size the U-Net only
     base_channels: int = 16
     depth: int = 4
     normalize: bool = True

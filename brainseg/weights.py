@@ -11,14 +11,19 @@ from .config import WEIGHTS_FILE, ModelConfig
 from .fileio import atomic_write
 
 
-def state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict as contiguous CPU tensors (safetensors refuses channels-last views)."""
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def state_for_saving(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous CPU tensors (safetensors refuses channels-last views); with ``dtype``, its
+    floating-point tensors stored in that type (loading casts them back to the model's own)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    return state
 
 
-def save_weights(model: torch.nn.Module, folder: str | Path) -> Path:
-    """Write ``model.safetensors`` atomically (temporary file, then rename)."""
-    state = state_for_saving(model)
+def save_weights(model: torch.nn.Module, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write ``model.safetensors`` atomically (temporary file, then rename); ``dtype`` as in
+    :func:`state_for_saving` (float16 halves the file, e.g. for an ensemble bundled in the repository)."""
+    state = state_for_saving(model, dtype)
     return atomic_write(Path(folder) / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
 
 
@@ -39,9 +44,10 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         raise ValueError(f"weights in {path} do not match config.json ({first})") from None
 
 
-def save_model(model: torch.nn.Module, config: ModelConfig, folder: str | Path) -> Path:
-    """Write weights (safetensors) and config atomically into ``folder``."""
+def save_model(model: torch.nn.Module, config: ModelConfig, folder: str | Path,
+               dtype: torch.dtype | None = None) -> Path:
+    """Write weights (safetensors, floating tensors as ``dtype`` if given) and config atomically into ``folder``."""
     folder = Path(folder)
-    save_weights(model, folder)
+    save_weights(model, folder, dtype)
     config.save(folder)
     return folder

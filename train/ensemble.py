@@ -1,0 +1,71 @@
+"""Combine trained models into one ensemble model folder (mean of their probabilities), tuned on validation.
+
+    python -m train.ensemble --member unet-robust --member runs/segformer-robust/best \\
+        --out-dir runs/ensemble --data-dir DATA --weights-dtype float16
+
+Each member keeps its own flip TTA; the ensemble's threshold and minimum component size are tuned on the
+validation patients of the members' split (as ``train.tune`` does for one model), never on held-out patients.
+The folder loads like any model (``Segmenter.from_pretrained(folder)``, the app's ``--model``, ``train.evaluate``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from brainseg import Segmenter
+from brainseg.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, load_slices, make_split
+from brainseg.ensemble import combine
+from brainseg.evaluation import tune_postprocessing
+from brainseg.weights import save_model
+from train.cli import run
+
+WEIGHT_DTYPES = {"float32": None, "float16": torch.float16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m train.ensemble", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--member", action="append", required=True,
+                        help="a trained model (bundled name, folder or ORG/NAME[@REV]); give two or more")
+    parser.add_argument("--out-dir", required=True, help="the ensemble's model folder (written)")
+    parser.add_argument("--data-dir", required=True, help="the full dataset (kaggle_3m layout): validation patients")
+    parser.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED,
+                        help="the members' training --split-seed (which patients are validation)")
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
+    parser.add_argument("--weights-dtype", choices=list(WEIGHT_DTYPES), default="float32",
+                        help="how model.safetensors stores the weights (float16 halves the file; loading casts "
+                        "back to float32)")
+    return parser
+
+
+def make_ensemble(args: argparse.Namespace) -> int:
+    if len(args.member) < 2:
+        raise ValueError("give at least two --member models to combine")
+    loaded = [Segmenter.from_pretrained(source, device="cpu", backend="torch") for source in args.member]
+    config, network = combine([(s.config, s.model) for s in loaded],
+                              extra={"members_from": [s.description for s in loaded]})
+    split = make_split(args.data_dir, "patient", args.val_fraction, args.split_seed)
+    if not split.val:
+        raise ValueError("no validation patients under --data-dir: give the full dataset")
+    images, masks = load_slices(list(split.val))
+    ensemble = Segmenter(network, config, device="cpu", backend="torch")
+    tuned, validation = tune_postprocessing(ensemble, images, masks, [r.patient for r in split.val],
+                                            flip_tta_options=(False,))
+    tuned.extra["tuned_on"] = f"{len(split.patients('val'))} validation patients, {len(split.val)} slices"
+    save_model(network, tuned, args.out_dir, WEIGHT_DTYPES[args.weights_dtype])
+    report = validation.to_dict()
+    report.pop("per_patient_dice")
+    chosen = {k: getattr(tuned, k) for k in ("threshold", "min_component_px")}
+    print(json.dumps({"out_dir": args.out_dir, "chosen": chosen, "validation": report}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(lambda: make_ensemble(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
