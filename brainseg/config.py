@@ -88,7 +88,11 @@ class ModelConfig:
                 "in_channels": self.in_channels}
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as ``config.json`` holds it (``members`` only for an ensemble)."""
+        data = dataclasses.asdict(self)
+        if not self.members:
+            data.pop("members")
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":

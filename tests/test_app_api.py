@@ -56,7 +56,8 @@ def test_api_lists_segment_and_threshold(client: Client) -> None:
     assert len(parameters) == 5 and parameters[-1]["parameter_has_default"], "four inputs, then an optional model"
     model = parameters[-1]
     assert (model["parameter_name"], model["parameter_default"]) == ("model", "unet"), "default: the started model"
-    assert model["type"]["enum"] == ["unet", "segformer-b0", "unet-robust"], "the bundled models, by name"
+    bundled_names = ["unet", "robust-ensemble", "segformer-b0", "unet-robust"]
+    assert model["type"]["enum"] == bundled_names, "the bundled models, by name"
 
 
 def test_optional_model_input_runs_the_transformer(client: Client, tumor_slice: tuple[Path, Path]) -> None:

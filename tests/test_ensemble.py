@@ -93,6 +93,7 @@ def test_ensemble_cli_combines_bundled_models_and_tunes_on_validation_only(lgg_t
     printed = json.loads(capsys.readouterr().out)
     config = ModelConfig.load(out)
     assert config.arch == "ensemble" and printed["chosen"]["threshold"] == config.threshold
+    assert (config.extra["split"], config.extra["split_seed"], config.extra["val_fraction"]) == ("patient", 2026, 0.5)
     assert [m.get("arch", "unet") for m in config.members] == ["unet", "unet"]
     assert [m["flip_tta"] for m in config.members] == [False, True]  # each member's own TTA is kept
     member_bytes = (brainseg.bundled_models()["unet"] / "model.safetensors").stat().st_size

@@ -53,7 +53,8 @@ def make_ensemble(args: argparse.Namespace) -> int:
     ensemble = Segmenter(network, config, device="cpu", backend="torch")
     tuned, validation = tune_postprocessing(ensemble, images, masks, [r.patient for r in split.val],
                                             flip_tta_options=(False,))
-    tuned.extra["tuned_on"] = f"{len(split.patients('val'))} validation patients, {len(split.val)} slices"
+    tuned.extra.update(tuned_on=f"{len(split.patients('val'))} validation patients, {len(split.val)} slices",
+                       split="patient", split_seed=args.split_seed, val_fraction=args.val_fraction)
     save_model(network, tuned, args.out_dir, WEIGHT_DTYPES[args.weights_dtype])
     report = validation.to_dict()
     report.pop("per_patient_dice")

@@ -21,7 +21,7 @@ from brainseg.backends import (
     synthetic_probe,
 )
 from brainseg.card import build_card, check_evaluation, find_training_dir, metrics_summary, read_training_info
-from brainseg.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
+from brainseg.config import CONFIG_FILE, UNET, WEIGHTS_FILE, ModelConfig
 from brainseg.data import bundled_test_patients, scan_dataset
 from brainseg.evaluation import evaluate_model, evaluate_model_forms
 from brainseg.external import DEFAULT_TRUTH_GLOBS, evaluate_external
@@ -120,7 +120,7 @@ def published_config(config: ModelConfig, evaluation: dict[str, Any], training: 
     """``config.json`` for the Hub: the model's config plus data, split, training facts and held-out metrics."""
     extra = dict(config.extra)
     extra.update(
-        architecture="unet (bilinear upsampling)",
+        architecture="unet (bilinear upsampling)" if config.arch == UNET else config.architecture(),
         data={"dataset": "Kaggle lgg-mri-segmentation (kaggle_3m), from TCIA TCGA-LGG",
               "licence": "CC BY-NC-SA 4.0", "split": training.get("split", "not recorded"),
               "test_patients": bundled_test_patients()},
