@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .backends import BACKENDS, BackendError
 from .fileio import atomic_write_text
-from .hub import ModelLoadError
+from .hub import BUNDLED_LABEL, ModelLoadError, bundled_models
 from .inference import Segmenter
 from .volume import VolumePrediction, evaluate_volume, predict_patient_folder, predict_volume, save_mask
 from .volume_io import (
@@ -85,6 +85,9 @@ def _run(args: argparse.Namespace) -> int:
         subjects = [SubjectInputs(subjects[0].name, subjects[0].flair, args.t1 or subjects[0].t1,
                                   args.t1ce or subjects[0].t1ce, args.truth or subjects[0].truth)]
     segmenter = Segmenter.from_pretrained(args.model, device=args.device, backend=args.backend)
+    hint = outside_scan_hint(segmenter, subjects)
+    if hint:
+        print(hint, file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     results, failed, used_names = [], 0, set()
     subject_bar = tqdm(subjects, desc="subjects", unit="subject", disable=args.quiet or len(subjects) < 2)
@@ -102,6 +105,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.json and results:
         atomic_write_text(args.json, json.dumps(_report(results), indent=2) + "\n")
     return 2 if failed else 0
+
+
+# the bundled model chosen for scans from other hospitals (skull-stripped, FLAIR only): docs/generalization.md
+OUTSIDE_SCANS_MODEL = "robust-ensemble"
+
+
+def outside_scan_hint(segmenter: Segmenter, subjects: list[SubjectInputs]) -> str | None:
+    """A note when the bundled default (trained on whole-head LGG slices) is about to segment scans (NIfTI,
+    DICOM) rather than Kaggle patient folders, and the bundled robust model is there to do better on them."""
+    scans = [s for s in subjects if not (s.flair.is_dir() and is_patient_folder(s.flair))]
+    if segmenter.source != BUNDLED_LABEL or not scans or OUTSIDE_SCANS_MODEL not in bundled_models():
+        return None
+    return (f"note: the default model learned whole-head LGG slices; for skull-stripped or FLAIR-only scans from "
+            f"other hospitals, --model {OUTSIDE_SCANS_MODEL} segments better (docs/generalization.md)")
 
 
 def _unique(name: str, used: set[str]) -> str:
