@@ -447,7 +447,9 @@ class DatasetBrowser:
 # ------------------------------------------------------------------------------------------------ volume tab
 VOLUME_FILE_TYPES = [".nii", ".gz", ".zip"]
 VOLUME_START_TEXT = ("Upload a FLAIR volume (NIfTI `.nii` / `.nii.gz`, or a `.zip` of one DICOM series), optionally "
-                     "T1 and post-contrast T1 on the same grid, then press **Segment volume**.")
+                     "T1 and post-contrast T1 on the same grid, then press **Segment volume**. A skull-stripped or "
+                     "FLAIR-only scan from another hospital: choose **robust-ensemble** in the Model selector "
+                     "(trained for such scans; the default learned whole-head LGG slices).")
 
 
 @dataclass(frozen=True, eq=False)
