@@ -50,6 +50,8 @@ def combine(members: Sequence[tuple[ModelConfig, nn.Module]], threshold: float =
     them otherwise. ``threshold`` and ``min_component_px`` are the ensemble's own post-processing (tune them on
     validation patients: the members' thresholds do not carry over to their mean).
     """
+    if len(members) < 2:
+        raise ValueError(f"an ensemble needs at least two members, got {len(members)}")
     first = members[0][0]
     config = ModelConfig(
         arch=ENSEMBLE, in_channels=first.in_channels, input_size=first.input_size, normalize=first.normalize,

@@ -63,6 +63,8 @@ def test_an_ensemble_folder_in_float16_loads_through_the_one_load_path_and_predi
 
 
 def test_configs_an_ensemble_cannot_run_are_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="at least two members, got 0"):
+        combine([])
     unet = ModelConfig(base_channels=4, depth=2).to_dict()
     with pytest.raises(ValueError, match="at least two members"):
         ModelConfig(arch="ensemble", members=[unet])
