@@ -106,3 +106,28 @@ def test_forms_and_external_options_are_checked_first(tmp_path, capsys):
         assert publish_main(["--repo-id", "org/x", "--dry-run", str(tmp_path / f"o{n}"), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_dry_run_of_an_ensemble_publishes_one_folder_whose_card_and_config_name_its_members(lgg_test_dir, tmp_path,
+                                                                                              capsys):
+    from brainseg.ensemble import combine
+
+    torch.manual_seed(0)
+    members = [ModelConfig(base_channels=4, depth=2, flip_tta=True), ModelConfig(base_channels=6, depth=2)]
+    config, network = combine([(c, build_model(c).eval()) for c in members], threshold=0.4,
+                              extra={"split": "patient", "split_seed": 2026, "val_fraction": 0.1})
+    save_model(network, config, tmp_path / "ens", torch.float16)
+    data = tmp_path / "lgg-held-out"
+    link_patient(lgg_test_dir / STANDIN_SOURCE, data / STANDIN_SOURCE, SLICES)
+    out = tmp_path / "dry"
+    status = publish_main(["--repo-id", "org/ens", "--model", str(tmp_path / "ens"), "--data-dir", str(data),
+                           "--train-command", "python -m train.ensemble --member A --member B", "--dry-run", str(out)])
+    assert status == 0, capsys.readouterr().err
+    published = ModelConfig.load(out)
+    assert published.arch == "ensemble" and [m["base_channels"] for m in published.members] == [4, 6]
+    assert published.extra["architecture"]["members"][1] == members[1].architecture()
+    assert (out / "model.onnx").is_file()  # one graph for the whole ensemble, checked against PyTorch by publish
+    card = (out / "README.md").read_text()
+    assert "# ens: Ensemble (U-Net + U-Net) for FLAIR" in card and "U-Net: on, U-Net: off" in card
+    assert "patient-level: the 11 held-out test patients are excluded" in card and "(seed 2026)" in card
+    assert "python -m train.ensemble --member A --member B" in card
