@@ -278,10 +278,22 @@ METRIC_COLUMNS = (("slice_dice", "slice Dice"), ("volume_dice", "volume Dice"),
                   ("tumor_slice_dice", "tumor-slice Dice"), ("empty_fp_rate", "empty-slice FP"))
 
 
+EXTERNAL_COLUMN = "other hospitals: 3D Dice, all sequences / FLAIR only"
+
+
+def external_cell(metrics: dict) -> str:
+    """A model's mean 3D Dice on the external scans it was measured on (``train.evaluate --external``)."""
+    means = (metrics.get("external") or {}).get("mean_dice") or {}
+    if not all(isinstance(means.get(key), (int, float)) for key in ("all channels", "flair only")):
+        return "not measured"
+    return f"{means['all channels']:.3f} / {means['flair only']:.3f}"
+
+
 def bundled_metrics_table(folders: Mapping[str, Path]) -> str:
-    """A Markdown table of each bundled model's held-out numbers (its folder's ``metrics.json``)."""
-    rows = [f"| model | {' | '.join(title for _, title in METRIC_COLUMNS)} |",
-            "|---" * (len(METRIC_COLUMNS) + 1) + "|"]
+    """A Markdown table of each bundled model's held-out numbers and its external 3D Dice (its folder's
+    ``metrics.json``), for choosing a model."""
+    rows = [f"| model | {' | '.join(title for _, title in METRIC_COLUMNS)} | {EXTERNAL_COLUMN} |",
+            "|---" * (len(METRIC_COLUMNS) + 2) + "|"]
     for name, folder in folders.items():
         try:
             metrics = json.loads((Path(folder) / "metrics.json").read_text())
@@ -289,11 +301,13 @@ def bundled_metrics_table(folders: Mapping[str, Path]) -> str:
             metrics = {}
         cells = [f"{metrics[key]:.3f}" if isinstance(metrics.get(key), (int, float)) else "not measured"
                  for key, _ in METRIC_COLUMNS]
-        rows.append(f"| `{name}` | {' | '.join(cells)} |")
+        rows.append(f"| `{name}` | {' | '.join(cells)} | {external_cell(metrics)} |")
     patients = {json.loads((Path(f) / "metrics.json").read_text()).get("n_patients")
                 for f in folders.values() if (Path(f) / "metrics.json").is_file()}
     held_out = f"{patients.pop()} held-out patients" if len(patients) == 1 else "held-out patients"
-    return f"**Bundled models on the {held_out}** (`python -m train.evaluate`):\n\n" + "\n".join(rows)
+    return (f"**Bundled models on the {held_out}** (`python -m train.evaluate`), and their mean 3D Dice on "
+            "skull-stripped scans from other hospitals (`--external`: measured there, never trained or tuned "
+            "on them):\n\n" + "\n".join(rows))
 
 
 @dataclass(frozen=True)

@@ -249,8 +249,11 @@ def test_model_selector_lists_the_bundled_models_and_their_held_out_numbers(tiny
     for name, folder in brainseg.bundled_models().items():
         metrics = json.loads((folder / "metrics.json").read_text())
         row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
+        external = metrics["external"]["mean_dice"]
         assert row.split(" | ")[1:] == [f"{metrics['slice_dice']:.3f}", f"{metrics['volume_dice']:.3f}",
-                                        f"{metrics['tumor_slice_dice']:.3f}", f"{metrics['empty_fp_rate']:.3f} |"]
+                                        f"{metrics['tumor_slice_dice']:.3f}", f"{metrics['empty_fp_rate']:.3f}",
+                                        f"{external['all channels']:.3f} / {external['flair only']:.3f} |"]
+    assert app.external_cell({"slice_dice": 0.9}) == "not measured"
     bundled = app.ModelRegistry.around(Segmenter.from_pretrained("unet", backend="torch"), backend="torch")
     assert bundled.started == "unet"
     assert list(bundled.sources) == ["unet", "robust-ensemble", "segformer-b0", "unet-robust"], "no duplicate entry"
