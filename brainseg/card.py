@@ -405,7 +405,7 @@ empty prediction as 1.
 
 
 def _forms(evaluation: dict[str, Any]) -> str:
-    """The held-out slices in each input form (``brainseg.evaluation.evaluate_model_forms``'s ``forms``)."""
+    """The held-out slices in each input form (``brainseg.evaluation.forms_result``'s ``forms``)."""
     rows = []
     for form, report in evaluation["forms"].items():
         title, given = _form_text(form)

@@ -19,7 +19,7 @@ from .data import (
     require_masks,
     scan_dataset,
 )
-from .forms import REPORT_FORMS, SELECTION_FORMS, present
+from .forms import SELECTION_FORMS, present
 from .inference import Segmenter, describe_device
 from .metrics import METRICS, Report, SliceCounts, summarize
 from .postprocess import binarize
@@ -59,15 +59,8 @@ def forms_score(reports: dict[str, Report]) -> float:
     return float(np.mean([(r.slice_dice + r.volume_dice) / 2 for r in reports.values()]))
 
 
-def evaluate_model_forms(
-    segmenter: Segmenter, data_dir: str | Path, split: str = "all", forms: Sequence[str] = REPORT_FORMS, *,
-    split_seed: int = DEFAULT_SPLIT_SEED, val_fraction: float = DEFAULT_VAL_FRACTION,
-) -> dict[str, Any]:
-    """:func:`evaluate_forms` (the model's own threshold and post-processing) on :func:`select_slices`'s slices:
-    ``{"forms": {form: Report.to_dict()}, "forms_score": ...}`` (the score over the selection forms given)."""
-    records = select_slices(data_dir, split, split_seed=split_seed, val_fraction=val_fraction)
-    images, masks = load_slices(records)
-    reports = evaluate_forms(segmenter, images, masks, [r.patient for r in records], forms)
+def forms_result(reports: dict[str, Report]) -> dict[str, Any]:
+    """``{"forms": {form: Report.to_dict()}, "forms_score": ...}`` (the score over the selection forms given)."""
     selection = {form: reports[form] for form in SELECTION_FORMS if form in reports}
     return {"forms": {form: report.to_dict() for form, report in reports.items()},
             "forms_score": forms_score(selection) if selection else None}
@@ -157,13 +150,16 @@ def evaluate_model(
     split_seed: int = DEFAULT_SPLIT_SEED,
     val_fraction: float = DEFAULT_VAL_FRACTION,
     figures_dir: str | Path | None = None,
+    forms: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Metrics of ``segmenter`` (with its own threshold and post-processing) on the slices
     :func:`select_slices` picks, timed one slice at a time.
 
     Returns :meth:`Report.to_dict` plus ``ms_per_slice``, ``hardware``, ``model``, ``model_config``,
     ``data_dir`` and ``split`` (and ``split_seed``/``val_fraction`` for ``val``/``train``: they choose
-    those patients). With ``figures_dir``, writes ``examples.png`` and ``patient_dice.png`` there.
+    those patients). With ``figures_dir``, writes ``examples.png`` and ``patient_dice.png`` there. With
+    ``forms`` (e.g. :data:`brainseg.forms.REPORT_FORMS`), also the same slices in those input forms, as
+    :func:`forms_result` (``as_is`` is the report above, not a second run).
     """
     records = select_slices(data_dir, split, split_seed=split_seed, val_fraction=val_fraction)
     images, masks = load_slices(records)
@@ -182,6 +178,11 @@ def evaluate_model(
     )
     if split in ("val", "train"):
         result.update(split_seed=split_seed, val_fraction=val_fraction)
+    if forms:
+        patients = [r.patient for r in records]
+        reports = {form: report if form == "as_is" else evaluate_arrays(segmenter, *present(form, images, masks),
+                                                                           patients) for form in forms}
+        result.update(forms_result(reports))
     if figures_dir is not None:
         save_figures(Path(figures_dir), segmenter, records, images, masks, probas, counts, report)
     return result

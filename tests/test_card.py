@@ -149,7 +149,7 @@ def evaluation(**extra) -> dict:
 
 
 def forms_result() -> dict:
-    """evaluate_model_forms's result: {"forms": {form: Report.to_dict()}, "forms_score": ...}."""
+    """brainseg.evaluation.forms_result's shape: {"forms": {form: Report.to_dict()}, "forms_score": ...}."""
     hits = {"as_is": (30, 20), "skull_stripped": (20, 20), "flair_only": (10, 0), "flair_t1c": (40, 40),
             "half_frame": (0, 0), "stripped_flair_only": (20, 0), "rotated_90": (0, 10)}
     reports = {form: report(h) for form, h in hits.items()}

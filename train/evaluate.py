@@ -11,8 +11,9 @@ from pathlib import Path
 from brainseg import Segmenter
 from brainseg.backends import BACKENDS, BackendError
 from brainseg.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
-from brainseg.evaluation import EVAL_SPLITS, evaluate_model, evaluate_model_forms, forms_markdown_table, markdown_table
+from brainseg.evaluation import EVAL_SPLITS, evaluate_model, forms_markdown_table, markdown_table
 from brainseg.external import DEFAULT_TRUTH_GLOBS, evaluate_external, external_markdown_table
+from brainseg.forms import REPORT_FORMS
 from train.cli import USER_ERRORS, run
 
 
@@ -70,11 +71,10 @@ def evaluate_and_write(args: argparse.Namespace) -> int:
     result, table = {}, ""
     if args.data_dir is not None:
         result = evaluate_model(segmenter, args.data_dir, args.split, split_seed=args.split_seed,
-                                val_fraction=args.val_fraction, figures_dir=args.figures)
+                                val_fraction=args.val_fraction, figures_dir=args.figures,
+                                forms=REPORT_FORMS if args.forms else ())
         table = markdown_table(result)
         if args.forms:
-            result.update(evaluate_model_forms(segmenter, args.data_dir, args.split, split_seed=args.split_seed,
-                                               val_fraction=args.val_fraction))
             table += "\n" + forms_markdown_table(result)
     if args.external is not None:
         result["external"] = evaluate_external(segmenter, args.external, args.external_truth_glob,

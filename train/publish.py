@@ -23,8 +23,9 @@ from brainseg.backends import (
 from brainseg.card import build_card, check_evaluation, find_training_dir, metrics_summary, read_training_info
 from brainseg.config import CONFIG_FILE, UNET, WEIGHTS_FILE, ModelConfig
 from brainseg.data import bundled_test_patients, scan_dataset
-from brainseg.evaluation import evaluate_model, evaluate_model_forms
+from brainseg.evaluation import evaluate_model
 from brainseg.external import DEFAULT_TRUTH_GLOBS, evaluate_external
+from brainseg.forms import REPORT_FORMS
 from brainseg.hub import ModelLoadError, ResolvedModel, parse_repo_arg, resolve_model
 from brainseg.inference import Segmenter, load_model
 from brainseg.model import count_parameters
@@ -94,10 +95,7 @@ def run_evaluation(data_dir: str, segmenter: Segmenter, split: str, forms: bool 
     """Metrics of ``segmenter`` on the held-out patients of ``data_dir`` (what ``train.evaluate --json`` writes),
     with ``forms`` also on those slices in every input form (``train.evaluate --forms``)."""
     split = pick_split(data_dir, split)
-    evaluation = evaluate_model(segmenter, data_dir, split)
-    if forms:
-        evaluation.update(evaluate_model_forms(segmenter, data_dir, split))
-    return evaluation
+    return evaluate_model(segmenter, data_dir, split, forms=REPORT_FORMS if forms else ())
 
 
 def print_subject(row: dict[str, Any]) -> None:
