@@ -30,7 +30,7 @@ from brainseg import Segmenter, volume_export
 from brainseg.backends import BACKENDS, BackendError
 from brainseg.config import ENSEMBLE, UNET
 from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position
-from brainseg.hub import BUNDLED_LABEL, DEFAULT_MODEL_NAME, ModelLoadError, model_arg_from_env
+from brainseg.hub import BUNDLED_LABEL, DEFAULT_MODEL_NAME, OUTSIDE_SCANS_MODEL, ModelLoadError, model_arg_from_env
 from brainseg.imaging import decode_image, encode_png, inspect_mask, save_png, slice_notes
 from brainseg.overlay import (
     FILL_ALPHA,
@@ -462,7 +462,7 @@ class DatasetBrowser:
 VOLUME_FILE_TYPES = [".nii", ".gz", ".zip"]
 VOLUME_START_TEXT = ("Upload a FLAIR volume (NIfTI `.nii` / `.nii.gz`, or a `.zip` of one DICOM series), optionally "
                      "T1 and post-contrast T1 on the same grid, then press **Segment volume**. A skull-stripped or "
-                     "FLAIR-only scan from another hospital: choose **robust-ensemble** in the Model selector "
+                     f"FLAIR-only scan from another hospital: choose **{OUTSIDE_SCANS_MODEL}** in the Model selector "
                      "(trained for such scans; the default learned whole-head LGG slices).")
 
 

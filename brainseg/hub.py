@@ -34,6 +34,8 @@ ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_MODEL_DIR = ASSETS_DIR / "model"  # the default model (a U-Net)
 BUNDLED_MODELS_DIR = ASSETS_DIR / "models"  # the other bundled models, one folder per name
 DEFAULT_MODEL_NAME = "unet"
+# the bundled model chosen for scans from other hospitals (skull-stripped, FLAIR only): docs/generalization.md
+OUTSIDE_SCANS_MODEL = "robust-ensemble"
 BUNDLED_LABEL = "bundled default"
 MODEL_ENV_VAR = "BRAINSEG_MODEL"
 REPO_ARG = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w./-]+))?$")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .backends import BACKENDS, BackendError
 from .fileio import atomic_write_text
-from .hub import BUNDLED_LABEL, ModelLoadError, bundled_models
+from .hub import BUNDLED_LABEL, OUTSIDE_SCANS_MODEL, ModelLoadError, bundled_models
 from .inference import Segmenter
 from .volume import VolumePrediction, evaluate_volume, predict_patient_folder, predict_volume, save_mask
 from .volume_io import (
@@ -105,10 +105,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.json and results:
         atomic_write_text(args.json, json.dumps(_report(results), indent=2) + "\n")
     return 2 if failed else 0
-
-
-# the bundled model chosen for scans from other hospitals (skull-stripped, FLAIR only): docs/generalization.md
-OUTSIDE_SCANS_MODEL = "robust-ensemble"
 
 
 def outside_scan_hint(segmenter: Segmenter, subjects: list[SubjectInputs]) -> str | None:
