@@ -22,10 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import WEIGHTS_FILE
+from .config import ONNX_FILE, WEIGHTS_FILE
 from .fileio import atomic_write
 
-ONNX_FILE = "model.onnx"
 BACKENDS = ("auto", "onnx", "torch")
 AUTO_TOLERANCE = 1e-4
 ONNX_OPSET = 17

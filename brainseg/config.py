@@ -11,6 +11,7 @@ from .fileio import atomic_write_text
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"  # optional: the exported graph, stamped with the weights' sha256 (brainseg.backends)
 CONFIG_VERSION = 1
 # Network architectures :func:`brainseg.model.build_model` can build; configs without ``arch`` are U-Nets.
 # "unet": the article's U-Net, sized by ``base_channels`` and ``depth``. The others are Transformers of fixed size

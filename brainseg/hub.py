@@ -28,7 +28,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from .config import CONFIG_FILE, WEIGHTS_FILE
+from .config import CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_MODEL_DIR = ASSETS_DIR / "model"  # the default model (a U-Net)
@@ -132,7 +132,8 @@ def resolve_model(model_arg: str | Path | None, *, cache_dir: str | Path | None 
 
 def download_model(repo_id: str, revision: str | None = None, *, cache_dir: str | Path | None = None,
                    token: str | bool | None = None) -> ResolvedModel:
-    """Fetch config and weights of one commit of ``repo_id`` into the Hub cache."""
+    """Fetch config and weights of one commit of ``repo_id`` into the Hub cache, and its exported ONNX graph when
+    the repository has one (``train.publish`` pushes it: the CPU backend then needs no export at first load)."""
     label = f"{repo_id}@{revision}" if revision else repo_id
     options = {"cache_dir": cache_dir, "token": token, "library_name": "brainseg"}
     config_path = _download(repo_id, CONFIG_FILE, revision, label, options)
@@ -145,6 +146,7 @@ def download_model(repo_id: str, revision: str | None = None, *, cache_dir: str 
         weights_path = _redownload_damaged(repo_id, WEIGHTS_FILE, pinned, label, options)
     if weights_path.parent != config_path.parent:
         raise ModelLoadError(f"{label}: {CONFIG_FILE} and {WEIGHTS_FILE} came from different commits, try again")
+    _download_optional(repo_id, ONNX_FILE, pinned, options)
     return ResolvedModel(config_path.parent, f"{repo_id}@{commit}" if commit else label, repo_id, commit, revision)
 
 
@@ -154,6 +156,16 @@ def _download(repo_id: str, filename: str, revision: str | None, label: str, opt
         return Path(hf_hub_download(repo_id, filename, revision=revision, force_download=force, **options))
     except Exception as exc:  # every client failure becomes one clear message
         raise ModelLoadError(explain_download_error(exc, repo_id, label, filename)) from exc
+
+
+def _download_optional(repo_id: str, filename: str, revision: str | None, options: dict) -> Path | None:
+    """A file the model does not need (absent from older repositories, not cached when offline): None when it
+    cannot be had. A graph that does not match the weights is ignored later (``brainseg.backends.ensure_onnx``)."""
+    try:
+        path = Path(hf_hub_download(repo_id, filename, revision=revision, **options))
+    except Exception:  # noqa: BLE001 - missing, offline, unreachable: the backend exports the graph itself
+        return None
+    return path if _matches_etag(path) else None
 
 
 def _redownload_damaged(repo_id: str, filename: str, revision: str | None, label: str, options: dict) -> Path:

@@ -51,7 +51,8 @@ for arg, reference in zip(sys.argv[1::2], sys.argv[2::2]):
     state = seg.model.state_dict()
     equal = ref.keys() == state.keys() and all(torch.equal(ref[k], state[k].contiguous()) for k in ref)
     results.append({"source": seg.source, "revision": seg.revision, "description": seg.description,
-                    "equal": equal, "config": seg.config.to_dict()})
+                    "equal": equal, "config": seg.config.to_dict(), "backend": seg.backend,
+                    "onnx_path": str(seg.onnx_path)})
 print(json.dumps(results))
 """
 
@@ -189,6 +190,24 @@ def test_hub_load_equals_local_then_comes_from_cache(hub, tmp_path):
     assert cached == first and pinned["equal"] and pinned["revision"] == sha
     [offline] = load_all({**env, "HF_HUB_OFFLINE": "1"}, ("org/tiny", folder / WEIGHTS_FILE))
     assert offline["equal"] and offline["revision"] == sha
+
+
+def test_a_published_onnx_graph_is_downloaded_and_run_instead_of_exported(hub, tmp_path):
+    from brainseg.backends import save_onnx
+
+    with_graph = make_model(tmp_path / "with", seed=3)
+    config, model = load_model(resolve_model(with_graph))
+    save_onnx(model.eval(), with_graph, config.input_size)
+    hub.add_folder("org/with-graph", with_graph)
+    hub.add_folder("org/without-graph", make_model(tmp_path / "without", seed=4))
+    env = hf_env(tmp_path, hub.endpoint, BRAINSEG_CACHE=str(tmp_path / "onnx-cache"))
+    [published, exported] = load_all(env, ("org/with-graph", with_graph / WEIGHTS_FILE),
+                                      ("org/without-graph", tmp_path / "without" / WEIGHTS_FILE))
+    assert published["equal"] and published["backend"] == "onnx" and exported["backend"] == "onnx"
+    hf_home = str(tmp_path / "hf-home")
+    assert published["onnx_path"].startswith(hf_home) and published["onnx_path"].endswith("/model.onnx")
+    assert exported["onnx_path"].startswith(str(tmp_path / "onnx-cache")), "no graph on the Hub: exported locally"
+    assert len(list((tmp_path / "onnx-cache").rglob("*.onnx"))) == 1, "the published graph was not exported again"
 
 
 @pytest.mark.slow
