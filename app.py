@@ -28,7 +28,7 @@ import numpy as np
 import brainseg
 from brainseg import Segmenter, volume_export
 from brainseg.backends import BACKENDS, BackendError
-from brainseg.config import ENSEMBLE, UNET
+from brainseg.config import ENSEMBLE, UNET, ModelConfig
 from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position
 from brainseg.hub import BUNDLED_LABEL, DEFAULT_MODEL_NAME, OUTSIDE_SCANS_MODEL, ModelLoadError, model_arg_from_env
 from brainseg.imaging import decode_image, encode_png, inspect_mask, save_png, slice_notes
@@ -209,10 +209,9 @@ def started_choice(segmenter: Segmenter, requested: str | None = None) -> str:
 def bundled_label(name: str, folder: Path) -> str:
     """The selector's label of a bundled model: its name and whether it is the U-Net or a Transformer."""
     try:
-        config = json.loads((folder / "config.json").read_text())
-        arch = config.get("arch", UNET)
-        members = [member.get("arch", UNET) for member in config.get("members", [])]
-    except (OSError, ValueError, AttributeError):
+        config = ModelConfig.load(folder)
+        arch, members = config.arch, [member.arch for member in config.member_configs()]
+    except (OSError, ValueError, TypeError):
         arch, members = "?", []
     if arch == ENSEMBLE:
         kind = f"ensemble ({' + '.join(members)})"
@@ -289,21 +288,25 @@ def external_cell(metrics: dict) -> str:
     return f"{means['all channels']:.3f} / {means['flair only']:.3f}"
 
 
+def read_metrics(folder: Path) -> dict:
+    """A model folder's ``metrics.json``; empty when it has none or it cannot be read."""
+    try:
+        return json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def bundled_metrics_table(folders: Mapping[str, Path]) -> str:
     """A Markdown table of each bundled model's held-out numbers and its external 3D Dice (its folder's
     ``metrics.json``), for choosing a model."""
     rows = [f"| model | {' | '.join(title for _, title in METRIC_COLUMNS)} | {EXTERNAL_COLUMN} |",
             "|---" * (len(METRIC_COLUMNS) + 2) + "|"]
-    for name, folder in folders.items():
-        try:
-            metrics = json.loads((Path(folder) / "metrics.json").read_text())
-        except (OSError, ValueError):
-            metrics = {}
+    recorded = {name: read_metrics(Path(folder)) for name, folder in folders.items()}
+    for name, metrics in recorded.items():
         cells = [f"{metrics[key]:.3f}" if isinstance(metrics.get(key), (int, float)) else "not measured"
                  for key, _ in METRIC_COLUMNS]
         rows.append(f"| `{name}` | {' | '.join(cells)} | {external_cell(metrics)} |")
-    patients = {json.loads((Path(f) / "metrics.json").read_text()).get("n_patients")
-                for f in folders.values() if (Path(f) / "metrics.json").is_file()}
+    patients = {metrics.get("n_patients") for metrics in recorded.values() if metrics}
     held_out = f"{patients.pop()} held-out patients" if len(patients) == 1 else "held-out patients"
     return (f"**Bundled models on the {held_out}** (`python -m train.evaluate`), and their mean 3D Dice on "
             "skull-stripped scans from other hospitals (`--external`: measured there, never trained or tuned "

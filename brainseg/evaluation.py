@@ -122,6 +122,25 @@ def tune_postprocessing(
     return best_cfg, best_report
 
 
+def tune_on_validation_patients(
+    segmenter: Segmenter, data_dir: str | Path, *, split_seed: int = DEFAULT_SPLIT_SEED,
+    val_fraction: float = DEFAULT_VAL_FRACTION, flip_tta_options: Sequence[bool] = (False, True),
+) -> tuple[ModelConfig, dict[str, Any]]:
+    """:func:`tune_postprocessing` on the validation patients of the split ``split_seed``/``val_fraction`` make
+    under ``data_dir`` (the full dataset). Returns the tuned config (``extra["tuned_on"]`` says on what) and its
+    validation report as a dict without the per-patient scores (what the CLIs print)."""
+    split = make_split(data_dir, "patient", val_fraction, split_seed)
+    if not split.val:
+        raise ValueError("no validation patients under --data-dir: give the full dataset")
+    images, masks = load_slices(list(split.val))
+    tuned, validation = tune_postprocessing(segmenter, images, masks, [r.patient for r in split.val],
+                                            flip_tta_options=flip_tta_options)
+    tuned.extra["tuned_on"] = f"{len(split.patients('val'))} validation patients, {len(split.val)} slices"
+    report = validation.to_dict()
+    report.pop("per_patient_dice")
+    return tuned, report
+
+
 def select_slices(
     data_dir: str | Path,
     split: str = "all",
@@ -179,10 +198,9 @@ def evaluate_model(
     if split in ("val", "train"):
         result.update(split_seed=split_seed, val_fraction=val_fraction)
     if forms:
-        patients = [r.patient for r in records]
-        reports = {form: report if form == "as_is" else evaluate_arrays(segmenter, *present(form, images, masks),
-                                                                           patients) for form in forms}
-        result.update(forms_result(reports))
+        others = evaluate_forms(segmenter, images, masks, [r.patient for r in records],
+                                [form for form in forms if form != "as_is"])
+        result.update(forms_result({form: report if form == "as_is" else others[form] for form in forms}))
     if figures_dir is not None:
         save_figures(Path(figures_dir), segmenter, records, images, masks, probas, counts, report)
     return result

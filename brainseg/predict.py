@@ -110,11 +110,16 @@ def _run(args: argparse.Namespace) -> int:
 def outside_scan_hint(segmenter: Segmenter, subjects: list[SubjectInputs]) -> str | None:
     """A note when the bundled default (trained on whole-head LGG slices) is about to segment scans (NIfTI,
     DICOM) rather than Kaggle patient folders, and the bundled robust model is there to do better on them."""
-    scans = [s for s in subjects if not (s.flair.is_dir() and is_patient_folder(s.flair))]
+    scans = [s for s in subjects if not _is_patient_folder_input(s)]
     if segmenter.source != BUNDLED_LABEL or not scans or OUTSIDE_SCANS_MODEL not in bundled_models():
         return None
     return (f"note: the default model learned whole-head LGG slices; for skull-stripped or FLAIR-only scans from "
             f"other hospitals, --model {OUTSIDE_SCANS_MODEL} segments better (docs/generalization.md)")
+
+
+def _is_patient_folder_input(subject: SubjectInputs) -> bool:
+    """A Kaggle patient folder (3-channel slices with masks) rather than a scan (NIfTI, DICOM)."""
+    return subject.flair.is_dir() and is_patient_folder(subject.flair)
 
 
 def _unique(name: str, used: set[str]) -> str:
@@ -136,7 +141,7 @@ def _run_subject(segmenter: Segmenter, subject: SubjectInputs, name: str, args: 
         bars[0].refresh()
 
     try:
-        if subject.flair.is_dir() and is_patient_folder(subject.flair):
+        if _is_patient_folder_input(subject):
             if subject.t1 or subject.t1ce or subject.truth:
                 raise VolumeError(f"{subject.flair.name} is a Kaggle patient folder: its slices hold all three "
                                   "channels and its *_mask.tif files the ground truth (no --t1/--t1ce/--truth)")

@@ -15,9 +15,9 @@ import json
 import torch
 
 from brainseg import Segmenter
-from brainseg.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, load_slices, make_split
+from brainseg.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 from brainseg.ensemble import combine
-from brainseg.evaluation import tune_postprocessing
+from brainseg.evaluation import tune_on_validation_patients
 from brainseg.weights import save_model
 from train.cli import run
 
@@ -46,18 +46,11 @@ def make_ensemble(args: argparse.Namespace) -> int:
     loaded = [Segmenter.from_pretrained(source, device="cpu", backend="torch") for source in args.member]
     config, network = combine([(s.config, s.model) for s in loaded],
                               extra={"members_from": [s.description for s in loaded]})
-    split = make_split(args.data_dir, "patient", args.val_fraction, args.split_seed)
-    if not split.val:
-        raise ValueError("no validation patients under --data-dir: give the full dataset")
-    images, masks = load_slices(list(split.val))
     ensemble = Segmenter(network, config, device="cpu", backend="torch")
-    tuned, validation = tune_postprocessing(ensemble, images, masks, [r.patient for r in split.val],
-                                            flip_tta_options=(False,))
-    tuned.extra.update(tuned_on=f"{len(split.patients('val'))} validation patients, {len(split.val)} slices",
-                       split="patient", split_seed=args.split_seed, val_fraction=args.val_fraction)
+    tuned, report = tune_on_validation_patients(ensemble, args.data_dir, split_seed=args.split_seed,
+                                                val_fraction=args.val_fraction, flip_tta_options=(False,))
+    tuned.extra.update(split="patient", split_seed=args.split_seed, val_fraction=args.val_fraction)
     save_model(network, tuned, args.out_dir, WEIGHT_DTYPES[args.weights_dtype])
-    report = validation.to_dict()
-    report.pop("per_patient_dice")
     chosen = {k: getattr(tuned, k) for k in ("threshold", "min_component_px")}
     print(json.dumps({"out_dir": args.out_dir, "chosen": chosen, "validation": report}))
     return 0

@@ -9,8 +9,8 @@ import argparse
 import json
 
 from brainseg import Segmenter
-from brainseg.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, load_slices, make_split
-from brainseg.evaluation import tune_postprocessing
+from brainseg.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
+from brainseg.evaluation import tune_on_validation_patients
 from train.cli import run
 
 FLIP_TTA_OPTIONS = {"search": (False, True), "off": (False,), "on": (True,)}
@@ -32,17 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def tune(args: argparse.Namespace) -> int:
     segmenter = Segmenter.from_pretrained(args.model, bf16=args.bf16)
-    split = make_split(args.data_dir, "patient", args.val_fraction, args.split_seed)  # the training run's own split
-    if not split.val:
-        raise ValueError("no validation patients under --data-dir: give the full dataset")
-    images, masks = load_slices(list(split.val))
-    tuned, validation = tune_postprocessing(
-        segmenter, images, masks, [r.patient for r in split.val], flip_tta_options=FLIP_TTA_OPTIONS[args.flip_tta]
-    )
-    tuned.extra["tuned_on"] = f"{len(split.patients('val'))} validation patients, {len(split.val)} slices"
+    tuned, report = tune_on_validation_patients(  # the training run's own split
+        segmenter, args.data_dir, split_seed=args.split_seed, val_fraction=args.val_fraction,
+        flip_tta_options=FLIP_TTA_OPTIONS[args.flip_tta])
     tuned.save(args.model)
-    report = validation.to_dict()
-    report.pop("per_patient_dice")
     chosen = {k: getattr(tuned, k) for k in ("threshold", "min_component_px", "flip_tta")}
     print(json.dumps({"chosen": chosen, "validation": report}))
     return 0
