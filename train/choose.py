@@ -16,10 +16,9 @@ import json
 from pathlib import Path
 
 from brainseg.backends import BACKENDS, BackendError
-from brainseg.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 from brainseg.fileio import atomic_write_text
 from brainseg.selection import candidates_markdown_table, compare_candidates, parse_candidate
-from train.cli import USER_ERRORS, run
+from train.cli import USER_ERRORS, add_validation_patient_arguments, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,10 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidate", action="append", required=True,
                         help="a model, or models joined by '+' (mean of their probabilities); repeat")
-    parser.add_argument("--data-dir", required=True, help="the full dataset (kaggle_3m layout): validation patients")
-    parser.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED,
-                        help="the models' training --split-seed (which patients are validation)")
-    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
+    add_validation_patient_arguments(parser)
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs each model")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     parser.add_argument("--json", type=Path, help="write every candidate's numbers here")

@@ -1,8 +1,12 @@
-"""What every ``train.*`` command shares: a mistake the user can fix ends in one ``error:`` line, exit status 2."""
+"""What every ``train.*`` command shares: a mistake the user can fix ends in one ``error:`` line, exit status 2;
+and the arguments that name a training run's validation patients."""
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+
+from brainseg.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 
 # A missing folder, a bad value, no masks, ...: the message says what to do, a traceback would only hide it.
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError)
@@ -25,3 +29,13 @@ def run(command: Callable[[], int], errors: tuple[type[BaseException], ...] = US
     except errors as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def add_validation_patient_arguments(parser: argparse.ArgumentParser, *seed_aliases: str) -> None:
+    """``--data-dir`` (the full dataset), ``--split-seed`` (also spelled ``seed_aliases``) and ``--val-fraction``:
+    which patients the training run held out for validation (``args.data_dir``, ``split_seed``, ``val_fraction``)."""
+    parser.add_argument("--data-dir", required=True, help="the full dataset (kaggle_3m layout): validation patients")
+    parser.add_argument("--split-seed", *seed_aliases, dest="split_seed", type=int, default=DEFAULT_SPLIT_SEED,
+                        help="the training run's --split-seed (which patients are validation)")
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                        help="the training run's --val-fraction (validation share)")

@@ -15,11 +15,10 @@ import json
 import torch
 
 from brainseg import Segmenter
-from brainseg.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 from brainseg.ensemble import combine
 from brainseg.evaluation import tune_on_validation_patients
 from brainseg.weights import save_model
-from train.cli import run
+from train.cli import add_validation_patient_arguments, run
 
 WEIGHT_DTYPES = {"float32": None, "float16": torch.float16}
 
@@ -30,10 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--member", action="append", required=True,
                         help="a trained model (bundled name, folder or ORG/NAME[@REV]); give two or more")
     parser.add_argument("--out-dir", required=True, help="the ensemble's model folder (written)")
-    parser.add_argument("--data-dir", required=True, help="the full dataset (kaggle_3m layout): validation patients")
-    parser.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED,
-                        help="the members' training --split-seed (which patients are validation)")
-    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
+    add_validation_patient_arguments(parser)
     parser.add_argument("--weights-dtype", choices=list(WEIGHT_DTYPES), default="float32",
                         help="how model.safetensors stores the weights (float16 halves the file; loading casts "
                         "back to float32)")

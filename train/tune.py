@@ -9,9 +9,8 @@ import argparse
 import json
 
 from brainseg import Segmenter
-from brainseg.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 from brainseg.evaluation import tune_on_validation_patients
-from train.cli import run
+from train.cli import add_validation_patient_arguments, run
 
 FLIP_TTA_OPTIONS = {"search": (False, True), "off": (False,), "on": (True,)}
 
@@ -19,11 +18,7 @@ FLIP_TTA_OPTIONS = {"search": (False, True), "off": (False,), "on": (True,)}
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.tune", description=__doc__)
     parser.add_argument("--model", required=True, help="model folder to tune (its config.json is updated)")
-    parser.add_argument("--data-dir", required=True, help="the full dataset (kaggle_3m layout)")
-    parser.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=DEFAULT_SPLIT_SEED,
-                        help="the training run's --split-seed (which patients are validation)")
-    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
-                        help="validation share used in training")
+    add_validation_patient_arguments(parser, "--seed")
     parser.add_argument("--bf16", action="store_true", help="bf16 inference while tuning")
     parser.add_argument("--flip-tta", choices=list(FLIP_TTA_OPTIONS), default="search",
                         help="'search' tries both; 'off' keeps inference single-pass (half the latency)")
