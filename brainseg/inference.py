@@ -23,14 +23,18 @@ from .weights import load_weights, save_model
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """``auto`` picks cuda, then mps, then cpu; a named device that is not here is a ``ValueError`` saying so."""
+    mps = getattr(torch.backends, "mps", None)
+    available = {"cuda": torch.cuda.is_available(), "mps": mps is not None and mps.is_available(), "cpu": True}
+    if name == "auto":
+        return torch.device(next(kind for kind, here in available.items() if here))
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or mps") from None
+    if not available.get(device.type, False):
+        raise ValueError(f"device {name!r} is not available on this machine: use auto or cpu")
+    return device
 
 
 def describe_device(device: torch.device) -> str:

@@ -61,9 +61,11 @@ def compare_candidates(
     thresholds: Sequence[float] = THRESHOLD_GRID,
     min_sizes: Sequence[int] = MIN_COMPONENT_GRID,
     backend: str = "auto",
+    device: str = "auto",
 ) -> list[CandidateResult]:
     """Each candidate (a sequence of model sources) scored on the validation patients of the split
-    ``split_seed``/``val_fraction`` make under ``data_dir``, best forms score first."""
+    ``split_seed``/``val_fraction`` make under ``data_dir``, best forms score first; every model runs on ``device``
+    with ``backend``."""
     if not candidates:
         raise ValueError("give at least one candidate")
     split = make_split(data_dir, "patient", val_fraction, split_seed)
@@ -74,7 +76,7 @@ def compare_candidates(
     presented = {form: present(form, images, masks) for form in forms}
     probas: dict[str, dict[str, np.ndarray]] = {}
     for source in dict.fromkeys(member for candidate in candidates for member in candidate):
-        segmenter = Segmenter.from_pretrained(source, device="cpu", backend=backend)
+        segmenter = Segmenter.from_pretrained(source, device=device, backend=backend)
         probas[source] = {form: segmenter.predict_proba_batch(form_images).astype(np.float16)
                           for form, (form_images, _) in presented.items()}
     results = []

@@ -18,7 +18,7 @@ from pathlib import Path
 from brainseg.backends import BACKENDS, BackendError
 from brainseg.fileio import atomic_write_text
 from brainseg.selection import candidates_markdown_table, compare_candidates, parse_candidate
-from train.cli import USER_ERRORS, add_validation_patient_arguments, run
+from train.cli import USER_ERRORS, add_device_argument, add_validation_patient_arguments, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a model, or models joined by '+' (mean of their probabilities); repeat")
     add_validation_patient_arguments(parser)
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs each model")
+    add_device_argument(parser)
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     parser.add_argument("--json", type=Path, help="write every candidate's numbers here")
     return parser
@@ -36,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 def choose(args: argparse.Namespace) -> int:
     candidates = [parse_candidate(text) for text in args.candidate]
     results = compare_candidates(candidates, args.data_dir, split_seed=args.split_seed,
-                                 val_fraction=args.val_fraction, backend=args.backend)
+                                 val_fraction=args.val_fraction, backend=args.backend,
+                                 device=args.device)
     table = candidates_markdown_table(results)
     print(table, end="")
     if args.markdown:

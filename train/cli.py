@@ -39,3 +39,9 @@ def add_validation_patient_arguments(parser: argparse.ArgumentParser, *seed_alia
                         help="the training run's --split-seed (which patients are validation)")
     parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
                         help="the training run's --val-fraction (validation share)")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device`` (``args.device``): where the models run, ``auto`` by default (cuda, then mps, then cpu)."""
+    parser.add_argument("--device", default="auto", help="where the models run: auto (cuda, then mps, then cpu), "
+                        "cpu, cuda or mps")

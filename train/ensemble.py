@@ -18,7 +18,7 @@ from brainseg import Segmenter
 from brainseg.ensemble import combine
 from brainseg.evaluation import tune_on_validation_patients
 from brainseg.weights import save_model
-from train.cli import add_validation_patient_arguments, run
+from train.cli import add_device_argument, add_validation_patient_arguments, run
 
 WEIGHT_DTYPES = {"float32": None, "float16": torch.float16}
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a trained model (bundled name, folder or ORG/NAME[@REV]); give two or more")
     parser.add_argument("--out-dir", required=True, help="the ensemble's model folder (written)")
     add_validation_patient_arguments(parser)
+    add_device_argument(parser)
     parser.add_argument("--weights-dtype", choices=list(WEIGHT_DTYPES), default="float32",
                         help="how model.safetensors stores the weights (float16 halves the file; loading casts "
                         "back to float32)")
@@ -39,10 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 def make_ensemble(args: argparse.Namespace) -> int:
     if len(args.member) < 2:
         raise ValueError("give at least two --member models to combine")
-    loaded = [Segmenter.from_pretrained(source, device="cpu", backend="torch") for source in args.member]
+    loaded = [Segmenter.from_pretrained(source, device=args.device, backend="torch") for source in args.member]
     config, network = combine([(s.config, s.model) for s in loaded],
                               extra={"members_from": [s.description for s in loaded]})
-    ensemble = Segmenter(network, config, device="cpu", backend="torch")
+    ensemble = Segmenter(network, config, device=args.device, backend="torch")
     tuned, report = tune_on_validation_patients(ensemble, args.data_dir, split_seed=args.split_seed,
                                                 val_fraction=args.val_fraction, flip_tta_options=(False,))
     tuned.extra.update(split="patient", split_seed=args.split_seed, val_fraction=args.val_fraction)

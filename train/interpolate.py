@@ -16,7 +16,7 @@ from brainseg import Segmenter
 from brainseg.evaluation import tune_on_validation_patients
 from brainseg.interpolation import interpolate
 from brainseg.weights import save_model
-from train.cli import add_validation_patient_arguments, run
+from train.cli import add_device_argument, add_validation_patient_arguments, run
 from train.tune import FLIP_TTA_OPTIONS
 
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--alpha", type=float, required=True, help="weight of the end network, in [0, 1]")
     parser.add_argument("--out-dir", required=True, help="the interpolated model's folder (written)")
     add_validation_patient_arguments(parser)
+    add_device_argument(parser)
     parser.add_argument("--flip-tta", choices=list(FLIP_TTA_OPTIONS), default="search",
                         help="flip TTA while tuning: 'search' tries both")
     parser.add_argument("--no-tune", dest="tune", action="store_false",
@@ -37,12 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_interpolation(args: argparse.Namespace) -> int:
-    start, end = (Segmenter.from_pretrained(source, device="cpu", backend="torch") for source in (args.start, args.end))
+    start, end = (Segmenter.from_pretrained(source, device=args.device, backend="torch")
+                  for source in (args.start, args.end))
     config, network = interpolate((start.config, start.model), (end.config, end.model), args.alpha,
                                   extra={"interpolated_from": [start.description, end.description]})
     report = None
     if args.tune:
-        mixed = Segmenter(network, config, device="cpu", backend="torch")
+        mixed = Segmenter(network, config, device=args.device, backend="torch")
         config, report = tune_on_validation_patients(mixed, args.data_dir, split_seed=args.split_seed,
                                                      val_fraction=args.val_fraction,
                                                      flip_tta_options=FLIP_TTA_OPTIONS[args.flip_tta])

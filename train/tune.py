@@ -10,7 +10,7 @@ import json
 
 from brainseg import Segmenter
 from brainseg.evaluation import tune_on_validation_patients
-from train.cli import add_validation_patient_arguments, run
+from train.cli import add_device_argument, add_validation_patient_arguments, run
 
 FLIP_TTA_OPTIONS = {"search": (False, True), "off": (False,), "on": (True,)}
 
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.tune", description=__doc__)
     parser.add_argument("--model", required=True, help="model folder to tune (its config.json is updated)")
     add_validation_patient_arguments(parser, "--seed")
+    add_device_argument(parser)
     parser.add_argument("--bf16", action="store_true", help="bf16 inference while tuning")
     parser.add_argument("--flip-tta", choices=list(FLIP_TTA_OPTIONS), default="search",
                         help="'search' tries both; 'off' keeps inference single-pass (half the latency)")
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def tune(args: argparse.Namespace) -> int:
-    segmenter = Segmenter.from_pretrained(args.model, bf16=args.bf16)
+    segmenter = Segmenter.from_pretrained(args.model, device=args.device, bf16=args.bf16)
     tuned, report = tune_on_validation_patients(  # the training run's own split
         segmenter, args.data_dir, split_seed=args.split_seed, val_fraction=args.val_fraction,
         flip_tta_options=FLIP_TTA_OPTIONS[args.flip_tta])
