@@ -107,6 +107,16 @@ def test_cli_interpolates_the_bundled_unets_and_tunes_on_validation_only(lgg_tes
     assert np.abs(probabilities[2] - probabilities[1]).mean() > 1e-4
 
     assert main(["--start", "unet", "--end", "segformer-b0", "--alpha", "0.5", "--out-dir", str(tmp_path / "x"),
-                 "--data-dir", str(data), "--no-tune"]) == 2
+                 "--no-tune"]) == 2
     assert "same architecture" in capsys.readouterr().err
+    assert main(["--start", "unet", "--end", "unet-robust", "--alpha", "0.5", "--out-dir", str(tmp_path / "x")]) == 2
+    assert "--data-dir (the full dataset) is needed" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+    # without tuning no data is read: the end network's post-processing is kept
+    assert main(["--start", "unet", "--end", "unet-robust", "--alpha", "0.25", "--out-dir", str(tmp_path / "raw"),
+                 "--no-tune"]) == 0
+    untuned, robust = ModelConfig.load(tmp_path / "raw"), ends[1].config
+    assert json.loads(capsys.readouterr().out)["validation"] is None
+    assert (untuned.threshold, untuned.min_component_px, untuned.flip_tta) == (
+        robust.threshold, robust.min_component_px, robust.flip_tta)

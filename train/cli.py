@@ -31,10 +31,13 @@ def run(command: Callable[[], int], errors: tuple[type[BaseException], ...] = US
         return 2
 
 
-def add_validation_patient_arguments(parser: argparse.ArgumentParser, *seed_aliases: str) -> None:
+def add_validation_patient_arguments(parser: argparse.ArgumentParser, *seed_aliases: str,
+                                     required: bool = True) -> None:
     """``--data-dir`` (the full dataset), ``--split-seed`` (also spelled ``seed_aliases``) and ``--val-fraction``:
-    which patients the training run held out for validation (``args.data_dir``, ``split_seed``, ``val_fraction``)."""
-    parser.add_argument("--data-dir", required=True, help="the full dataset (kaggle_3m layout): validation patients")
+    which patients the training run held out for validation (``args.data_dir``, ``split_seed``, ``val_fraction``);
+    ``required=False`` for a command that needs them only for an optional validation pass."""
+    parser.add_argument("--data-dir", required=required,
+                        help="the full dataset (kaggle_3m layout): validation patients")
     parser.add_argument("--split-seed", *seed_aliases, dest="split_seed", type=int, default=DEFAULT_SPLIT_SEED,
                         help="the training run's --split-seed (which patients are validation)")
     parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--end", required=True, help="the fine-tuned network (same architecture)")
     parser.add_argument("--alpha", type=float, required=True, help="weight of the end network, in [0, 1]")
     parser.add_argument("--out-dir", required=True, help="the interpolated model's folder (written)")
-    add_validation_patient_arguments(parser)
+    add_validation_patient_arguments(parser, required=False)
     add_device_argument(parser)
     parser.add_argument("--flip-tta", choices=list(FLIP_TTA_OPTIONS), default="search",
                         help="flip TTA while tuning: 'search' tries both")
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_interpolation(args: argparse.Namespace) -> int:
+    if args.tune and not args.data_dir:
+        raise ValueError("--data-dir (the full dataset) is needed to tune on the validation patients; "
+                         "or pass --no-tune to keep the end network's post-processing")
     start, end = (Segmenter.from_pretrained(source, device=args.device, backend="torch")
                   for source in (args.start, args.end))
     config, network = interpolate((start.config, start.model), (end.config, end.model), args.alpha,
