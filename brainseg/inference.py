@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as TF
 
 from .backends import BACKENDS, BackendChoice, BackendError, Forward, select_backend
-from .config import WEIGHTS_FILE, ModelConfig
+from .config import ROUTED, WEIGHTS_FILE, ModelConfig
 from .hub import ModelLoadError, ResolvedModel, first_line, model_arg_from_env, resolve_model
 from .model import build_model
 from .pixels import as_rgb_uint8
@@ -54,14 +54,44 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 
 def load_model(resolved: ResolvedModel) -> tuple[ModelConfig, nn.Module]:
-    """Build the network ``config.json`` names and load its weights; any problem is a :class:`ModelLoadError`."""
+    """Build the network ``config.json`` names and load its weights; any problem is a :class:`ModelLoadError`.
+
+    A routed model's folder may hold no weights of its own: its members' then come from ``route["sources"]``.
+    """
     try:
         config = ModelConfig.load(resolved.folder)
         model = build_model(config)
-        load_weights(model, resolved.folder / WEIGHTS_FILE)
+        weights = resolved.folder / WEIGHTS_FILE
+        if config.arch == ROUTED and not weights.is_file() and config.route.get("sources"):
+            load_member_weights(model, config)
+        else:
+            load_weights(model, weights)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelLoadError(f"cannot load model {resolved.describe()}: {first_line(exc)}") from exc
     return config, model
+
+
+def load_member_weights(model: nn.Module, config: ModelConfig) -> None:
+    """Load each member of a routed ``model`` from the model its ``route["sources"]`` names (a bundled name, a
+    folder or a Hub id), refusing one whose architecture or post-processing differs from the member's config."""
+    sources = config.route["sources"]
+    members = config.member_configs()
+    if len(sources) != len(members):
+        raise ValueError(f"route lists {len(sources)} sources for {len(members)} members")
+    for index, (source, member) in enumerate(zip(sources, members)):
+        found = resolve_model(source)
+        if _behaviour(ModelConfig.load(found.folder).to_dict()) != _behaviour(member.to_dict()):
+            raise ValueError(f"member {index} ({source}) no longer matches the config this routed model recorded "
+                             "for it: re-run python -m train.route")
+        load_weights(model.members[index], found.folder / WEIGHTS_FILE)
+
+
+def _behaviour(config: dict) -> dict:
+    """A config dict without its ``extra`` notes (at every level): what decides the network's output."""
+    kept = {k: v for k, v in config.items() if k != "extra"}
+    if "members" in kept:
+        kept["members"] = [_behaviour(member) for member in kept["members"]]
+    return kept
 
 
 def choose_backend(requested: str, model: nn.Module, config: ModelConfig, device: torch.device, bf16: bool,
@@ -135,7 +165,7 @@ class Segmenter:
         config, model = load_model(resolved)
         return cls(model, config, source=resolved.source, device=device, bf16=bf16,
                    revision=resolved.revision, description=resolved.describe(), backend=backend,
-                   folder=resolved.folder)
+                   folder=resolved.folder if (resolved.folder / WEIGHTS_FILE).is_file() else None)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into ``folder``."""

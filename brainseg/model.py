@@ -1,7 +1,8 @@
 """Network architectures and :func:`build_model`, the one factory that turns a config into a module.
 
 The article's U-Net: DoubleConv blocks, max-pool down, bilinear up with skip concatenation. The Transformer
-architectures are in :mod:`brainseg.transformer`, the ensemble of trained networks in :mod:`brainseg.ensemble`.
+architectures are in :mod:`brainseg.transformer`, the ensemble of trained networks in :mod:`brainseg.ensemble`,
+the routed pair in :mod:`brainseg.routing`.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .config import ARCHITECTURES, ENSEMBLE, ModelConfig
+from .config import ARCHITECTURES, ENSEMBLE, ROUTED, ModelConfig
 from .ensemble import MeanProbabilityEnsemble
+from .routing import RoutedNetwork, RouteRule
 from .transformer import TRANSFORMERS
 
 
@@ -95,9 +97,16 @@ def _build_ensemble(config: ModelConfig) -> MeanProbabilityEnsemble:
     return MeanProbabilityEnsemble([build_model(member) for member in members], [m.flip_tta for m in members])
 
 
+def _build_routed(config: ModelConfig) -> RoutedNetwork:
+    home, away = config.member_configs()
+    return RoutedNetwork(build_model(home), build_model(away), (home.threshold, away.threshold),
+                         (home.flip_tta, away.flip_tta), RouteRule.from_route(config.route))
+
+
 # one builder per name in brainseg.config.ARCHITECTURES (tests/test_model.py checks they match)
 BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "unet": _build_unet, **{name: _transformer_builder(name) for name in TRANSFORMERS}, ENSEMBLE: _build_ensemble,
+    ROUTED: _build_routed,
 }
 
 
