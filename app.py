@@ -28,7 +28,7 @@ import numpy as np
 import brainseg
 from brainseg import Segmenter, volume_export
 from brainseg.backends import BACKENDS, BackendError
-from brainseg.config import ENSEMBLE, UNET, ModelConfig
+from brainseg.config import ENSEMBLE, ROUTED, UNET, ModelConfig
 from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position
 from brainseg.hub import BUNDLED_LABEL, DEFAULT_MODEL_NAME, OUTSIDE_SCANS_MODEL, ModelLoadError, model_arg_from_env
 from brainseg.imaging import decode_image, encode_png, inspect_mask, save_png, slice_notes
@@ -215,6 +215,8 @@ def bundled_label(name: str, folder: Path) -> str:
         arch, members = "?", []
     if arch == ENSEMBLE:
         kind = f"ensemble ({' + '.join(members)})"
+    elif arch == ROUTED:
+        kind = f"routed ({' at home, '.join(members)} away)"
     else:
         kind = "U-Net" if arch == UNET else f"Transformer ({arch})"
     return f"{name}: bundled {kind}" + (", default" if name == DEFAULT_MODEL_NAME else "")

@@ -12,7 +12,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from .config import ENSEMBLE, ModelConfig
+from .config import ENSEMBLE, ROUTED, ModelConfig
 from .forms import SELECTION_FORMS
 from .metrics import METRICS
 
@@ -315,6 +315,14 @@ def architecture_summary(config: ModelConfig, n_parameters: int) -> tuple[str, s
         return f"Ensemble ({' + '.join(names)})", (
             f"An ensemble of {len(members)} trained 2D networks ({', '.join(names)}) whose probabilities are "
             f"averaged, each with its own horizontal-flip TTA ({flips}); {n_parameters:,} parameters in all")
+    if config.arch == ROUTED:
+        home, away = (architecture_summary(member, 0)[0] for member in config.member_configs())
+        route = config.route
+        return f"Routed ({home} at home, {away} away)", (
+            f"Two trained models and a rule on each input slice: the home model ({home}) on whole-head slices with "
+            f"three distinct sequences filling the frame, the away model ({away}) on slices with a sequence "
+            f"replaced by FLAIR (FLAIR only, FLAIR + T1c) or tissue spanning less than {route.get('min_extent')} "
+            f"of the frame; each member keeps its own threshold; {n_parameters:,} parameters in all")
     if config.arch == "segformer_mit_b0":
         return "SegFormer-B0 (Transformer)", (
             f"A 2D SegFormer-B0 (Mix-Transformer MiT-b0 encoder, all-MLP decoder at 1/4 resolution, logits upsampled "

@@ -18,6 +18,7 @@ from .hub import ModelLoadError, ResolvedModel, first_line, model_arg_from_env, 
 from .model import build_model
 from .pixels import as_rgb_uint8
 from .postprocess import binarize
+from .routing import RoutedNetwork
 from .transforms import preprocess, uint8_batch_to_input
 from .weights import load_weights, save_model
 
@@ -112,6 +113,23 @@ def choose_backend(requested: str, model: nn.Module, config: ModelConfig, device
     return select_backend(requested, model, folder, config.input_size, cache_dir=cache_dir)
 
 
+def choose_member_backends(requested: str, network: RoutedNetwork, config: ModelConfig, device: torch.device,
+                           bf16: bool) -> BackendChoice:
+    """For a routed model loaded from its members' folders: :func:`choose_backend` for each member on its own
+    folder (so each runs ONNX Runtime when ``auto`` finds it matching), set as the member's runner.
+
+    The choice's name is ``onnx`` when every member runs ONNX Runtime, else ``torch``; the reason names both.
+    """
+    reasons, names = [], []
+    for index, (source, member) in enumerate(zip(config.route["sources"], config.member_configs())):
+        choice = choose_backend(requested, network.members[index], member, device, bf16, resolve_model(source).folder)
+        network.runners[index] = choice.forward if choice.name == "onnx" else None
+        names.append(choice.name)
+        reasons.append(f"{('home', 'away')[index]} {choice.reason}")
+    name = "onnx" if all(n == "onnx" for n in names) else "torch"
+    return BackendChoice(name, network, "; ".join(reasons))
+
+
 class Segmenter:
     """A network plus the preprocessing and post-processing its weights were trained with.
 
@@ -138,7 +156,10 @@ class Segmenter:
         self.revision = revision
         self.description = description or source
         self.bf16 = bf16
-        choice = choose_backend(backend, self.model, config, self.device, bf16, folder)
+        if isinstance(self.model, RoutedNetwork) and folder is None and config.route.get("sources"):
+            choice = choose_member_backends(backend, self.model, config, self.device, bf16)
+        else:
+            choice = choose_backend(backend, self.model, config, self.device, bf16, folder)
         self.backend: str = choice.name
         self.backend_reason: str = choice.reason
         self.onnx_path: Path | None = choice.onnx_path if choice.name == "onnx" else None

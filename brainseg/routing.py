@@ -22,6 +22,7 @@ the module also exports to ONNX as one graph (then both members run on every sli
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -97,7 +98,7 @@ def goes_away(x: torch.Tensor, rule: RouteRule) -> torch.Tensor:
     return copied_flair(x, rule.copy_tolerance) | (tissue_extent(x) < rule.min_extent)
 
 
-def member_logit(member: nn.Module, x: torch.Tensor, flip_tta: bool) -> torch.Tensor:
+def member_logit(member: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, flip_tta: bool) -> torch.Tensor:
     """A member's float32 logits (N, 1, H, W); with ``flip_tta``, the logit of its flip-averaged probability."""
     logit = member(x).float()
     if not flip_tta:
@@ -113,13 +114,20 @@ class RoutedNetwork(nn.Module):
                  flip_tta: tuple[bool, bool], rule: RouteRule) -> None:
         super().__init__()
         self.members = nn.ModuleList([home, away])
+        # what runs each member's forward (its module unless a backend such as ONNX Runtime was chosen for it:
+        # :func:`brainseg.inference.choose_member_backends`); a float32 CPU tensor goes into a runner
+        self.runners: list[Callable[[torch.Tensor], torch.Tensor] | None] = [None, None]
         self.offsets = tuple(math.log(t / (1 - t)) for t in thresholds)
         self.flip_tta = tuple(bool(flag) for flag in flip_tta)
         self.rule = rule
 
     def member_output(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Member ``index``'s logits minus its threshold's logit (> 0 exactly where it marks tumor)."""
-        return member_logit(self.members[index], x, self.flip_tta[index]) - self.offsets[index]
+        runner = self.runners[index]
+        if runner is None:
+            return member_logit(self.members[index], x, self.flip_tta[index]) - self.offsets[index]
+        logit = member_logit(lambda batch: runner(batch.float().contiguous()), x, self.flip_tta[index])
+        return logit.to(x.device) - self.offsets[index]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         away = goes_away(x, self.rule)

@@ -108,12 +108,16 @@ def test_a_saved_routed_folder_loads_with_its_weights_or_from_its_sources_and_ex
     head = head_slice()
     batch = np.stack([head, np.repeat(head[..., 1:2], 3, axis=-1)])
     expected = Segmenter(network, config, device="cpu", backend="torch").predict_proba_batch(batch)
-    for folder, backend in (("with-weights", "torch"), ("with-weights", "onnx"), ("by-reference", "auto")):
+    for folder, backend in (("with-weights", "torch"), ("with-weights", "onnx"), ("by-reference", "torch"),
+                            ("by-reference", "auto")):
         loaded = Segmenter.from_pretrained(tmp_path / folder, device="cpu", backend=backend)
         assert isinstance(loaded.model, RoutedNetwork) and loaded.config == config
-        assert loaded.backend == ("onnx" if backend == "onnx" else "torch")
+        assert loaded.backend == ("torch" if backend == "torch" else "onnx"), loaded.backend_reason
         assert np.abs(loaded.predict_proba_batch(batch) - expected).max() < 1e-4, (folder, backend)
     assert not (tmp_path / "by-reference" / "model.safetensors").exists()
+    # by reference, each member runs ONNX Runtime from its own folder (only the rule runs in PyTorch)
+    assert all(runner is not None for runner in loaded.model.runners)
+    assert loaded.backend_reason.startswith("home ONNX Runtime") and "; away ONNX Runtime" in loaded.backend_reason
 
 
 def test_a_member_that_changed_since_routing_is_refused_with_what_to_do(tmp_path) -> None:
