@@ -13,12 +13,12 @@ from torch import nn
 from torch.nn import functional as TF
 
 from .backends import BACKENDS, BackendChoice, BackendError, Forward, select_backend
-from .config import ROUTED, WEIGHTS_FILE, ModelConfig
+from .config import WEIGHTS_FILE, ModelConfig
 from .hub import ModelLoadError, ResolvedModel, first_line, model_arg_from_env, resolve_model
 from .model import build_model
 from .pixels import as_rgb_uint8
 from .postprocess import binarize
-from .routing import RoutedNetwork
+from .routing import RoutedNetwork, by_reference, self_contained
 from .transforms import preprocess, uint8_batch_to_input
 from .weights import load_weights, save_model
 
@@ -57,14 +57,17 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 def load_model(resolved: ResolvedModel) -> tuple[ModelConfig, nn.Module]:
     """Build the network ``config.json`` names and load its weights; any problem is a :class:`ModelLoadError`.
 
-    A routed model's folder may hold no weights of its own: its members' then come from ``route["sources"]``.
+    A routed model with ``route["sources"]`` loads its members from there; its folder's weights are then its
+    skull detector's (:func:`brainseg.routing.by_reference`).
     """
     try:
         config = ModelConfig.load(resolved.folder)
         model = build_model(config)
         weights = resolved.folder / WEIGHTS_FILE
-        if config.arch == ROUTED and not weights.is_file() and config.route.get("sources"):
+        if by_reference(config):
             load_member_weights(model, config)
+            if model.detector is not None:
+                load_weights(model.detector, weights)
         else:
             load_weights(model, weights)
     except (OSError, ValueError, TypeError) as exc:
@@ -156,7 +159,7 @@ class Segmenter:
         self.revision = revision
         self.description = description or source
         self.bf16 = bf16
-        if isinstance(self.model, RoutedNetwork) and folder is None and config.route.get("sources"):
+        if by_reference(config):
             choice = choose_member_backends(backend, self.model, config, self.device, bf16)
         else:
             choice = choose_backend(backend, self.model, config, self.device, bf16, folder)
@@ -186,11 +189,11 @@ class Segmenter:
         config, model = load_model(resolved)
         return cls(model, config, source=resolved.source, device=device, bf16=bf16,
                    revision=resolved.revision, description=resolved.describe(), backend=backend,
-                   folder=resolved.folder if (resolved.folder / WEIGHTS_FILE).is_file() else None)
+                   folder=resolved.folder)
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` into ``folder``."""
-        return save_model(self.model, self.config, folder)
+        """Write ``model.safetensors`` and ``config.json`` into ``folder`` (a routed model with all its weights)."""
+        return save_model(self.model, self_contained(self.config), folder)
 
     @torch.inference_mode()
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:

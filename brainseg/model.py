@@ -14,6 +14,7 @@ from torch import nn
 from .config import ARCHITECTURES, ENSEMBLE, ROUTED, ModelConfig
 from .ensemble import MeanProbabilityEnsemble
 from .routing import RoutedNetwork, RouteRule
+from .skull import SkullDetector
 from .transformer import TRANSFORMERS
 
 
@@ -99,8 +100,9 @@ def _build_ensemble(config: ModelConfig) -> MeanProbabilityEnsemble:
 
 def _build_routed(config: ModelConfig) -> RoutedNetwork:
     home, away = config.member_configs()
+    rule = RouteRule.from_route(config.route)
     return RoutedNetwork(build_model(home), build_model(away), (home.threshold, away.threshold),
-                         (home.flip_tta, away.flip_tta), RouteRule.from_route(config.route))
+                         (home.flip_tta, away.flip_tta), rule, SkullDetector() if rule.skull_detector else None)
 
 
 # one builder per name in brainseg.config.ARCHITECTURES (tests/test_model.py checks they match)

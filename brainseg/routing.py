@@ -11,8 +11,8 @@ has that form, and to the *away* member otherwise. The rule uses only facts that
 - *field of view*: the tissue spans less than ``min_extent`` of the frame in both directions (a small brain in a
   large frame; LGG heads span at least half and mostly > 0.7 of it, the ``half_frame`` form exactly 0.5).
 
-Skull-stripping is not detected per slice (no exact cue: see docs/generalization.md); a three-sequence
-skull-stripped slice that fills the frame goes home.
+- *skull-stripping* (with ``skull_detector``): no exact cue exists, so a small CNN trained on the training
+  patients' slices as they are and skull-stripped (:mod:`brainseg.skull`) decides.
 
 Each member's logit is shifted by the logit of its own tuned threshold, so the routed output crosses 0.5
 exactly where the chosen member crosses its threshold: the routed config's threshold is 0.5 and the app's
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ from torch import nn
 
 from .config import ROUTED, ModelConfig
 from .pixels import FLAIR
+from .skull import SkullDetector
 
 HOME, AWAY = 0, 1  # member order in a routed config
 TISSUE_LEVEL = 0.04  # of the slice's min..max range: above it in any channel is tissue, below is background
@@ -46,6 +47,9 @@ class RouteRule:
     copy_tolerance: float = 0.02
     # a slice whose tissue spans less than this fraction of the frame in both directions goes away
     min_extent: float = 0.6
+    # slices the model's :class:`brainseg.skull.SkullDetector` (its weights in the routed folder) calls
+    # skull-stripped go away
+    skull_detector: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.copy_tolerance < 1.0:
@@ -111,9 +115,12 @@ class RoutedNetwork(nn.Module):
     """Per slice, the home member's or the away member's logit, each shifted by its own threshold's logit."""
 
     def __init__(self, home: nn.Module, away: nn.Module, thresholds: tuple[float, float],
-                 flip_tta: tuple[bool, bool], rule: RouteRule) -> None:
+                 flip_tta: tuple[bool, bool], rule: RouteRule, detector: SkullDetector | None = None) -> None:
         super().__init__()
+        if rule.skull_detector != (detector is not None):
+            raise ValueError("a rule with skull_detector needs a detector, and only such a rule takes one")
         self.members = nn.ModuleList([home, away])
+        self.detector = detector
         # what runs each member's forward (its module unless a backend such as ONNX Runtime was chosen for it:
         # :func:`brainseg.inference.choose_member_backends`); a float32 CPU tensor goes into a runner
         self.runners: list[Callable[[torch.Tensor], torch.Tensor] | None] = [None, None]
@@ -129,8 +136,13 @@ class RoutedNetwork(nn.Module):
         logit = member_logit(lambda batch: runner(batch.float().contiguous()), x, self.flip_tta[index])
         return logit.to(x.device) - self.offsets[index]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def goes_away(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: the slices the rule (and the skull detector, if any) sends to the away member."""
         away = goes_away(x, self.rule)
+        return away if self.detector is None else away | (self.detector(x) > 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        away = self.goes_away(x)
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # one graph for every input
             return torch.where(away[:, None, None, None], self.member_output(AWAY, x), self.member_output(HOME, x))
         if not bool(away.any()):
@@ -146,7 +158,7 @@ class RoutedNetwork(nn.Module):
 
 def route(home: tuple[ModelConfig, nn.Module], away: tuple[ModelConfig, nn.Module], rule: RouteRule,
           sources: tuple[str, str] | None = None, min_component_px: int | None = None,
-          extra: dict | None = None) -> tuple[ModelConfig, RoutedNetwork]:
+          extra: dict | None = None, detector: SkullDetector | None = None) -> tuple[ModelConfig, RoutedNetwork]:
     """One routed model (config and network, weights shared) from trained ``(config, network)`` pairs.
 
     ``sources`` (bundled names, folders or Hub ids) are recorded so that a folder saved without weights loads
@@ -162,5 +174,18 @@ def route(home: tuple[ModelConfig, nn.Module], away: tuple[ModelConfig, nn.Modul
         route={**rule.to_dict(), **({"sources": list(sources)} if sources else {})}, extra=dict(extra or {}),
     )
     network = RoutedNetwork(home_network, away_network, (home_config.threshold, away_config.threshold),
-                            (home_config.flip_tta, away_config.flip_tta), rule)
+                            (home_config.flip_tta, away_config.flip_tta), rule, detector)
     return config, network
+
+
+def by_reference(config: ModelConfig) -> bool:
+    """Whether a routed config loads its members from ``route["sources"]`` (its folder then holds only the
+    router's own weights: the skull detector's, if any)."""
+    return config.arch == ROUTED and bool(config.route.get("sources"))
+
+
+def self_contained(config: ModelConfig) -> ModelConfig:
+    """The config to save beside *all* the weights (members included): ``sources`` dropped."""
+    if not by_reference(config):
+        return config
+    return replace(config, route={k: v for k, v in config.route.items() if k != "sources"})

@@ -26,8 +26,9 @@ from brainseg.routing import (
     route,
     tissue_extent,
 )
+from brainseg.skull import DetectorTraining, SkullDetector, detector_accuracy, detector_examples, train_skull_detector
 from brainseg.transforms import uint8_batch_to_input
-from brainseg.weights import save_model
+from brainseg.weights import save_model, save_weights
 from train import route as route_cli
 
 
@@ -93,7 +94,7 @@ def test_each_slice_gets_its_members_output_shifted_by_its_own_thresholds_logit(
     assert torch.equal(torch.sigmoid(out[0]) > 0.5, torch.sigmoid(home_logit[0]) > 0.2)
     assert torch.equal(torch.sigmoid(out[1]) > 0.5, away_proba[1] > 0.6)
     assert (config.arch, config.threshold, config.min_component_px, config.flip_tta) == ("routed", 0.5, 40, False)
-    assert config.route == {"copy_tolerance": 0.02, "min_extent": 0.6, "sources": ["h", "a"]}
+    assert config.route == {"copy_tolerance": 0.02, "min_extent": 0.6, "skull_detector": False, "sources": ["h", "a"]}
     assert [m["base_channels"] for m in config.members] == [4, 6]
 
 
@@ -174,3 +175,72 @@ def test_route_cli_writes_a_folder_that_loads_the_bundled_members_and_gives_thei
                                                               routed.config.min_component_px))
                    for r, m in zip(routed.predict_proba_batch(batch), member.predict_proba_batch(batch))), name
     assert routed.model.members[HOME] is not routed.model.members[AWAY]
+
+
+def test_the_skull_detector_learns_stripped_slices_from_some_patients_and_spots_them_in_another(lgg_test_dir) -> None:
+    """Trained on two patients' slices (as they are vs skull-stripped), it tells them apart on a third's."""
+    patients = scan_dataset(lgg_test_dir)
+    train_images = np.concatenate([load_slices(list(p.slices[8:30]))[0] for p in patients[:2]])
+    test_images = load_slices(list(patients[2].slices[8:30]))[0]
+    settings = DetectorTraining(epochs=40, batch_size=16, seed=1)
+    detector = train_skull_detector(*detector_examples(train_images), settings)
+    accuracy = detector_accuracy(detector, *detector_examples(test_images))
+    assert accuracy["as_is"] >= 0.9 and accuracy["skull_stripped"] >= 0.9, accuracy
+    again = train_skull_detector(*detector_examples(train_images), settings)  # seeded: the same weights
+    assert all(torch.equal(a, b) for a, b in zip(detector.state_dict().values(), again.state_dict().values()))
+    x, labels = detector_examples(test_images)
+    assert labels.tolist() == [0.0] * (len(labels) // 2) + [1.0] * (len(labels) // 2)
+    # blind to the normalization toggle: the same calls on the unnormalized input
+    raw = uint8_batch_to_input(torch.from_numpy(test_images[:4]).permute(0, 3, 1, 2), False)
+    with torch.no_grad():
+        assert torch.equal(detector(raw) > 0, detector(model_input(*test_images[:4])) > 0)
+
+
+def test_a_routed_model_with_a_detector_keeps_its_weights_in_its_folder_and_saves_self_contained(tmp_path) -> None:
+    home, away = small_pair()
+    for name, (config, network) in (("home", home), ("away", away)):
+        save_model(network, config, tmp_path / name)
+    torch.manual_seed(3)
+    detector = SkullDetector().eval()
+    config, network = route(home, away, RouteRule(skull_detector=True), detector=detector,
+                            sources=(str(tmp_path / "home"), str(tmp_path / "away")))
+    head = head_slice()
+    x = model_input(head, head_slice(seed=4))
+    with torch.no_grad():
+        flagged = detector(x) > 0
+        assert torch.equal(network.goes_away(x), flagged | goes_away(x, RouteRule()))
+    (tmp_path / "routed").mkdir()
+    save_weights(detector, tmp_path / "routed")
+    config.save(tmp_path / "routed")
+    loaded = Segmenter.from_pretrained(tmp_path / "routed", device="cpu", backend="torch")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.detector.state_dict().values(),
+                                                 detector.state_dict().values()))
+    batch = np.stack([head, head_slice(seed=4)])
+    expected = loaded.predict_proba_batch(batch)
+    loaded.save_pretrained(tmp_path / "whole")
+    whole = Segmenter.from_pretrained(tmp_path / "whole", device="cpu", backend="torch")
+    assert "sources" not in whole.config.route and whole.config.route["skull_detector"]
+    assert np.abs(whole.predict_proba_batch(batch) - expected).max() < 1e-6
+    with pytest.raises(ValueError, match="needs a detector"):
+        RoutedNetwork(home[1], away[1], (0.5, 0.5), (False, False), RouteRule(skull_detector=True))
+
+
+@pytest.mark.slow
+def test_route_cli_trains_the_skull_detector_on_training_patients_only(tmp_path, capsys, lgg_test_dir) -> None:
+    from conftest import link_standin_patients
+
+    data = tmp_path / "data"
+    link_standin_patients(lgg_test_dir, data, [range(8, 20), range(20, 32), range(10, 22), range(14, 26)])
+    out = tmp_path / "routed"
+    assert route_cli.main(["--home", "unet", "--away", "unet-robust", "--out-dir", str(out), "--skull-detector",
+                           "--data-dir", str(data), "--val-fraction", "0.25", "--detector-epochs", "3"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["skull_detector_trained_on"] == "3 training patients"
+    assert set(printed["skull_detector_validation"]) == {"as_is", "skull_stripped"}
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert (out / "model.safetensors").stat().st_size < 100_000  # the detector only: members stay where they are
+    assert ModelConfig.load(out).extra["skull_detector_validation"] == printed["skull_detector_validation"]
+    assert isinstance(Segmenter.from_pretrained(out, device="cpu").model.detector, SkullDetector)
+    assert route_cli.main(["--home", "unet", "--away", "unet-robust", "--out-dir", str(out),
+                           "--skull-detector"]) == 2
+    assert "give --data-dir" in capsys.readouterr().err
