@@ -467,8 +467,9 @@ class DatasetBrowser:
 VOLUME_FILE_TYPES = [".nii", ".gz", ".zip"]
 VOLUME_START_TEXT = ("Upload a FLAIR volume (NIfTI `.nii` / `.nii.gz`, or a `.zip` of one DICOM series), optionally "
                      "T1 and post-contrast T1 on the same grid, then press **Segment volume**. A skull-stripped or "
-                     f"FLAIR-only scan from another hospital: choose **{OUTSIDE_SCANS_MODEL}** in the Model selector "
-                     "(trained for such scans; the default learned whole-head LGG slices).")
+                     f"FLAIR-only scan from another hospital: the default model (**{DEFAULT_MODEL_NAME}**) sends its "
+                     f"slices to **{OUTSIDE_SCANS_MODEL}** (trained for such scans) and whole-head LGG-like slices "
+                     "to the U-Net.")
 
 
 @dataclass(frozen=True, eq=False)

@@ -318,11 +318,13 @@ def architecture_summary(config: ModelConfig, n_parameters: int) -> tuple[str, s
     if config.arch == ROUTED:
         home, away = (architecture_summary(member, 0)[0] for member in config.member_configs())
         route = config.route
+        skull = (" or a slice its skull-stripping detector (a small CNN trained on the training patients) flags"
+                 if route.get("skull_detector") else "")
         return f"Routed ({home} at home, {away} away)", (
             f"Two trained models and a rule on each input slice: the home model ({home}) on whole-head slices with "
             f"three distinct sequences filling the frame, the away model ({away}) on slices with a sequence "
-            f"replaced by FLAIR (FLAIR only, FLAIR + T1c) or tissue spanning less than {route.get('min_extent')} "
-            f"of the frame; each member keeps its own threshold; {n_parameters:,} parameters in all")
+            f"replaced by FLAIR (FLAIR only, FLAIR + T1c), tissue spanning less than {route.get('min_extent')} "
+            f"of the frame{skull}; each member keeps its own threshold; {n_parameters:,} parameters in all")
     if config.arch == "segformer_mit_b0":
         return "SegFormer-B0 (Transformer)", (
             f"A 2D SegFormer-B0 (Mix-Transformer MiT-b0 encoder, all-MLP decoder at 1/4 resolution, logits upsampled "

@@ -31,9 +31,13 @@ from huggingface_hub.errors import (
 from .config import CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
-BUNDLED_MODEL_DIR = ASSETS_DIR / "model"  # the default model (a U-Net)
+UNET_MODEL_NAME = "unet"
+UNET_MODEL_DIR = ASSETS_DIR / "model"  # the article's U-Net trained on the LGG slices (the default until routing)
 BUNDLED_MODELS_DIR = ASSETS_DIR / "models"  # the other bundled models, one folder per name
-DEFAULT_MODEL_NAME = "unet"
+# the default: the U-Net on whole-head three-sequence slices, the robust ensemble on every other slice
+# (brainseg.routing; docs/generalization.md)
+DEFAULT_MODEL_NAME = "routed"
+BUNDLED_MODEL_DIR = BUNDLED_MODELS_DIR / DEFAULT_MODEL_NAME  # the default model's folder
 # the bundled model chosen for scans from other hospitals (skull-stripped, FLAIR only): docs/generalization.md
 OUTSIDE_SCANS_MODEL = "robust-ensemble"
 BUNDLED_LABEL = "bundled default"
@@ -81,9 +85,9 @@ def model_arg_from_env(environ: Mapping[str, str] | None = None) -> str | None:
 
 
 def bundled_models() -> dict[str, Path]:
-    """The models shipped in ``assets/``, by name: ``"unet"`` (the default) first, then each folder of
-    ``assets/models/`` holding a ``config.json`` (its folder name is its name), sorted."""
-    models = {DEFAULT_MODEL_NAME: BUNDLED_MODEL_DIR}
+    """The models shipped in ``assets/``, by name: the default (``"routed"``) first, then ``"unet"``, then each
+    other folder of ``assets/models/`` holding a ``config.json`` (its folder name is its name), sorted."""
+    models = {DEFAULT_MODEL_NAME: BUNDLED_MODEL_DIR, UNET_MODEL_NAME: UNET_MODEL_DIR}
     if BUNDLED_MODELS_DIR.is_dir():
         for folder in sorted(BUNDLED_MODELS_DIR.iterdir()):
             if (folder / CONFIG_FILE).is_file() and folder.name not in models:

@@ -14,7 +14,7 @@ from torch.nn import functional as TF
 
 from .backends import BACKENDS, BackendChoice, BackendError, Forward, select_backend
 from .config import WEIGHTS_FILE, ModelConfig
-from .hub import ModelLoadError, ResolvedModel, first_line, model_arg_from_env, resolve_model
+from .hub import ModelLoadError, ResolvedModel, bundled_models, first_line, model_arg_from_env, resolve_model
 from .model import build_model
 from .pixels import as_rgb_uint8
 from .postprocess import binarize
@@ -83,11 +83,18 @@ def load_member_weights(model: nn.Module, config: ModelConfig) -> None:
     if len(sources) != len(members):
         raise ValueError(f"route lists {len(sources)} sources for {len(members)} members")
     for index, (source, member) in enumerate(zip(sources, members)):
-        found = resolve_model(source)
-        if _behaviour(ModelConfig.load(found.folder).to_dict()) != _behaviour(member.to_dict()):
+        folder = member_folder(source)
+        if _behaviour(ModelConfig.load(folder).to_dict()) != _behaviour(member.to_dict()):
             raise ValueError(f"member {index} ({source}) no longer matches the config this routed model recorded "
                              "for it: re-run python -m train.route")
-        load_weights(model.members[index], found.folder / WEIGHTS_FILE)
+        load_weights(model.members[index], folder / WEIGHTS_FILE)
+
+
+def member_folder(source: str) -> Path:
+    """A routed member's folder: a bundled model's name is that bundled model (never a folder of the same name
+    in the working directory), anything else what :func:`brainseg.hub.resolve_model` finds."""
+    bundled = bundled_models()
+    return bundled[source] if source in bundled else resolve_model(source).folder
 
 
 def _behaviour(config: dict) -> dict:
@@ -125,7 +132,7 @@ def choose_member_backends(requested: str, network: RoutedNetwork, config: Model
     """
     reasons, names = [], []
     for index, (source, member) in enumerate(zip(config.route["sources"], config.member_configs())):
-        choice = choose_backend(requested, network.members[index], member, device, bf16, resolve_model(source).folder)
+        choice = choose_backend(requested, network.members[index], member, device, bf16, member_folder(source))
         network.runners[index] = choice.forward if choice.name == "onnx" else None
         names.append(choice.name)
         reasons.append(f"{('home', 'away')[index]} {choice.reason}")

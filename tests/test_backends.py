@@ -29,7 +29,7 @@ from brainseg.backends import (
 from brainseg.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 from brainseg.cpu import parse_cpuinfo, read_cpu_info
 from brainseg.data import load_slices, read_mask, scan_dataset
-from brainseg.hub import BUNDLED_MODEL_DIR
+from brainseg.hub import UNET_MODEL_DIR
 from brainseg.inference import Segmenter, choose_backend
 from brainseg.model import build_model
 from brainseg.postprocess import binarize
@@ -46,7 +46,7 @@ def load_folder(folder: Path) -> tuple[ModelConfig, torch.nn.Module]:
 
 @pytest.fixture(scope="module")
 def bundled() -> tuple[ModelConfig, torch.nn.Module]:
-    return load_folder(BUNDLED_MODEL_DIR)
+    return load_folder(UNET_MODEL_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def held_out_inputs(lgg_test_dir: Path, bundled) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def bundled_onnx(bundled, tmp_path_factory) -> Path:
     config, model = bundled
-    return ensure_onnx(BUNDLED_MODEL_DIR, model, config.input_size, tmp_path_factory.mktemp("onnx-cache"))
+    return ensure_onnx(UNET_MODEL_DIR, model, config.input_size, tmp_path_factory.mktemp("onnx-cache"))
 
 
 @pytest.fixture()
@@ -74,7 +74,7 @@ def model_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "model"
     folder.mkdir()
     for name in (WEIGHTS_FILE, CONFIG_FILE):
-        shutil.copy(BUNDLED_MODEL_DIR / name, folder / name)
+        shutil.copy(UNET_MODEL_DIR / name, folder / name)
     return folder
 
 
@@ -169,10 +169,10 @@ def test_unwritable_cache_is_a_clear_error_for_onnx_and_a_fallback_for_auto(bund
     blocked = tmp_path / "a-file"
     blocked.write_text("the cache folder cannot be made under a file")
     with pytest.raises(BackendError, match="set BRAINSEG_CACHE to a writable folder"):
-        ensure_onnx(BUNDLED_MODEL_DIR, model, config.input_size, blocked / "cache")
+        ensure_onnx(UNET_MODEL_DIR, model, config.input_size, blocked / "cache")
     with pytest.raises(BackendError, match="use backend='torch'"):
-        select_backend("onnx", model, BUNDLED_MODEL_DIR, config.input_size, cache_dir=blocked / "cache")
-    choice = select_backend("auto", model, BUNDLED_MODEL_DIR, config.input_size, cache_dir=blocked / "cache")
+        select_backend("onnx", model, UNET_MODEL_DIR, config.input_size, cache_dir=blocked / "cache")
+    choice = select_backend("auto", model, UNET_MODEL_DIR, config.input_size, cache_dir=blocked / "cache")
     assert choice.name == "torch" and choice.forward is model and "BRAINSEG_CACHE" in choice.reason
 
 
@@ -180,19 +180,19 @@ def test_unwritable_cache_is_a_clear_error_for_onnx_and_a_fallback_for_auto(bund
 def test_auto_picks_onnx_when_probabilities_agree_else_pytorch(bundled, bundled_onnx, held_out_inputs) -> None:
     config, model = bundled
     cache = bundled_onnx.parent
-    choice = select_backend("auto", model, BUNDLED_MODEL_DIR, config.input_size, probe=held_out_inputs, cache_dir=cache)
+    choice = select_backend("auto", model, UNET_MODEL_DIR, config.input_size, probe=held_out_inputs, cache_dir=cache)
     assert choice.name == "onnx" and isinstance(choice.forward, OnnxRunner) and choice.onnx_path == bundled_onnx
     assert 0 < choice.max_abs_difference < AUTO_TOLERANCE
-    default_probe = select_backend("auto", model, BUNDLED_MODEL_DIR, config.input_size, cache_dir=cache)
+    default_probe = select_backend("auto", model, UNET_MODEL_DIR, config.input_size, cache_dir=cache)
     assert default_probe.name == "onnx" and 0 < default_probe.max_abs_difference < AUTO_TOLERANCE
 
-    strict = select_backend("auto", model, BUNDLED_MODEL_DIR, config.input_size, cache_dir=cache,
+    strict = select_backend("auto", model, UNET_MODEL_DIR, config.input_size, cache_dir=cache,
                             tolerance=default_probe.max_abs_difference / 2)
     assert strict.name == "torch" and strict.forward is model and "differ" in strict.reason
-    assert select_backend("torch", model, BUNDLED_MODEL_DIR, config.input_size).forward is model
+    assert select_backend("torch", model, UNET_MODEL_DIR, config.input_size).forward is model
     assert select_backend("auto", model, None, config.input_size).name == "torch"
     with pytest.raises(ValueError, match="choose one of auto, onnx, torch"):
-        select_backend("tensorrt", model, BUNDLED_MODEL_DIR, config.input_size)
+        select_backend("tensorrt", model, UNET_MODEL_DIR, config.input_size)
 
 
 def test_auto_falls_back_to_pytorch_when_onnxruntime_is_missing(bundled, tmp_path, monkeypatch) -> None:
@@ -200,10 +200,10 @@ def test_auto_falls_back_to_pytorch_when_onnxruntime_is_missing(bundled, tmp_pat
     assert onnxruntime_available()
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # `import onnxruntime` now fails
     assert not onnxruntime_available()
-    choice = select_backend("auto", model, BUNDLED_MODEL_DIR, config.input_size, cache_dir=tmp_path)
+    choice = select_backend("auto", model, UNET_MODEL_DIR, config.input_size, cache_dir=tmp_path)
     assert choice.name == "torch" and choice.forward is model and "onnxruntime is not installed" in choice.reason
     with pytest.raises(BackendError, match="pip install onnxruntime"):
-        select_backend("onnx", model, BUNDLED_MODEL_DIR, config.input_size, cache_dir=tmp_path)
+        select_backend("onnx", model, UNET_MODEL_DIR, config.input_size, cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == [], "no export without onnxruntime"
 
 
@@ -218,7 +218,7 @@ def test_auto_falls_back_when_the_import_itself_raises(bundled, tmp_path, monkey
 
     monkeypatch.delitem(__import__("sys").modules, "onnxruntime")
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
-    choice = select_backend("auto", model, BUNDLED_MODEL_DIR, config.input_size, cache_dir=tmp_path)
+    choice = select_backend("auto", model, UNET_MODEL_DIR, config.input_size, cache_dir=tmp_path)
     assert choice.name == "torch" and choice.forward is model
 
 
@@ -293,10 +293,10 @@ def onnx_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.mark.slow
 def test_segmenter_backends_agree_on_held_out_slices_with_flip_tta(lgg_test_dir, onnx_cache) -> None:
-    bundle_before = sorted((p.name, p.stat().st_mtime_ns) for p in BUNDLED_MODEL_DIR.iterdir())
-    onnx_seg = Segmenter.from_pretrained(None, device="cpu", backend="onnx")
-    torch_seg = Segmenter.from_pretrained(None, device="cpu", backend="torch")
-    assert sorted((p.name, p.stat().st_mtime_ns) for p in BUNDLED_MODEL_DIR.iterdir()) == bundle_before, \
+    bundle_before = sorted((p.name, p.stat().st_mtime_ns) for p in UNET_MODEL_DIR.iterdir())
+    onnx_seg = Segmenter.from_pretrained("unet", device="cpu", backend="onnx")
+    torch_seg = Segmenter.from_pretrained("unet", device="cpu", backend="torch")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in UNET_MODEL_DIR.iterdir()) == bundle_before, \
         "loading the bundled model must not write into its folder"
     assert (onnx_seg.backend, torch_seg.backend) == ("onnx", "torch")
     assert onnx_seg.onnx_path is not None and onnx_seg.onnx_path.parent == onnx_cache
@@ -326,37 +326,37 @@ def test_segmenter_backends_agree_on_held_out_slices_with_flip_tta(lgg_test_dir,
 
 @pytest.mark.slow
 def test_segmenter_auto_picks_onnx_on_the_cpu_and_pytorch_for_bf16(onnx_cache) -> None:
-    auto = Segmenter.from_pretrained(None, device="cpu")
+    auto = Segmenter.from_pretrained("unet", device="cpu")
     assert auto.backend == "onnx" and "within" in auto.backend_reason, auto.backend_reason
-    again = Segmenter.from_pretrained(None, device="cpu")
+    again = Segmenter.from_pretrained("unet", device="cpu")
     assert again.onnx_path == auto.onnx_path and len(list(onnx_cache.iterdir())) == 1, "exported once"
-    bf16 = Segmenter.from_pretrained(None, device="cpu", bf16=True)
+    bf16 = Segmenter.from_pretrained("unet", device="cpu", bf16=True)
     assert bf16.backend == "torch" and "bf16" in bf16.backend_reason
     with pytest.raises(BackendError, match="CPU in fp32 only"):
-        Segmenter.from_pretrained(None, device="cpu", bf16=True, backend="onnx")
+        Segmenter.from_pretrained("unet", device="cpu", bf16=True, backend="onnx")
 
 
 def test_on_a_gpu_auto_means_pytorch_and_onnx_is_refused(bundled) -> None:
     config, model = bundled
     gpu = torch.device("cuda")  # only the choice is made: nothing runs on the device
-    choice = choose_backend("auto", model, config, gpu, False, BUNDLED_MODEL_DIR)
+    choice = choose_backend("auto", model, config, gpu, False, UNET_MODEL_DIR)
     assert choice.name == "torch" and choice.forward is model and "not on cuda" in choice.reason
     with pytest.raises(BackendError, match="not on cuda: use device 'cpu'"):
-        choose_backend("onnx", model, config, gpu, False, BUNDLED_MODEL_DIR)
+        choose_backend("onnx", model, config, gpu, False, UNET_MODEL_DIR)
     with pytest.raises(ValueError, match="choose one of auto, onnx, torch"):
-        choose_backend("fast", model, config, torch.device("cpu"), False, BUNDLED_MODEL_DIR)
+        choose_backend("fast", model, config, torch.device("cpu"), False, UNET_MODEL_DIR)
 
 
 def test_segmenter_auto_falls_back_to_pytorch_without_onnxruntime(lgg_test_dir, onnx_cache, monkeypatch) -> None:
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # `import onnxruntime` now fails
-    auto = Segmenter.from_pretrained(None, device="cpu")
+    auto = Segmenter.from_pretrained("unet", device="cpu")
     assert auto.backend == "torch" and auto.onnx_path is None
     assert auto.backend_reason == "PyTorch (onnxruntime is not installed)"
     images = held_out_images(lgg_test_dir, 4)
-    reference = Segmenter.from_pretrained(None, device="cpu", backend="torch").predict_proba_batch(images)
+    reference = Segmenter.from_pretrained("unet", device="cpu", backend="torch").predict_proba_batch(images)
     assert np.array_equal(auto.predict_proba_batch(images), reference)
     with pytest.raises(BackendError, match="pip install onnxruntime"):
-        Segmenter.from_pretrained(None, device="cpu", backend="onnx")
+        Segmenter.from_pretrained("unet", device="cpu", backend="onnx")
     assert not onnx_cache.exists(), "nothing exported without onnxruntime"
 
 

@@ -221,9 +221,9 @@ def cli_extra_args(cli: str, tmp_path: Path) -> list[str]:
     if cli == "train.train":
         return ["--out-dir", str(tmp_path / "out")]
     if cli == "train.tune":
-        from brainseg.hub import BUNDLED_MODEL_DIR
+        from brainseg.hub import UNET_MODEL_DIR
 
-        return ["--model", shutil.copytree(BUNDLED_MODEL_DIR, tmp_path / "model", dirs_exist_ok=True).as_posix()]
+        return ["--model", shutil.copytree(UNET_MODEL_DIR, tmp_path / "model", dirs_exist_ok=True).as_posix()]
     return []
 
 

@@ -64,7 +64,7 @@ def test_volume_tab_upload_progress_scrub_threshold_and_download(server: DemoSer
     with chromium_page() as page:
         page.goto(server.url)
         page.get_by_role("tab", name="Volume").click()
-        assert page.locator("#volume-threshold input[type=number]").input_value() == "0.2", "the tuned threshold"
+        assert page.locator("#volume-threshold input[type=number]").input_value() == "0.5", "the default's threshold"
         page.locator("#volume-flair input[type=file]").set_input_files(str(flair))
         page.locator("#volume-flair [data-testid=download-link][download='flair.nii.gz']").wait_for()  # uploaded
         page.locator("#volume-run").click()

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from brainseg import ModelConfig, ModelLoadError, Segmenter
 from brainseg.config import CONFIG_FILE, WEIGHTS_FILE
 from brainseg.data import bundled_test_patients
-from brainseg.hub import BUNDLED_MODEL_DIR, parse_repo_arg, resolve_model
+from brainseg.hub import UNET_MODEL_DIR, parse_repo_arg, resolve_model
 from brainseg.inference import load_model
 from brainseg.model import build_model
 from brainseg.weights import save_model
@@ -158,9 +158,9 @@ def test_save_pretrained_round_trips_weights_and_config(tmp_path):
     original, again = load_file(folder / WEIGHTS_FILE), load_file(saved / WEIGHTS_FILE)
     assert original.keys() == again.keys() and all(torch.equal(original[k], again[k]) for k in original)
     # the one loader builds the configured network; the bundled weights load strictly into it
-    config, model = load_model(resolve_model(None))
-    assert config == ModelConfig.load(BUNDLED_MODEL_DIR) and config.arch == "unet"
-    bundled, state = load_file(BUNDLED_MODEL_DIR / WEIGHTS_FILE), model.state_dict()
+    config, model = load_model(resolve_model("unet"))
+    assert config == ModelConfig.load(UNET_MODEL_DIR) and config.arch == "unet"
+    bundled, state = load_file(UNET_MODEL_DIR / WEIGHTS_FILE), model.state_dict()
     assert bundled.keys() == state.keys() and all(torch.equal(bundled[k], state[k]) for k in bundled)
     wrong = make_model(tmp_path / "wrong")
     config_json = json.loads((wrong / CONFIG_FILE).read_text())

@@ -12,6 +12,7 @@ import torch
 from conftest import STANDIN_SOURCE, link_patient
 from volume_synth import affine_of, save_nifti
 
+from brainseg import Segmenter
 from brainseg.config import ModelConfig
 from brainseg.evaluation import forms_score
 from brainseg.external import ALL_CHANNELS, FLAIR_ONLY
@@ -131,3 +132,36 @@ def test_dry_run_of_an_ensemble_publishes_one_folder_whose_card_and_config_name_
     assert "# ens: Ensemble (U-Net + U-Net) for FLAIR" in card and "U-Net: on, U-Net: off" in card
     assert "patient-level: the 11 held-out test patients are excluded" in card and "(seed 2026)" in card
     assert "python -m train.ensemble --member A --member B" in card
+
+
+def test_dry_run_of_a_routed_model_by_reference_publishes_all_its_weights_without_sources(lgg_test_dir, tmp_path,
+                                                                                          capsys):
+    from brainseg.routing import RoutedNetwork, RouteRule, route
+    from brainseg.skull import SkullDetector
+    from brainseg.weights import save_weights
+
+    torch.manual_seed(0)
+    pair = [ModelConfig(base_channels=4, depth=2, threshold=0.3), ModelConfig(base_channels=6, depth=2)]
+    for name, config in zip(("home", "away"), pair):
+        save_model(build_model(config).eval(), config, tmp_path / name)
+    home, away = (Segmenter.from_pretrained(tmp_path / name, device="cpu", backend="torch")
+                  for name in ("home", "away"))
+    config, network = route((home.config, home.model), (away.config, away.model), RouteRule(skull_detector=True),
+                            sources=(str(tmp_path / "home"), str(tmp_path / "away")), detector=SkullDetector().eval(),
+                            extra={"split": "patient", "split_seed": 2026, "val_fraction": 0.1})
+    (tmp_path / "routed").mkdir()
+    save_weights(network.detector, tmp_path / "routed")
+    config.save(tmp_path / "routed")
+    data = tmp_path / "lgg-held-out"
+    link_patient(lgg_test_dir / STANDIN_SOURCE, data / STANDIN_SOURCE, SLICES)
+    out = tmp_path / "dry"
+    status = publish_main(["--repo-id", "org/routed", "--model", str(tmp_path / "routed"), "--data-dir", str(data),
+                           "--train-command", "python -m train.route --home A --away B", "--dry-run", str(out)])
+    assert status == 0, capsys.readouterr().err
+    published = ModelConfig.load(out)
+    assert published.arch == "routed" and "sources" not in published.route and published.route["skull_detector"]
+    loaded = Segmenter.from_pretrained(out, device="cpu", backend="torch")  # stands alone: no member folders needed
+    assert isinstance(loaded.model, RoutedNetwork)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), network.state_dict().values()))
+    card = (out / "README.md").read_text()
+    assert "Routed (U-Net at home, U-Net away)" in card and "python -m train.route --home A --away B" in card

@@ -158,8 +158,8 @@ def test_routed_configs_are_checked() -> None:
 
 @pytest.mark.slow
 def test_route_cli_writes_a_folder_that_loads_the_bundled_members_and_gives_their_masks(tmp_path, capsys,
-                                                                                     lgg_test_dir) -> None:
-    """Home slices get exactly the bundled default's masks, FLAIR-only slices exactly the away model's."""
+                                                                                     lgg_test_dir, monkeypatch) -> None:
+    """Home slices get exactly the bundled U-Net's masks, FLAIR-only slices exactly the away model's."""
     out = tmp_path / "routed"
     assert route_cli.main(["--home", "unet", "--away", "unet-robust", "--out-dir", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["route"]["sources"] == ["unet", "unet-robust"]
@@ -175,6 +175,11 @@ def test_route_cli_writes_a_folder_that_loads_the_bundled_members_and_gives_thei
                                                               routed.config.min_component_px))
                    for r, m in zip(routed.predict_proba_batch(batch), member.predict_proba_batch(batch))), name
     assert routed.model.members[HOME] is not routed.model.members[AWAY]
+    # a bundled member's name means the bundled model, even where a folder of that name is in the working directory
+    tiny = ModelConfig(base_channels=4, depth=2)
+    save_model(build_model(tiny), tiny, tmp_path / "unet")
+    monkeypatch.chdir(tmp_path)
+    assert Segmenter.from_pretrained(out, device="cpu", backend="torch").config == routed.config
 
 
 def test_the_skull_detector_learns_stripped_slices_from_some_patients_and_spots_them_in_another(lgg_test_dir) -> None:
