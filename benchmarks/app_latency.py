@@ -64,10 +64,11 @@ class QueueClient:
         return {"path": server_path, "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
 
     def call(self, api_name: str, *args) -> list:
-        """Run ``api_name`` with ``args`` (State inputs are filled in as the browser does) -> outputs."""
+        """Run ``api_name`` with ``args`` (State inputs are filled in as the browser does; inputs past ``args``, such
+        as the optional model choice, are left empty: the started model) -> outputs."""
         fn_index, kinds = self.endpoints[api_name]
         values = iter(args)
-        data = [None if kind == "state" else next(values) for kind in kinds]
+        data = [None if kind == "state" else next(values, None) for kind in kinds]
         self.http.post(self.url + "/gradio_api/queue/join", json={
             "data": data, "fn_index": fn_index, "session_hash": self.session, "event_data": None, "trigger_id": None,
         }).raise_for_status()

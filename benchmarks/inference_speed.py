@@ -16,6 +16,7 @@ started with its default backend and precision, HTTP upload -> overlay against 1
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -33,14 +34,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from brainseg.backends import AUTO_TOLERANCE, OnnxRunner, ensure_onnx  # noqa: E402
-from brainseg.config import WEIGHTS_FILE, ModelConfig  # noqa: E402
+from brainseg.config import ModelConfig  # noqa: E402
 from brainseg.cpu import CpuInfo, read_cpu_info  # noqa: E402
 from brainseg.data import load_slices, scan_dataset  # noqa: E402
-from brainseg.hub import resolve_model  # noqa: E402
-from brainseg.model import build_model  # noqa: E402
+from brainseg.hub import ResolvedModel, resolve_model  # noqa: E402
+from brainseg.inference import Segmenter, load_model  # noqa: E402
 from brainseg.postprocess import binarize  # noqa: E402
+from brainseg.routing import by_reference  # noqa: E402
 from brainseg.transforms import uint8_batch_to_input  # noqa: E402
-from brainseg.weights import load_weights  # noqa: E402
 
 VOLUME_SLICES = 155
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -269,11 +270,18 @@ def app_rows(args: argparse.Namespace, forward_ms: dict[str, float]) -> list[Row
 # ---------------------------------------------------------------------------------------------- main
 
 
-def load_folder_model(folder: Path) -> tuple[ModelConfig, torch.nn.Module]:
-    config = ModelConfig.load(folder)
-    model = build_model(config)
-    load_weights(model, folder / WEIGHTS_FILE)
-    return config, model.eval()
+def onnx_forward(resolved: ResolvedModel, config: ModelConfig, model: torch.nn.Module,
+                 cache_dir: str | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's forward in ONNX Runtime: its exported graph, or for a routed model that loads its members by
+    reference (what the app runs) the routing rule in PyTorch with each member in its own ONNX graph."""
+    if not by_reference(config):
+        return OnnxRunner(ensure_onnx(resolved.folder, model, config.input_size, cache_dir))
+    routed = Segmenter(copy.deepcopy(model), config, device="cpu", backend="onnx")._network
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return routed(batch)
+    return forward
 
 
 def held_out_inputs(data_dir: str, config: ModelConfig, limit: int) -> torch.Tensor:
@@ -290,10 +298,11 @@ def held_out_inputs(data_dir: str, config: ModelConfig, limit: int) -> torch.Ten
 
 def measure(args: argparse.Namespace) -> list[Row]:
     cpu = read_cpu_info()
-    folder = resolve_model(args.model).folder
-    config, model = load_folder_model(folder)
+    resolved = resolve_model(args.model)
+    config, model = load_model(resolved)
+    model.eval()
     inputs = held_out_inputs(args.data_dir, config, args.slices)
-    onnx = OnnxRunner(ensure_onnx(folder, model, config.input_size, args.cache_dir))
+    onnx = onnx_forward(resolved, config, model, args.cache_dir)
     fp32 = torch_forward(model)
     bf16 = torch_forward(model, bf16=True) if cpu.bf16_worth_measuring or args.force_bf16 else None
     rows = cpu_rows(cpu)
