@@ -62,16 +62,23 @@ class DetectorTraining:
     seed: int = 0
 
 
-def detector_examples(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model inputs (2M, 3, H, W) and labels (2M,) from the M of the (N, H, W, 3) uint8 LGG slices with enough
-    brain: as they are (0) and skull-stripped with the heuristic brain mask (1, the ``skull_stripped`` form)."""
+def detector_examples(images: np.ndarray, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Detector inputs (2M, 3, 64, 64: :func:`detector_input`, made chunk by chunk so a whole training set fits in
+    memory) and labels (2M,) from the M of the (N, H, W, 3) uint8 LGG slices with enough brain: as they are (0)
+    and skull-stripped with the heuristic brain mask (1, the ``skull_stripped`` form)."""
     brains = brain_masks(images)
-    stripped = images * brains[..., None].astype(images.dtype)
-    keep = brains.mean(axis=(1, 2)) >= MIN_BRAIN_FRACTION
-    both = np.concatenate([images[keep], stripped[keep]])
-    x = uint8_batch_to_input(torch.from_numpy(np.ascontiguousarray(both)).permute(0, 3, 1, 2), True)
-    labels = torch.cat([torch.zeros(int(keep.sum())), torch.ones(int(keep.sum()))])
-    return x, labels
+    keep = np.flatnonzero(brains.mean(axis=(1, 2)) >= MIN_BRAIN_FRACTION)
+    small = {}
+    for label, strip in ((0, False), (1, True)):
+        parts = []
+        for start in range(0, len(keep), chunk):
+            index = keep[start : start + chunk]
+            part = images[index] * brains[index][..., None].astype(images.dtype) if strip else images[index]
+            x = uint8_batch_to_input(torch.from_numpy(np.ascontiguousarray(part)).permute(0, 3, 1, 2), True)
+            parts.append(detector_input(x))
+        small[label] = torch.cat(parts) if parts else torch.zeros(0, 3, DETECTOR_INPUT_SIZE, DETECTOR_INPUT_SIZE)
+    labels = torch.cat([torch.zeros(len(keep)), torch.ones(len(keep))])
+    return torch.cat([small[0], small[1]]), labels
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -84,12 +91,11 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.rot90(x, turns, dims=(2, 3))
 
 
-def train_skull_detector(x: torch.Tensor, labels: torch.Tensor, settings: DetectorTraining = DetectorTraining(),
-                         ) -> SkullDetector:
-    """A :class:`SkullDetector` trained with BCE and Adam on ``(x, labels)`` (pooled once to its input size)."""
+def train_skull_detector(small: torch.Tensor, labels: torch.Tensor,
+                         settings: DetectorTraining = DetectorTraining()) -> SkullDetector:
+    """A :class:`SkullDetector` trained with BCE and Adam on :func:`detector_examples`' ``(small, labels)``."""
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    small = torch.cat([detector_input(x[i : i + 256]) for i in range(0, len(x), 256)])  # once, not every epoch
     detector = SkullDetector()
     optimizer = torch.optim.Adam(detector.parameters(), lr=settings.lr)
     detector.train()
@@ -106,8 +112,8 @@ def train_skull_detector(x: torch.Tensor, labels: torch.Tensor, settings: Detect
 
 
 @torch.inference_mode()
-def detector_accuracy(detector: SkullDetector, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Share of slices classified right, as is (label 0) and stripped (label 1), at logit 0."""
-    stripped = torch.cat([detector(x[i : i + 256]) for i in range(0, len(x), 256)]) > 0
+def detector_accuracy(detector: SkullDetector, small: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Share of :func:`detector_examples`' slices classified right, as is (label 0) and stripped (label 1)."""
+    stripped = detector.classify(small) > 0
     return {"as_is": float((~stripped[labels == 0]).float().mean()),
             "skull_stripped": float(stripped[labels == 1].float().mean())}

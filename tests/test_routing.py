@@ -193,8 +193,10 @@ def test_the_skull_detector_learns_stripped_slices_from_some_patients_and_spots_
     assert accuracy["as_is"] >= 0.9 and accuracy["skull_stripped"] >= 0.9, accuracy
     again = train_skull_detector(*detector_examples(train_images), settings)  # seeded: the same weights
     assert all(torch.equal(a, b) for a, b in zip(detector.state_dict().values(), again.state_dict().values()))
-    x, labels = detector_examples(test_images)
+    small, labels = detector_examples(test_images, chunk=5)  # made in chunks: the same inputs
     assert labels.tolist() == [0.0] * (len(labels) // 2) + [1.0] * (len(labels) // 2)
+    assert small.shape == (len(labels), 3, 64, 64)
+    assert torch.allclose(small, detector_examples(test_images)[0])
     # blind to the normalization toggle: the same calls on the unnormalized input
     raw = uint8_batch_to_input(torch.from_numpy(test_images[:4]).permute(0, 3, 1, 2), False)
     with torch.no_grad():
