@@ -7,7 +7,7 @@ graph exports to ONNX as one model.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -16,6 +16,11 @@ from .config import ENSEMBLE, ModelConfig
 
 # probabilities are clamped this far from 0 and 1 before the logit, so the output stays finite
 PROBABILITY_EPS = 1e-6
+
+
+def flip_averaged_probability(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """float32 probabilities of ``forward``'s logits averaged with those of the left-right flipped input."""
+    return (torch.sigmoid(forward(x).float()) + torch.sigmoid(forward(x.flip(-1)).float()).flip(-1)) / 2
 
 
 class MeanProbabilityEnsemble(nn.Module):
@@ -32,10 +37,9 @@ class MeanProbabilityEnsemble(nn.Module):
     def member_probability(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Member ``index``'s float32 probabilities (N, 1, H, W), its flip TTA included."""
         member = self.members[index]
-        proba = torch.sigmoid(member(x).float())
         if self.flip_tta[index]:
-            proba = (proba + torch.sigmoid(member(x.flip(-1)).float()).flip(-1)) / 2
-        return proba
+            return flip_averaged_probability(member, x)
+        return torch.sigmoid(member(x).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.stack([self.member_probability(i, x) for i in range(len(self.members))]).mean(0)

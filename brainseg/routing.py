@@ -30,8 +30,10 @@ import torch
 from torch import nn
 
 from .config import ROUTED, ModelConfig
+from .ensemble import PROBABILITY_EPS, flip_averaged_probability
 from .pixels import FLAIR
 from .skull import SkullDetector
+from .transforms import scale_to_unit_range
 
 HOME, AWAY = 0, 1  # member order in a routed config
 TISSUE_LEVEL = 0.04  # of the slice's min..max range: above it in any channel is tissue, below is background
@@ -67,16 +69,9 @@ class RouteRule:
         return cls(**{k: v for k, v in route.items() if k in names})
 
 
-def _scaled(x: torch.Tensor) -> torch.Tensor:
-    """Each slice mapped to [0, 1] by its own min and max (so the rule ignores the per-image normalization)."""
-    low = x.amin(dim=(1, 2, 3), keepdim=True)
-    high = x.amax(dim=(1, 2, 3), keepdim=True)
-    return (x - low) / (high - low).clamp_min(1e-6)
-
-
 def copied_flair(x: torch.Tensor, tolerance: float) -> torch.Tensor:
     """(N,) bool: slices of (N, 3, H, W) where another channel is FLAIR copied in (a missing sequence)."""
-    scaled = _scaled(x.float())
+    scaled = scale_to_unit_range(x.float())  # the rule ignores the per-image normalization
     flair = scaled[:, FLAIR]
     spread = (flair - flair.mean(dim=(1, 2), keepdim=True)).abs().mean(dim=(1, 2)).clamp_min(1e-6)
     others = [c for c in range(scaled.shape[1]) if c != FLAIR]
@@ -86,7 +81,7 @@ def copied_flair(x: torch.Tensor, tolerance: float) -> torch.Tensor:
 
 def tissue_extent(x: torch.Tensor) -> torch.Tensor:
     """(N,) float: the larger of the fractions of rows and of columns spanned by tissue (first to last)."""
-    tissue = (_scaled(x.float()) > TISSUE_LEVEL).any(dim=1)  # N, H, W
+    tissue = (scale_to_unit_range(x.float()) > TISSUE_LEVEL).any(dim=1)  # N, H, W
     spans = []
     for counts in (tissue.sum(dim=2), tissue.sum(dim=1)):  # per row, per column
         occupied = counts >= MIN_TISSUE_PX
@@ -104,11 +99,9 @@ def goes_away(x: torch.Tensor, rule: RouteRule) -> torch.Tensor:
 
 def member_logit(member: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, flip_tta: bool) -> torch.Tensor:
     """A member's float32 logits (N, 1, H, W); with ``flip_tta``, the logit of its flip-averaged probability."""
-    logit = member(x).float()
     if not flip_tta:
-        return logit
-    proba = (torch.sigmoid(logit) + torch.sigmoid(member(x.flip(-1)).float()).flip(-1)) / 2
-    return torch.logit(proba.clamp(1e-6, 1 - 1e-6))
+        return member(x).float()
+    return torch.logit(flip_averaged_probability(member, x).clamp(PROBABILITY_EPS, 1 - PROBABILITY_EPS))
 
 
 class RoutedNetwork(nn.Module):

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .brainmask import brain_masks
-from .transforms import uint8_batch_to_input
+from .transforms import scale_to_unit_range, uint8_batch_to_input
 
 DETECTOR_INPUT_SIZE = 64  # the model input is average-pooled to this size
 MIN_BRAIN_FRACTION = 0.02  # of the frame: slices with less brain are not used for training or scoring
@@ -46,10 +46,7 @@ class SkullDetector(nn.Module):
 def detector_input(x: torch.Tensor) -> torch.Tensor:
     """Each slice scaled to [0, 1] by its min and max (blind to the normalization toggle), then average-pooled
     to ``DETECTOR_INPUT_SIZE``."""
-    x = x.float()
-    low = x.amin(dim=(1, 2, 3), keepdim=True)
-    high = x.amax(dim=(1, 2, 3), keepdim=True)
-    return F.adaptive_avg_pool2d((x - low) / (high - low).clamp_min(1e-6), DETECTOR_INPUT_SIZE)
+    return F.adaptive_avg_pool2d(scale_to_unit_range(x.float()), DETECTOR_INPUT_SIZE)
 
 
 @dataclass(frozen=True)

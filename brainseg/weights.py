@@ -10,6 +10,9 @@ from safetensors.torch import load_file, save_file
 from .config import WEIGHTS_FILE, ModelConfig
 from .fileio import atomic_write
 
+# how ``model.safetensors`` may store floating-point weights, by CLI name (loading casts back to the model's own)
+WEIGHT_DTYPES: dict[str, torch.dtype | None] = {"float32": None, "float16": torch.float16}
+
 
 def state_for_saving(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The state dict as contiguous CPU tensors (safetensors refuses channels-last views); with ``dtype``, its

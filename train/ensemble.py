@@ -12,15 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from brainseg import Segmenter
 from brainseg.ensemble import combine
 from brainseg.evaluation import tune_on_validation_patients
-from brainseg.weights import save_model
+from brainseg.weights import WEIGHT_DTYPES, save_model
 from train.cli import add_device_argument, add_validation_patient_arguments, run
-
-WEIGHT_DTYPES = {"float32": None, "float16": torch.float16}
 
 
 def build_parser() -> argparse.ArgumentParser:

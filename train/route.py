@@ -19,17 +19,13 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from brainseg import Segmenter
 from brainseg.config import ONNX_FILE, WEIGHTS_FILE
 from brainseg.data import load_slices, make_split
 from brainseg.routing import RouteRule, route, self_contained
 from brainseg.skull import DetectorTraining, SkullDetector, detector_accuracy, detector_examples, train_skull_detector
-from brainseg.weights import save_model, save_weights
+from brainseg.weights import WEIGHT_DTYPES, save_model, save_weights
 from train.cli import add_validation_patient_arguments, run
-
-WEIGHT_DTYPES = {"float32": None, "float16": torch.float16}
 
 
 def build_parser() -> argparse.ArgumentParser:
