@@ -97,3 +97,27 @@ def random_acquisition(inputs: torch.Tensor, generator: torch.Generator) -> torc
     background = (inputs == 0).all(dim=1, keepdim=True)
     out = torch.stack([_plain(transforms(slice_)) for slice_ in inputs])
     return out.clamp_(0.0, 1.0).masked_fill_(background, 0.0)
+
+
+def random_quarter_turns(
+    tensors: list[torch.Tensor], p: float, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """Turn a random share ``p`` of the slices by 90°, 180° or 270°, then flip half of those upside down.
+
+    ``tensors`` are (N, C, H, W) batches that belong together (inputs, masks, soft targets): each chosen slice
+    gets the same turn and flip in all of them, so masks stay aligned. Square slices only (H == W). Uploads
+    arrive turned or mirrored (a slice exported in another orientation); the horizontal flip is
+    :func:`brainseg.transforms.random_hflip`'s.
+    """
+    n = tensors[0].shape[0]
+    chosen = _chosen(n, p, generator)
+    turns = torch.randint(1, 4, (n,), generator=generator)
+    upside_down = torch.rand(n, generator=generator) < 0.5
+    if not chosen.any():
+        return tensors
+    out = [t.clone() for t in tensors]
+    for i in torch.nonzero(chosen).flatten().tolist():
+        for t_out, t_in in zip(out, tensors):
+            turned = torch.rot90(t_in[i], int(turns[i]), dims=(-2, -1))
+            t_out[i] = turned.flip(-2) if bool(upside_down[i]) else turned
+    return out

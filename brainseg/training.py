@@ -29,7 +29,7 @@ from torch.nn import functional as TF
 from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
-from .augment import random_acquisition, random_missing_channels, random_skull_strip
+from .augment import random_acquisition, random_missing_channels, random_quarter_turns, random_skull_strip
 from .brainmask import brain_masks
 from .config import TRAINABLE_ARCHITECTURES, ModelConfig
 from .data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, SPLIT_PROTOCOLS, SliceRecord, Split, load_slices, make_split
@@ -85,8 +85,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "split": SPLIT_PROTOCOLS, "arch": TRAINABLE_ARCHITECTURES, "select_on": SELECT_ON,
 }
 AT_LEAST_ONE = ("base_channels", "epochs", "batch_size", "checkpoint_every", "dist_timeout_s")
-NOT_NEGATIVE = ("weight_decay", "max_train_slices", "max_val_slices", "stop_after_epochs", "swa_start")
-PROBABILITIES = ("strip_prob", "missing_channel_prob")
+NOT_NEGATIVE = (
+    "weight_decay", "max_train_slices", "max_val_slices", "stop_after_epochs", "swa_start", "distill_weight",
+)
+PROBABILITIES = ("strip_prob", "missing_channel_prob", "quarter_turn_prob")
 
 
 @dataclass
@@ -116,6 +118,11 @@ class TrainConfig:
     strip_prob: float = 0.0  # share of training slices skull-stripped (brainseg.augment.random_skull_strip)
     missing_channel_prob: float = 0.0  # share whose T1 / both T1s are replaced by FLAIR (random_missing_channels)
     acquisition: bool = False  # MONAI bias field, low resolution, histogram shift, noise (random_acquisition)
+    quarter_turn_prob: float = 0.0  # share of slices turned by 90/180/270 degrees (+ upside down half the time)
+    # distillation: a trained model (folder, bundled name or Hub id) whose probabilities on each augmented batch
+    # are soft targets beside the ground truth; loss += distill_weight * BCE(student, teacher probability)
+    distill_from: str = ""
+    distill_weight: float = 1.0
     select_on: str = "as_is"  # as_is | forms: what picks best/ on validation (SELECT_ON)
     split: str = "patient"  # patient | article
     val_fraction: float = DEFAULT_VAL_FRACTION
@@ -191,6 +198,38 @@ class TrainingData:
 
 
 @dataclass
+class Teacher:
+    """A trained model whose probabilities are soft targets (``TrainConfig.distill_from``).
+
+    Its logits are shifted by the logit of its tuned threshold, so a teacher probability of 0.5 is exactly its
+    decision boundary (routed models already do this inside and carry threshold 0.5). Flip TTA is switched off
+    inside it: it would double the teacher's cost for a small change in the targets.
+    """
+
+    network: nn.Module
+    offset: float  # logit of the teacher's threshold
+
+    @classmethod
+    def load(cls, source: str, device: torch.device) -> "Teacher":
+        config, network = load_model(resolve_model(source))
+        for module in network.modules():
+            if hasattr(module, "flip_tta") and not isinstance(module.flip_tta, bool):
+                module.flip_tta = tuple(False for _ in module.flip_tta)
+        network = place_model(network, device).eval()
+        for parameter in network.parameters():
+            parameter.requires_grad_(False)
+        print(f"distilling from {source} ({config.arch}, threshold {config.threshold})", flush=True)
+        return cls(network, math.log(config.threshold / (1 - config.threshold)))
+
+    @torch.no_grad()
+    def probability(self, inputs: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
+        """float32 (N, 1, H, W) soft targets for model inputs ``inputs``."""
+        with autocast(device, amp):
+            logits = self.network(inputs)
+        return torch.sigmoid(logits.float() - self.offset)
+
+
+@dataclass
 class TrainingState:
     """Everything ``checkpoint.pt`` holds: weights, optimizer, LR schedule, SWA average, best epoch so far."""
 
@@ -203,6 +242,7 @@ class TrainingState:
     best_epoch: int = 0
     world_size: int = 1  # processes training together: the LR schedule counts the steps of one of them
     wrapped: nn.Module | None = None  # not saved: DistributedDataParallel(model) under torchrun
+    teacher: Teacher | None = None  # not saved: the distillation teacher (cfg.distill_from), loaded per run
 
     def training_module(self) -> nn.Module:
         """What a training step calls: the DDP wrapper under torchrun, else the model itself."""
@@ -461,9 +501,17 @@ def train_epoch(cfg: TrainConfig, state: TrainingState, data: TrainingData, epoc
                disable=not info.is_main)
     for start in bar:
         inputs, masks = make_batch(cfg, data, order[start : start + cfg.batch_size], generator, device)
+        # the teacher sees the slice before any quarter turn (it may not know turned slices); its targets turn along
+        soft = None if state.teacher is None else state.teacher.probability(inputs, device, cfg.amp)
+        if cfg.quarter_turn_prob > 0:
+            batch = [inputs, masks] if soft is None else [inputs, masks, soft]
+            batch = random_quarter_turns(batch, cfg.quarter_turn_prob, generator)
+            inputs, masks, soft = _channels_last_on_cpu(batch[0], device), batch[1], (batch[2:] or [None])[0]
         with autocast(device, cfg.amp):
-            logits = network(inputs)
-        loss = bce_dice_loss(logits.float(), masks, use_dice=cfg.loss == "bce_dice")
+            logits = network(inputs).float()
+        loss = bce_dice_loss(logits, masks, use_dice=cfg.loss == "bce_dice")
+        if soft is not None:
+            loss = loss + cfg.distill_weight * TF.binary_cross_entropy_with_logits(logits, soft)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()
@@ -649,6 +697,7 @@ def train_in_group(cfg: TrainConfig, info: RankInfo, device: torch.device) -> Pa
     model = place_model(starting_model(cfg, cfg.model_config()), device)
     data = load_data(cfg, device, verbose=info.is_main)
     state = new_state(cfg, model, data, info)
+    state.teacher = Teacher.load(cfg.distill_from, device) if cfg.distill_from else None
     resume(state, out / CHECKPOINT_FILE, device, info)
     state.wrapped = wrap_model(model, info, device, cfg.sync_bn) if info.distributed else None
     log_rows: list[dict] = []

@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from brainseg.augment import FLAIR, random_acquisition, random_missing_channels, random_skull_strip
+from brainseg.augment import (
+    FLAIR,
+    random_acquisition,
+    random_missing_channels,
+    random_quarter_turns,
+    random_skull_strip,
+)
 from brainseg.training import TrainConfig, TrainingData, make_batch
 from brainseg.transforms import random_affine_gamma
 
@@ -134,5 +140,30 @@ def test_make_batch_strips_with_the_flipped_brain(tmp_path) -> None:
 def test_config_refuses_probabilities_and_scales_out_of_range(tmp_path) -> None:
     with pytest.raises(ValueError, match="strip_prob"):
         robust_config(tmp_path, strip_prob=1.5)
+    with pytest.raises(ValueError, match="quarter_turn_prob"):
+        robust_config(tmp_path, quarter_turn_prob=-0.1)
+    with pytest.raises(ValueError, match="distill_weight"):
+        robust_config(tmp_path, distill_weight=-1.0)
     with pytest.raises(ValueError, match="scale_min"):
         robust_config(tmp_path, scale_min=1.2, scale_max=1.0)
+
+
+def test_quarter_turns_move_image_mask_and_targets_together_and_repeat_under_a_seed() -> None:
+    images, masks, _ = disc_batch(n=32)
+    inputs = images.float() / 255
+    soft = masks * 0.8
+    out_inputs, out_masks, out_soft = random_quarter_turns([inputs, masks, soft], 0.75, generator(4))
+    again = random_quarter_turns([inputs, masks, soft], 0.75, generator(4))
+    assert all(torch.equal(a, b) for a, b in zip(again, [out_inputs, out_masks, out_soft]))
+    lesion = out_inputs[:, 1:2] > 200 / 255  # the bright lesion, wherever the turn took it
+    assert torch.equal(lesion.float(), out_masks) and torch.equal(out_soft, out_masks * 0.8)
+    moved = [not torch.equal(out_masks[i], masks[i]) for i in range(32)]
+    assert 12 <= sum(moved) <= 31  # about 3/4 turned (the off-centre lesion always moves when turned)
+    orientations = {tuple(torch.nonzero(m[0]).float().mean(0).round().tolist()) for m in out_masks}
+    assert len(orientations) >= 5  # turns by 90, 180, 270 degrees, some upside down: the lesion lands in new places
+
+
+def test_quarter_turns_with_p_zero_change_nothing() -> None:
+    images, masks, _ = disc_batch()
+    out = random_quarter_turns([images, masks], 0.0, generator())
+    assert torch.equal(out[0], images) and torch.equal(out[1], masks)

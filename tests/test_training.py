@@ -9,16 +9,20 @@ import torch
 from conftest import link_patient
 
 from brainseg import Segmenter
+from brainseg.config import ModelConfig
 from brainseg.forms import SELECTION_FORMS as FORMS
+from brainseg.model import build_model
 from brainseg.training import (
     CHECKPOINT_FILE,
     CHOICES,
     LOG_FILE,
+    Teacher,
     TrainConfig,
     make_optimizer,
     make_scheduler,
     train,
 )
+from brainseg.weights import save_model
 
 
 def tiny_config(lgg_test_dir, out_dir, **overrides) -> TrainConfig:
@@ -235,3 +239,38 @@ def test_cli_offers_the_choices_and_refuses_a_typo_before_writing(tmp_path) -> N
                                check=True).stdout
     for option, values in CHOICES.items():
         assert f"--{option.replace('_', '-')} {{{','.join(values)}}}" in help_text, option
+
+
+def tiny_teacher(folder, threshold: float = 0.3):
+    config = ModelConfig(base_channels=4, depth=2, threshold=threshold)
+    torch.manual_seed(11)
+    save_model(build_model(config), config, folder)
+    return folder
+
+
+def test_teacher_probability_is_one_half_exactly_at_its_threshold(tmp_path) -> None:
+    teacher = Teacher.load(str(tiny_teacher(tmp_path / "teacher", threshold=0.3)), torch.device("cpu"))
+    x = torch.randn(2, 3, 32, 32)
+    logits = teacher.network(x.contiguous(memory_format=torch.channels_last)).float()
+    proba = teacher.probability(x, torch.device("cpu"), amp=False)
+    assert not any(p.requires_grad for p in teacher.network.parameters())
+    assert torch.allclose(proba, torch.sigmoid(logits - torch.logit(torch.tensor(0.3))), atol=1e-6)
+    assert torch.equal(proba > 0.5, torch.sigmoid(logits) > 0.3)
+
+
+@pytest.mark.slow
+def test_distillation_and_quarter_turns_train_reproducibly(lgg_test_dir, tmp_path) -> None:
+    """Soft targets change what is learned (weight 0 leaves the run as without a teacher); seeded runs repeat."""
+    teacher = str(tiny_teacher(tmp_path / "teacher"))
+    recipe = dict(epochs=1, amp=False, quarter_turn_prob=0.5)
+    runs = {
+        name: train(tiny_config(lgg_test_dir, tmp_path / name, **recipe, **extra))
+        for name, extra in {
+            "a": dict(distill_from=teacher), "b": dict(distill_from=teacher),
+            "zero": dict(distill_from=teacher, distill_weight=0.0), "none": {},
+        }.items()
+    }
+    w = {name: Segmenter.from_pretrained(path).model.state_dict() for name, path in runs.items()}
+    assert all(torch.equal(w["a"][k], w["b"][k]) for k in w["a"])
+    assert all(torch.equal(w["zero"][k], w["none"][k]) for k in w["a"])
+    assert not all(torch.equal(w["a"][k], w["none"][k]) for k in w["a"])
