@@ -28,9 +28,9 @@ import numpy as np
 import brainseg
 from brainseg import Segmenter, volume_export
 from brainseg.backends import BACKENDS, BackendError
-from brainseg.config import ENSEMBLE, ROUTED, UNET, ModelConfig
+from brainseg.config import UNET, ModelConfig
 from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position
-from brainseg.hub import BUNDLED_LABEL, DEFAULT_MODEL_NAME, OUTSIDE_SCANS_MODEL, ModelLoadError, model_arg_from_env
+from brainseg.hub import BUNDLED_LABEL, DEFAULT_MODEL_NAME, ModelLoadError, model_arg_from_env
 from brainseg.imaging import decode_image, encode_png, inspect_mask, save_png, slice_notes
 from brainseg.overlay import (
     FILL_ALPHA,
@@ -209,16 +209,10 @@ def started_choice(segmenter: Segmenter, requested: str | None = None) -> str:
 def bundled_label(name: str, folder: Path) -> str:
     """The selector's label of a bundled model: its name and whether it is the U-Net or a Transformer."""
     try:
-        config = ModelConfig.load(folder)
-        arch, members = config.arch, [member.arch for member in config.member_configs()]
+        arch = ModelConfig.load(folder).arch
     except (OSError, ValueError, TypeError):
-        arch, members = "?", []
-    if arch == ENSEMBLE:
-        kind = f"ensemble ({' + '.join(members)})"
-    elif arch == ROUTED:
-        kind = f"routed ({' at home, '.join(members)} away)"
-    else:
-        kind = "U-Net" if arch == UNET else f"Transformer ({arch})"
+        arch = "?"
+    kind = "U-Net" if arch == UNET else f"Transformer ({arch})"
     return f"{name}: bundled {kind}" + (", default" if name == DEFAULT_MODEL_NAME else "")
 
 
@@ -466,10 +460,9 @@ class DatasetBrowser:
 # ------------------------------------------------------------------------------------------------ volume tab
 VOLUME_FILE_TYPES = [".nii", ".gz", ".zip"]
 VOLUME_START_TEXT = ("Upload a FLAIR volume (NIfTI `.nii` / `.nii.gz`, or a `.zip` of one DICOM series), optionally "
-                     "T1 and post-contrast T1 on the same grid, then press **Segment volume**. A skull-stripped or "
-                     f"FLAIR-only scan from another hospital: the default model (**{DEFAULT_MODEL_NAME}**) sends its "
-                     f"slices to **{OUTSIDE_SCANS_MODEL}** (trained for such scans) and whole-head LGG-like slices "
-                     "to the U-Net.")
+                     "T1 and post-contrast T1 on the same grid, then press **Segment volume**. The default model "
+                     f"(**{DEFAULT_MODEL_NAME}**, one network) was trained for whole-head and skull-stripped scans, "
+                     "FLAIR only or with T1/T1c, from this and other hospitals.")
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,7 +16,6 @@ started with its default backend and precision, HTTP upload -> overlay against 1
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -38,9 +37,8 @@ from brainseg.config import ModelConfig  # noqa: E402
 from brainseg.cpu import CpuInfo, read_cpu_info  # noqa: E402
 from brainseg.data import load_slices, scan_dataset  # noqa: E402
 from brainseg.hub import ResolvedModel, resolve_model  # noqa: E402
-from brainseg.inference import Segmenter, load_model  # noqa: E402
+from brainseg.inference import load_model  # noqa: E402
 from brainseg.postprocess import binarize  # noqa: E402
-from brainseg.routing import by_reference  # noqa: E402
 from brainseg.transforms import uint8_batch_to_input  # noqa: E402
 
 VOLUME_SLICES = 155
@@ -272,16 +270,8 @@ def app_rows(args: argparse.Namespace, forward_ms: dict[str, float]) -> list[Row
 
 def onnx_forward(resolved: ResolvedModel, config: ModelConfig, model: torch.nn.Module,
                  cache_dir: str | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The model's forward in ONNX Runtime: its exported graph, or for a routed model that loads its members by
-    reference (what the app runs) the routing rule in PyTorch with each member in its own ONNX graph."""
-    if not by_reference(config):
-        return OnnxRunner(ensure_onnx(resolved.folder, model, config.input_size, cache_dir))
-    routed = Segmenter(copy.deepcopy(model), config, device="cpu", backend="onnx")._network
-
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return routed(batch)
-    return forward
+    """The model's forward in ONNX Runtime (its exported graph)."""
+    return OnnxRunner(ensure_onnx(resolved.folder, model, config.input_size, cache_dir))
 
 
 def held_out_inputs(data_dir: str, config: ModelConfig, limit: int) -> torch.Tensor:

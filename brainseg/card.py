@@ -12,7 +12,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from .config import ENSEMBLE, ROUTED, ModelConfig
+from .config import ModelConfig
 from .forms import SELECTION_FORMS
 from .metrics import METRICS
 
@@ -23,6 +23,7 @@ DATASET_TYPE = "lgg-mri-segmentation"
 REQUIRED_KEYS = [m.key for m in METRICS] + ["n_slices", "n_tumor_slices", "n_patients", "per_patient_dice"]
 TRAIN_FIELDS_SKIPPED = ("data_dir", "out_dir", "device", "stop_after_epochs", "max_train_slices", "max_val_slices",
                         "world_size")
+CALIBRATION_KEY = "calibration"  # ``config.extra`` record written by ``python -m brainseg.calibrate``
 LOG_FILES = ("log.csv", "training_log.csv")  # a run folder's epoch log; the bundled models keep it under the second
 # The input forms of brainseg.forms in the card's words: (title, what the model is given).
 FORM_TEXT = {
@@ -162,7 +163,7 @@ def read_training_info(run_dir: Path | None, config: ModelConfig, hardware: str 
         averaged_epochs=[int(averaged[0]), int(averaged[1])] if averaged else None,
         seconds=seconds,
         hardware=hardware or train_config.get("hardware"),
-        # an ensemble has no training run: its config records the split whose validation patients tuned it
+        # a model without a training run (e.g. calibrated) may record the split whose validation patients tuned it
         split=train_config.get("split", config.extra.get("split")),
         val_fraction=train_config.get("val_fraction", config.extra.get("val_fraction")),
         seed=train_config.get("seed"),
@@ -308,23 +309,6 @@ def build_card(repo_id: str, config: ModelConfig, evaluation: dict[str, Any], tr
 
 def architecture_summary(config: ModelConfig, n_parameters: int) -> tuple[str, str]:
     """The network's short name (for the card title) and one phrase describing it, by ``config.arch``."""
-    if config.arch == ENSEMBLE:
-        members = config.member_configs()
-        names = [architecture_summary(member, 0)[0] for member in members]
-        flips = ", ".join(f"{name}: {'on' if member.flip_tta else 'off'}" for name, member in zip(names, members))
-        return f"Ensemble ({' + '.join(names)})", (
-            f"An ensemble of {len(members)} trained 2D networks ({', '.join(names)}) whose probabilities are "
-            f"averaged, each with its own horizontal-flip TTA ({flips}); {n_parameters:,} parameters in all")
-    if config.arch == ROUTED:
-        home, away = (architecture_summary(member, 0)[0] for member in config.member_configs())
-        route = config.route
-        skull = (" or a slice its skull-stripping detector (a small CNN trained on the training patients) flags"
-                 if route.get("skull_detector") else "")
-        return f"Routed ({home} at home, {away} away)", (
-            f"Two trained models and a rule on each input slice: the home model ({home}) on whole-head slices with "
-            f"three distinct sequences filling the frame, the away model ({away}) on slices with a sequence "
-            f"replaced by FLAIR (FLAIR only, FLAIR + T1c), tissue spanning less than {route.get('min_extent')} "
-            f"of the frame{skull}; each member keeps its own threshold; {n_parameters:,} parameters in all")
     if config.arch == "segformer_mit_b0":
         return "SegFormer-B0 (Transformer)", (
             f"A 2D SegFormer-B0 (Mix-Transformer MiT-b0 encoder, all-MLP decoder at 1/4 resolution, logits upsampled "
@@ -337,6 +321,22 @@ def architecture_summary(config: ModelConfig, n_parameters: int) -> tuple[str, s
                      f"upsampling,\n{n_parameters:,} parameters)")
 
 
+def calibration_line(config: ModelConfig) -> str | None:
+    """One line saying where a model was calibrated (``python -m brainseg.calibrate``); None when it was not."""
+    record = config.extra.get(CALIBRATION_KEY)
+    if not isinstance(record, dict):
+        return None
+    loo = record.get("leave_one_out") or {}
+    before, after = loo.get("uncalibrated_mean"), loo.get("calibrated_mean")
+    measured = (f"; leave-one-scan-out mean 3D Dice {before:.3f} -> {after:.3f}"
+                if isinstance(before, (int, float)) and isinstance(after, (int, float)) else "")
+    was = record.get("source_threshold"), record.get("source_min_component_px")
+    return (f"Calibrated on {record.get('n_scans', '?')} labelled scans of `{record.get('scans_folder', '?')}` "
+            f"({record.get('channels', '?')}, {str(record.get('date', '?'))[:10]}) from `{record.get('source', '?')}`: "
+            f"threshold {was[0]} -> {config.threshold}, min. component {was[1]} -> {config.min_component_px} px"
+            f"{measured}")
+
+
 def _intro(repo_id: str, config: ModelConfig, n_parameters: int) -> str:
     norm = "per-image normalisation (mean, 2·std)" if config.normalize else "inputs scaled to [0, 1], no normalisation"
     post = f"threshold {config.threshold}"
@@ -345,6 +345,9 @@ def _intro(repo_id: str, config: ModelConfig, n_parameters: int) -> str:
     if config.flip_tta:
         post += ", horizontal-flip test-time augmentation"
     name, description = architecture_summary(config, n_parameters)
+    calibrated = calibration_line(config)
+    if calibrated:
+        post += f" ({calibrated})"
     return f"""# {repo_id.split('/')[-1]}: {name} for FLAIR abnormality (lower-grade glioma) on brain MRI
 
 > **Not for clinical use.** This is a research and teaching model. It is not a medical device, has not been

@@ -16,20 +16,11 @@ CONFIG_VERSION = 1
 # Network architectures :func:`brainseg.model.build_model` can build; configs without ``arch`` are U-Nets.
 # "unet": the article's U-Net, sized by ``base_channels`` and ``depth``. The others are Transformers of fixed size
 # (:mod:`brainseg.transformer`, built with segmentation-models-pytorch), which ignore ``base_channels`` and ``depth``.
-# "ensemble": the mean probability of trained member networks (``members``: their configs), made by
-# ``python -m train.ensemble`` from trained models, never trained itself.
-# "routed": two trained models (``members``: home, away) and a rule on each input slice that picks one
-# (:mod:`brainseg.routing`, ``route``: the rule's parameters and where the members' weights come from), made by
-# ``python -m train.route``.
+# (Ensembles and routed pairs of networks were removed: every model is one network, one forward per slice.)
 UNET = "unet"
 TRANSFORMER_ARCHITECTURES = ("segformer_mit_b0", "unet_mit_b0")
 TRAINABLE_ARCHITECTURES = (UNET, *TRANSFORMER_ARCHITECTURES)
-ENSEMBLE = "ensemble"
-ROUTED = "routed"
-COMPOSED_ARCHITECTURES = (ENSEMBLE, ROUTED)  # made of trained members, listed in ``members``
-ARCHITECTURES = (*TRAINABLE_ARCHITECTURES, *COMPOSED_ARCHITECTURES)
-# what every member of an ensemble must share with it: they all see the same preprocessed input
-SHARED_INPUT_FIELDS = ("in_channels", "input_size", "normalize")
+ARCHITECTURES = TRAINABLE_ARCHITECTURES
 
 
 @dataclass
@@ -47,11 +38,6 @@ class ModelConfig:
     flip_tta: bool = False
     version: int = CONFIG_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
-    # for ``arch="ensemble"`` and ``"routed"`` only: each member's own config (as a dict), in the order of its weights
-    members: list[dict[str, Any]] = field(default_factory=list)
-    # for ``arch="routed"`` only: :class:`brainseg.routing.RouteRule` as a dict, plus ``sources``: where each
-    # member's weights are loaded from when the folder holds no ``model.safetensors`` (bundled names, folders, Hub ids)
-    route: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -63,51 +49,20 @@ class ModelConfig:
             raise ValueError(f"base_channels must be positive, got {self.base_channels}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.arch in COMPOSED_ARCHITECTURES:
-            self._check_members()
-        elif self.members:
-            raise ValueError(f"only an ensemble or routed config lists members, not arch {self.arch!r}")
-        if self.route and self.arch != ROUTED:
-            raise ValueError(f"only a routed config has a route, not arch {self.arch!r}")
-
-    def _check_members(self) -> None:
-        if self.arch == ROUTED and len(self.members) != 2:
-            raise ValueError(f"a routed model has two members (home, away), config.json lists {len(self.members)}")
-        if len(self.members) < 2:
-            raise ValueError(f"an ensemble needs at least two members, config.json lists {len(self.members)}")
-        for index, member in enumerate(self.member_configs()):
-            if member.arch == self.arch or member.arch == ROUTED:
-                kind = "an ensemble" if member.arch == ENSEMBLE else "a routed model"
-                raise ValueError(f"{self.arch} member {index} is itself {kind}: list its members instead")
-            for name in SHARED_INPUT_FIELDS:
-                if getattr(member, name) != getattr(self, name):
-                    raise ValueError(f"{self.arch} member {index} has {name}={getattr(member, name)!r} but the "
-                                     f"{self.arch} model {getattr(self, name)!r}: every member must see the same input")
-
-    def member_configs(self) -> list["ModelConfig"]:
-        """An ensemble's or routed model's member configs (empty for a single network)."""
-        return [ModelConfig.from_dict(member) for member in self.members]
 
     def architecture(self) -> dict[str, Any]:
         """The fields that shape the network (two configs with equal ones load the same weights).
 
-        ``base_channels`` and ``depth`` size the U-Net only; a Transformer's size is fixed by its ``arch``; an
-        ensemble's is its members'.
+        ``base_channels`` and ``depth`` size the U-Net only; a Transformer's size is fixed by its ``arch``.
         """
-        if self.arch in COMPOSED_ARCHITECTURES:
-            return {"arch": self.arch, "members": [m.architecture() for m in self.member_configs()]}
         if self.arch != UNET:
             return {"arch": self.arch, "in_channels": self.in_channels}
         return {"arch": self.arch, "base_channels": self.base_channels, "depth": self.depth,
                 "in_channels": self.in_channels}
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as ``config.json`` holds it (``members`` and ``route`` only where set)."""
-        data = dataclasses.asdict(self)
-        for name in ("members", "route"):
-            if not data[name]:
-                data.pop(name)
-        return data
+        """The config as ``config.json`` holds it."""
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":

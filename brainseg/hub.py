@@ -32,14 +32,12 @@ from .config import CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 UNET_MODEL_NAME = "unet"
-UNET_MODEL_DIR = ASSETS_DIR / "model"  # the article's U-Net trained on the LGG slices (the default until routing)
+UNET_MODEL_DIR = ASSETS_DIR / "model"  # the article's U-Net trained on the LGG slices as they are (for comparison)
 BUNDLED_MODELS_DIR = ASSETS_DIR / "models"  # the other bundled models, one folder per name
-# the default: the U-Net on whole-head three-sequence slices, the robust ensemble on every other slice
-# (brainseg.routing; docs/generalization.md)
-DEFAULT_MODEL_NAME = "routed"
+# the default: one U-Net (the size of "unet") trained for every input form, at home and on other hospitals'
+# scans (docs/generalization.md)
+DEFAULT_MODEL_NAME = "unet-generalist"
 BUNDLED_MODEL_DIR = BUNDLED_MODELS_DIR / DEFAULT_MODEL_NAME  # the default model's folder
-# the bundled model chosen for scans from other hospitals (skull-stripped, FLAIR only): docs/generalization.md
-OUTSIDE_SCANS_MODEL = "robust-ensemble"
 BUNDLED_LABEL = "bundled default"
 MODEL_ENV_VAR = "BRAINSEG_MODEL"
 REPO_ARG = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w./-]+))?$")
@@ -85,8 +83,9 @@ def model_arg_from_env(environ: Mapping[str, str] | None = None) -> str | None:
 
 
 def bundled_models() -> dict[str, Path]:
-    """The models shipped in ``assets/``, by name: the default (``"routed"``) first, then ``"unet"``, then each
-    other folder of ``assets/models/`` holding a ``config.json`` (its folder name is its name), sorted."""
+    """The models shipped in ``assets/``, by name: the default (:data:`DEFAULT_MODEL_NAME`) first, then
+    ``"unet"``, then each other folder of ``assets/models/`` holding a ``config.json`` (its folder name is its
+    name), sorted."""
     models = {DEFAULT_MODEL_NAME: BUNDLED_MODEL_DIR, UNET_MODEL_NAME: UNET_MODEL_DIR}
     if BUNDLED_MODELS_DIR.is_dir():
         for folder in sorted(BUNDLED_MODELS_DIR.iterdir()):

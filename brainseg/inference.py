@@ -14,11 +14,10 @@ from torch.nn import functional as TF
 
 from .backends import BACKENDS, BackendChoice, BackendError, Forward, select_backend
 from .config import WEIGHTS_FILE, ModelConfig
-from .hub import ModelLoadError, ResolvedModel, bundled_models, first_line, model_arg_from_env, resolve_model
+from .hub import ModelLoadError, ResolvedModel, first_line, model_arg_from_env, resolve_model
 from .model import build_model
 from .pixels import as_rgb_uint8
 from .postprocess import binarize
-from .routing import RoutedNetwork, by_reference, self_contained
 from .transforms import preprocess, uint8_batch_to_input
 from .weights import load_weights, save_model
 
@@ -55,54 +54,14 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 
 def load_model(resolved: ResolvedModel) -> tuple[ModelConfig, nn.Module]:
-    """Build the network ``config.json`` names and load its weights; any problem is a :class:`ModelLoadError`.
-
-    A routed model with ``route["sources"]`` loads its members from there; its folder's weights are then its
-    skull detector's (:func:`brainseg.routing.by_reference`).
-    """
+    """Build the network ``config.json`` names and load its weights; any problem is a :class:`ModelLoadError`."""
     try:
         config = ModelConfig.load(resolved.folder)
         model = build_model(config)
-        weights = resolved.folder / WEIGHTS_FILE
-        if by_reference(config):
-            load_member_weights(model, config)
-            if model.detector is not None:
-                load_weights(model.detector, weights)
-        else:
-            load_weights(model, weights)
+        load_weights(model, resolved.folder / WEIGHTS_FILE)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelLoadError(f"cannot load model {resolved.describe()}: {first_line(exc)}") from exc
     return config, model
-
-
-def load_member_weights(model: nn.Module, config: ModelConfig) -> None:
-    """Load each member of a routed ``model`` from the model its ``route["sources"]`` names (a bundled name, a
-    folder or a Hub id), refusing one whose architecture or post-processing differs from the member's config."""
-    sources = config.route["sources"]
-    members = config.member_configs()
-    if len(sources) != len(members):
-        raise ValueError(f"route lists {len(sources)} sources for {len(members)} members")
-    for index, (source, member) in enumerate(zip(sources, members)):
-        folder = member_folder(source)
-        if _behaviour(ModelConfig.load(folder).to_dict()) != _behaviour(member.to_dict()):
-            raise ValueError(f"member {index} ({source}) no longer matches the config this routed model recorded "
-                             "for it: re-run python -m train.route")
-        load_weights(model.members[index], folder / WEIGHTS_FILE)
-
-
-def member_folder(source: str) -> Path:
-    """A routed member's folder: a bundled model's name is that bundled model (never a folder of the same name
-    in the working directory), anything else what :func:`brainseg.hub.resolve_model` finds."""
-    bundled = bundled_models()
-    return bundled[source] if source in bundled else resolve_model(source).folder
-
-
-def _behaviour(config: dict) -> dict:
-    """A config dict without its ``extra`` notes (at every level): what decides the network's output."""
-    kept = {k: v for k, v in config.items() if k != "extra"}
-    if "members" in kept:
-        kept["members"] = [_behaviour(member) for member in kept["members"]]
-    return kept
 
 
 def choose_backend(requested: str, model: nn.Module, config: ModelConfig, device: torch.device, bf16: bool,
@@ -121,23 +80,6 @@ def choose_backend(requested: str, model: nn.Module, config: ModelConfig, device
                                "bf16, or backend 'torch'")
         return BackendChoice("torch", model, f"PyTorch (ONNX Runtime is used on the CPU in fp32 only, not {why})")
     return select_backend(requested, model, folder, config.input_size, cache_dir=cache_dir)
-
-
-def choose_member_backends(requested: str, network: RoutedNetwork, config: ModelConfig, device: torch.device,
-                           bf16: bool) -> BackendChoice:
-    """For a routed model loaded from its members' folders: :func:`choose_backend` for each member on its own
-    folder (so each runs ONNX Runtime when ``auto`` finds it matching), set as the member's runner.
-
-    The choice's name is ``onnx`` when every member runs ONNX Runtime, else ``torch``; the reason names both.
-    """
-    reasons, names = [], []
-    for index, (source, member) in enumerate(zip(config.route["sources"], config.member_configs())):
-        choice = choose_backend(requested, network.members[index], member, device, bf16, member_folder(source))
-        network.runners[index] = choice.forward if choice.name == "onnx" else None
-        names.append(choice.name)
-        reasons.append(f"{('home', 'away')[index]} {choice.reason}")
-    name = "onnx" if all(n == "onnx" for n in names) else "torch"
-    return BackendChoice(name, network, "; ".join(reasons))
 
 
 class Segmenter:
@@ -166,10 +108,7 @@ class Segmenter:
         self.revision = revision
         self.description = description or source
         self.bf16 = bf16
-        if by_reference(config):
-            choice = choose_member_backends(backend, self.model, config, self.device, bf16)
-        else:
-            choice = choose_backend(backend, self.model, config, self.device, bf16, folder)
+        choice = choose_backend(backend, self.model, config, self.device, bf16, folder)
         self.backend: str = choice.name
         self.backend_reason: str = choice.reason
         self.onnx_path: Path | None = choice.onnx_path if choice.name == "onnx" else None
@@ -199,8 +138,8 @@ class Segmenter:
                    folder=resolved.folder)
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` into ``folder`` (a routed model with all its weights)."""
-        return save_model(self.model, self_contained(self.config), folder)
+        """Write ``model.safetensors`` and ``config.json`` into ``folder``."""
+        return save_model(self.model, self.config, folder)
 
     @torch.inference_mode()
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:

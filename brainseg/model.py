@@ -1,8 +1,7 @@
 """Network architectures and :func:`build_model`, the one factory that turns a config into a module.
 
 The article's U-Net: DoubleConv blocks, max-pool down, bilinear up with skip concatenation. The Transformer
-architectures are in :mod:`brainseg.transformer`, the ensemble of trained networks in :mod:`brainseg.ensemble`,
-the routed pair in :mod:`brainseg.routing`.
+architectures are in :mod:`brainseg.transformer`.
 """
 from __future__ import annotations
 
@@ -11,10 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .config import ARCHITECTURES, ENSEMBLE, ROUTED, ModelConfig
-from .ensemble import MeanProbabilityEnsemble
-from .routing import RoutedNetwork, RouteRule
-from .skull import SkullDetector
+from .config import ARCHITECTURES, ModelConfig
 from .transformer import TRANSFORMERS
 
 
@@ -93,22 +89,9 @@ def _transformer_builder(name: str) -> Callable[[ModelConfig], nn.Module]:
     return lambda config: TRANSFORMERS[name](config.in_channels)
 
 
-def _build_ensemble(config: ModelConfig) -> MeanProbabilityEnsemble:
-    members = config.member_configs()
-    return MeanProbabilityEnsemble([build_model(member) for member in members], [m.flip_tta for m in members])
-
-
-def _build_routed(config: ModelConfig) -> RoutedNetwork:
-    home, away = config.member_configs()
-    rule = RouteRule.from_route(config.route)
-    return RoutedNetwork(build_model(home), build_model(away), (home.threshold, away.threshold),
-                         (home.flip_tta, away.flip_tta), rule, SkullDetector() if rule.skull_detector else None)
-
-
 # one builder per name in brainseg.config.ARCHITECTURES (tests/test_model.py checks they match)
 BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
-    "unet": _build_unet, **{name: _transformer_builder(name) for name in TRANSFORMERS}, ENSEMBLE: _build_ensemble,
-    ROUTED: _build_routed,
+    "unet": _build_unet, **{name: _transformer_builder(name) for name in TRANSFORMERS},
 }
 
 

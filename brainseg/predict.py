@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .backends import BACKENDS, BackendError
 from .fileio import atomic_write_text
-from .hub import DEFAULT_MODEL_NAME, OUTSIDE_SCANS_MODEL, UNET_MODEL_NAME, ModelLoadError
+from .hub import DEFAULT_MODEL_NAME, UNET_MODEL_NAME, ModelLoadError
 from .inference import Segmenter
 from .volume import VolumePrediction, evaluate_volume, predict_patient_folder, predict_volume, save_mask
 from .volume_io import (
@@ -109,13 +109,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def outside_scan_hint(segmenter: Segmenter, subjects: list[SubjectInputs]) -> str | None:
     """A note when the bundled U-Net alone (trained on whole-head LGG slices) is about to segment scans (NIfTI,
-    DICOM) rather than Kaggle patient folders: the default routes such scans to the robust model."""
+    DICOM) rather than Kaggle patient folders: the default model was trained for such scans."""
     scans = [s for s in subjects if not _is_patient_folder_input(s)]
     if segmenter.source != f"bundled {UNET_MODEL_NAME}" or not scans:
         return None
     return (f"note: the {UNET_MODEL_NAME} model learned whole-head LGG slices; for skull-stripped or FLAIR-only scans "
-            f"from other hospitals, the default model ({DEFAULT_MODEL_NAME}: it sends such slices to "
-            f"{OUTSIDE_SCANS_MODEL}) segments better (docs/generalization.md)")
+            f"from other hospitals, the default model ({DEFAULT_MODEL_NAME}, trained for every input form) segments "
+            "better (docs/generalization.md)")
 
 
 def _is_patient_folder_input(subject: SubjectInputs) -> bool:

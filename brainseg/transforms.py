@@ -20,14 +20,6 @@ def normalize_per_image(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / (2 * std.clamp_min(MIN_STD))
 
 
-def scale_to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> each image mapped to [0, 1] by its own min and max over (C, H, W) (a constant image to 0):
-    blind to any per-image affine normalization, such as :func:`normalize_per_image` or none."""
-    low = images.amin(dim=(1, 2, 3), keepdim=True)
-    high = images.amax(dim=(1, 2, 3), keepdim=True)
-    return (images - low) / (high - low).clamp_min(MIN_STD)
-
-
 def image_to_tensor(image: np.ndarray, size: int = 256) -> torch.Tensor:
     """``ToTensor`` then ``Resize((size, size))``: H x W x 3 uint8 -> 3 x size x size float in [0, 1]."""
     tensor = F.to_tensor(image)

@@ -10,9 +10,6 @@ from safetensors.torch import load_file, save_file
 from .config import WEIGHTS_FILE, ModelConfig
 from .fileio import atomic_write
 
-# how ``model.safetensors`` may store floating-point weights, by CLI name (loading casts back to the model's own)
-WEIGHT_DTYPES: dict[str, torch.dtype | None] = {"float32": None, "float16": torch.float16}
-
 
 def state_for_saving(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The state dict as contiguous CPU tensors (safetensors refuses channels-last views); with ``dtype``, its
@@ -25,7 +22,7 @@ def state_for_saving(model: torch.nn.Module, dtype: torch.dtype | None = None) -
 
 def save_weights(model: torch.nn.Module, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write ``model.safetensors`` atomically (temporary file, then rename); ``dtype`` as in
-    :func:`state_for_saving` (float16 halves the file, e.g. for an ensemble bundled in the repository)."""
+    :func:`state_for_saving` (float16 halves the file)."""
     state = state_for_saving(model, dtype)
     return atomic_write(Path(folder) / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
 

@@ -55,8 +55,9 @@ def test_api_lists_segment_and_threshold(client: Client) -> None:
     parameters = endpoints["/segment"]["parameters"]
     assert len(parameters) == 5 and parameters[-1]["parameter_has_default"], "four inputs, then an optional model"
     model = parameters[-1]
-    assert (model["parameter_name"], model["parameter_default"]) == ("model", "routed"), "default: the started model"
-    bundled_names = ["routed", "unet", "robust-ensemble", "segformer-b0", "unet-robust"]
+    assert (model["parameter_name"], model["parameter_default"]) == ("model", "unet-generalist"), \
+        "default: the started model"
+    bundled_names = ["unet-generalist", "unet", "segformer-b0"]
     assert model["type"]["enum"] == bundled_names, "the bundled models, by name"
 
 
@@ -71,7 +72,7 @@ def test_optional_model_input_runs_the_transformer(client: Client, tumor_slice: 
     # the redraw of this session's slice post-processes with the Transformer that made the map
     live = client.predict(0.3, api_name="/threshold")
     assert np.array_equal(as_mask(live[LIVE_MASK]), transformer.to_mask(transformer.predict_proba(image), 0.3))
-    default = segment(Client(client.src, verbose=False), image_path, threshold=tuned)  # four inputs: the routed default
+    default = segment(Client(client.src, verbose=False), image_path, threshold=tuned)  # four inputs: the default
     assert not np.array_equal(as_mask(default[MASK]), expected)
 
 

@@ -24,6 +24,7 @@ from volume_synth import affine_of, lgg_patient, ras_from_presented, rotation, s
 
 import app
 from brainseg import ModelConfig, Segmenter, volume_export
+from brainseg.hub import BUNDLED_MODEL_DIR
 from brainseg.metrics import dice_score
 from brainseg.model import build_model
 from brainseg.predict import main as predict_main
@@ -33,7 +34,7 @@ PATIENT = "TCGA_HT_8114_19981030"  # 22 slices, a large tumor
 SPACING = (0.9, 0.9, 2.5)
 # Oblique (8 and -12 degrees) and left-handed (LAS, as dcm2niix writes): the mask must keep it exactly.
 AFFINE = affine_of(rotation(8, -12) @ np.diag([-0.9, 0.9, 2.5]), origin=(115.0, -115.0, -20.0))
-THRESHOLD = 0.5  # the bundled default's threshold (routed: each member's tuned threshold maps to 0.5)
+THRESHOLD = ModelConfig.load(BUNDLED_MODEL_DIR).threshold  # the bundled default's tuned threshold
 MASK, NUMBERS, GIF, PLOT, POSITION, OVERLAY, PROBABILITY, CAPTION, SUMMARY = range(9)
 BRATS = Path(__file__).resolve().parents[2] / "shared" / "data" / "external-brats2013" / "brats_2013_pat0002_1"
 

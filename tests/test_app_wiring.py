@@ -243,7 +243,7 @@ def test_model_selector_lists_the_bundled_models_and_their_held_out_numbers(tiny
     config = app.build_demo(tiny_segmenter, None).get_config_file()
     props = {c["props"]["elem_id"]: c["props"] for c in config["components"] if c.get("props", {}).get("elem_id")}
     choices = [value for _, value in props["model-choice"]["choices"]]
-    assert choices == ["routed", "unet", "robust-ensemble", "segformer-b0", "unet-robust", "tiny test model"]
+    assert choices == ["unet-generalist", "unet", "segformer-b0", "tiny test model"]
     assert props["model-choice"]["value"] == "tiny test model", "the model the app was started with"
     table = props["model-metrics"]["value"]
     for name, folder in brainseg.bundled_models().items():
@@ -256,7 +256,7 @@ def test_model_selector_lists_the_bundled_models_and_their_held_out_numbers(tiny
     assert app.external_cell({"slice_dice": 0.9}) == "not measured"
     bundled = app.ModelRegistry.around(Segmenter.from_pretrained("unet", backend="torch"), backend="torch")
     assert bundled.started == "unet"
-    assert list(bundled.sources) == ["routed", "unet", "robust-ensemble", "segformer-b0", "unet-robust"], \
+    assert list(bundled.sources) == ["unet-generalist", "unet", "segformer-b0"], \
         "no duplicate entry"
 
 

@@ -240,15 +240,3 @@ def test_card_names_the_architecture_it_describes(arch, title, described):
     assert described in card and "3,714,401 parameters" in card
     if arch != "unet":
         assert "A 2D U-Net (" not in card, "a Transformer is not described as a U-Net"
-
-
-def test_card_of_an_ensemble_names_its_members_and_their_flip_tta():
-    members = [ModelConfig(base_channels=16, depth=5, flip_tta=True).to_dict(),
-               ModelConfig(arch="segformer_mit_b0").to_dict()]
-    config = ModelConfig(arch="ensemble", members=members, threshold=0.4)
-    card = build_card("org/ens", config, evaluation(model_config=config.to_dict()), read_training_info(None, config),
-                      7_000_000)
-    heading = card.split("\n# ", 1)[1].splitlines()[0]
-    assert heading.startswith("ens: Ensemble (U-Net + SegFormer-B0 (Transformer)) for FLAIR")
-    assert "An ensemble of 2 trained 2D networks" in card and "U-Net: on, SegFormer-B0 (Transformer): off" in card
-    assert "7,000,000 parameters in all" in card

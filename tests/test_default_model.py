@@ -33,11 +33,10 @@ def test_bundled_model_reproduces_its_recorded_metrics(lgg_test_dir, tmp_path) -
     assert result["hardware"] == f"{describe_device(pick_device())}, bf16=False"
 
 
-@pytest.mark.parametrize("name", ["unet", "unet-robust", "robust-ensemble"])
-def test_bundled_member_model_reproduces_its_recorded_metrics(name, lgg_test_dir, tmp_path) -> None:
-    """The default's two members (the U-Net, ``robust-ensemble``) and the models of issue 16's generalization
-    recipe (``unet-robust``; ``robust-ensemble`` is its mean with the recipe's SegFormer): their held-out
-    numbers, as recorded, within 0.005."""
+@pytest.mark.parametrize("name", ["unet"])
+def test_bundled_comparison_model_reproduces_its_recorded_metrics(name, lgg_test_dir, tmp_path) -> None:
+    """The U-Net the default is compared with (trained on the LGG slices as they are): its held-out numbers,
+    as recorded, within 0.005."""
     folder = bundled_models()[name]
     recorded = json.loads((folder / "metrics.json").read_text())
     out = tmp_path / "eval.json"
@@ -52,10 +51,9 @@ def test_bundled_member_model_reproduces_its_recorded_metrics(name, lgg_test_dir
     assert result["model_config"] == ModelConfig.load(folder).to_dict()
 
 
-def test_robust_models_beat_the_unet_on_skull_stripped_flair_and_half_frame_slices(lgg_test_dir) -> None:
-    """What they were made for, on the held-out patients' tumor slices in the forms outside scans come in
-    (``unet-robust`` on all 369 slices when bundled: volume Dice 0.841 vs 0.704 and 0.750 vs 0.324; the routed
-    default sends these slices to ``robust-ensemble``)."""
+def test_the_default_beats_the_unet_on_skull_stripped_flair_half_frame_and_turned_slices(lgg_test_dir) -> None:
+    """What the one network was made for, on the held-out patients' tumor slices in the forms outside scans and
+    odd uploads come in (docs/generalization.md has the numbers on all 369 slices)."""
     from brainseg import Segmenter
     from brainseg.data import load_slices, scan_dataset
     from brainseg.evaluation import evaluate_forms
@@ -64,12 +62,11 @@ def test_robust_models_beat_the_unet_on_skull_stripped_flair_and_half_frame_slic
     images, masks = load_slices(records)
     tumor = np.flatnonzero(masks.any(axis=(1, 2)))[::3]
     patients = [records[i].patient for i in tumor]
-    forms = ("stripped_flair_only", "half_frame")
-    unet, robust, routed = (evaluate_forms(Segmenter.from_pretrained(name, backend="torch"), images[tumor],
-                                           masks[tumor], patients, forms) for name in ("unet", "unet-robust", "routed"))
+    forms = ("stripped_flair_only", "half_frame", "rotated_90")
+    unet, default = (evaluate_forms(Segmenter.from_pretrained(name, backend="torch"), images[tumor], masks[tumor],
+                                    patients, forms) for name in ("unet", None))
     for form in forms:
-        assert robust[form].volume_dice > unet[form].volume_dice + 0.05, form
-        assert routed[form].volume_dice > unet[form].volume_dice + 0.05, form
+        assert default[form].volume_dice > unet[form].volume_dice + 0.05, form
 
 
 def test_cpu_is_described_by_architecture_and_threads() -> None:

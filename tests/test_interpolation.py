@@ -83,19 +83,19 @@ def test_cli_interpolates_the_bundled_unets_and_tunes_on_validation_only(lgg_tes
     data = tmp_path / "data"
     link_standin_patients(lgg_test_dir, data, [range(14, 20), range(20, 26), range(26, 32), range(10, 16)])
     out = tmp_path / "wise"
-    assert main(["--start", "unet", "--end", "unet-robust", "--alpha", "0.5", "--out-dir", str(out),
+    assert main(["--start", "unet", "--end", "unet-generalist", "--alpha", "0.5", "--out-dir", str(out),
                  "--data-dir", str(data), "--val-fraction", "0.5", "--flip-tta", "off"]) == 0
     printed = json.loads(capsys.readouterr().out)
     config = ModelConfig.load(out)
     assert config.extra["interpolation_alpha"] == 0.5
-    assert config.extra["interpolated_from"] == ["bundled unet", "bundled unet-robust"]
+    assert config.extra["interpolated_from"] == ["bundled unet", "bundled unet-generalist"]
     assert printed["chosen"] == {"threshold": config.threshold, "min_component_px": config.min_component_px,
                                  "flip_tta": False}
     assert "validation patients" in config.extra["tuned_on"]
     assert printed["validation"]["slice_dice"] > 0.5
 
     # the folder's weights are the mean of the two bundled U-Nets' and it segments like a model between them
-    ends = [Segmenter.from_pretrained(name, device="cpu", backend="torch") for name in ("unet", "unet-robust")]
+    ends = [Segmenter.from_pretrained(name, device="cpu", backend="torch") for name in ("unet", "unet-generalist")]
     mixed = Segmenter.from_pretrained(out, device="cpu", backend="torch")
     a, b = (e.model.state_dict() for e in ends)
     for name, value in mixed.model.state_dict().items():
@@ -109,12 +109,13 @@ def test_cli_interpolates_the_bundled_unets_and_tunes_on_validation_only(lgg_tes
     assert main(["--start", "unet", "--end", "segformer-b0", "--alpha", "0.5", "--out-dir", str(tmp_path / "x"),
                  "--no-tune"]) == 2
     assert "same architecture" in capsys.readouterr().err
-    assert main(["--start", "unet", "--end", "unet-robust", "--alpha", "0.5", "--out-dir", str(tmp_path / "x")]) == 2
+    assert main(["--start", "unet", "--end", "unet-generalist", "--alpha", "0.5",
+                 "--out-dir", str(tmp_path / "x")]) == 2
     assert "--data-dir (the full dataset) is needed" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
     # without tuning no data is read: the end network's post-processing is kept
-    assert main(["--start", "unet", "--end", "unet-robust", "--alpha", "0.25", "--out-dir", str(tmp_path / "raw"),
+    assert main(["--start", "unet", "--end", "unet-generalist", "--alpha", "0.25", "--out-dir", str(tmp_path / "raw"),
                  "--no-tune"]) == 0
     untuned, robust = ModelConfig.load(tmp_path / "raw"), ends[1].config
     assert json.loads(capsys.readouterr().out)["validation"] is None

@@ -121,7 +121,7 @@ def test_the_module_runs_as_a_command(tmp_path):
     assert result.stderr.startswith("error: notes.txt: not a volume") and "Traceback" not in result.stderr
 
 
-def test_the_bundled_unet_on_scans_points_to_the_routed_default_once(scans, lgg_test_dir, tmp_path, capsys):
+def test_the_bundled_unet_on_scans_points_to_the_default_once(scans, lgg_test_dir, tmp_path, capsys):
     subjects = tmp_path / "subjects"
     subjects.mkdir()
     flair = nib.load(str(scans["flair"]))
@@ -129,13 +129,13 @@ def test_the_bundled_unet_on_scans_points_to_the_routed_default_once(scans, lgg_
     (subjects / "b.nii.gz").symlink_to(subjects / "a.nii.gz")
     patient = tmp_path / PATIENT
     link_patient(lgg_test_dir / PATIENT, patient, range(10, 13))
-    hint = "the default model (routed: it sends such slices to robust-ensemble) segments better"
+    hint = "the default model (unet-generalist, trained for every input form) segments better"
 
     assert main([str(subjects), "--out", str(tmp_path / "o1"), "--quiet", "--model", "unet"]) == 0
     assert capsys.readouterr().err.count(hint) == 1, "one note for two scans"
     assert main([str(patient), "--out", str(tmp_path / "o2"), "--quiet", "--model", "unet"]) == 0
     assert hint not in capsys.readouterr().err, "Kaggle patient folders are what the U-Net learned"
     assert main([str(subjects), "--out", str(tmp_path / "o4"), "--quiet"]) == 0
-    assert hint not in capsys.readouterr().err, "the default routes scans itself"
-    assert main([str(subjects), "--out", str(tmp_path / "o3"), "--quiet", "--model", "unet-robust"]) == 0
+    assert hint not in capsys.readouterr().err, "the default was trained for such scans"
+    assert main([str(subjects), "--out", str(tmp_path / "o3"), "--quiet", "--model", "segformer-b0"]) == 0
     assert hint not in capsys.readouterr().err, "a model the user chose gets no note"

@@ -12,7 +12,6 @@ import torch
 from conftest import STANDIN_SOURCE, link_patient
 from volume_synth import affine_of, save_nifti
 
-from brainseg import Segmenter
 from brainseg.config import ModelConfig
 from brainseg.evaluation import forms_score
 from brainseg.external import ALL_CHANNELS, FLAIR_ONLY
@@ -107,61 +106,3 @@ def test_forms_and_external_options_are_checked_first(tmp_path, capsys):
         assert publish_main(["--repo-id", "org/x", "--dry-run", str(tmp_path / f"o{n}"), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
-
-
-def test_dry_run_of_an_ensemble_publishes_one_folder_whose_card_and_config_name_its_members(lgg_test_dir, tmp_path,
-                                                                                              capsys):
-    from brainseg.ensemble import combine
-
-    torch.manual_seed(0)
-    members = [ModelConfig(base_channels=4, depth=2, flip_tta=True), ModelConfig(base_channels=6, depth=2)]
-    config, network = combine([(c, build_model(c).eval()) for c in members], threshold=0.4,
-                              extra={"split": "patient", "split_seed": 2026, "val_fraction": 0.1})
-    save_model(network, config, tmp_path / "ens", torch.float16)
-    data = tmp_path / "lgg-held-out"
-    link_patient(lgg_test_dir / STANDIN_SOURCE, data / STANDIN_SOURCE, SLICES)
-    out = tmp_path / "dry"
-    status = publish_main(["--repo-id", "org/ens", "--model", str(tmp_path / "ens"), "--data-dir", str(data),
-                           "--train-command", "python -m train.ensemble --member A --member B", "--dry-run", str(out)])
-    assert status == 0, capsys.readouterr().err
-    published = ModelConfig.load(out)
-    assert published.arch == "ensemble" and [m["base_channels"] for m in published.members] == [4, 6]
-    assert published.extra["architecture"]["members"][1] == members[1].architecture()
-    assert (out / "model.onnx").is_file()  # one graph for the whole ensemble, checked against PyTorch by publish
-    card = (out / "README.md").read_text()
-    assert "# ens: Ensemble (U-Net + U-Net) for FLAIR" in card and "U-Net: on, U-Net: off" in card
-    assert "patient-level: the 11 held-out test patients are excluded" in card and "(seed 2026)" in card
-    assert "python -m train.ensemble --member A --member B" in card
-
-
-def test_dry_run_of_a_routed_model_by_reference_publishes_all_its_weights_without_sources(lgg_test_dir, tmp_path,
-                                                                                          capsys):
-    from brainseg.routing import RoutedNetwork, RouteRule, route
-    from brainseg.skull import SkullDetector
-    from brainseg.weights import save_weights
-
-    torch.manual_seed(0)
-    pair = [ModelConfig(base_channels=4, depth=2, threshold=0.3), ModelConfig(base_channels=6, depth=2)]
-    for name, config in zip(("home", "away"), pair):
-        save_model(build_model(config).eval(), config, tmp_path / name)
-    home, away = (Segmenter.from_pretrained(tmp_path / name, device="cpu", backend="torch")
-                  for name in ("home", "away"))
-    config, network = route((home.config, home.model), (away.config, away.model), RouteRule(skull_detector=True),
-                            sources=(str(tmp_path / "home"), str(tmp_path / "away")), detector=SkullDetector().eval(),
-                            extra={"split": "patient", "split_seed": 2026, "val_fraction": 0.1})
-    (tmp_path / "routed").mkdir()
-    save_weights(network.detector, tmp_path / "routed")
-    config.save(tmp_path / "routed")
-    data = tmp_path / "lgg-held-out"
-    link_patient(lgg_test_dir / STANDIN_SOURCE, data / STANDIN_SOURCE, SLICES)
-    out = tmp_path / "dry"
-    status = publish_main(["--repo-id", "org/routed", "--model", str(tmp_path / "routed"), "--data-dir", str(data),
-                           "--train-command", "python -m train.route --home A --away B", "--dry-run", str(out)])
-    assert status == 0, capsys.readouterr().err
-    published = ModelConfig.load(out)
-    assert published.arch == "routed" and "sources" not in published.route and published.route["skull_detector"]
-    loaded = Segmenter.from_pretrained(out, device="cpu", backend="torch")  # stands alone: no member folders needed
-    assert isinstance(loaded.model, RoutedNetwork)
-    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), network.state_dict().values()))
-    card = (out / "README.md").read_text()
-    assert "Routed (U-Net at home, U-Net away)" in card and "python -m train.route --home A --away B" in card

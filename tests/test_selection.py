@@ -47,7 +47,7 @@ def test_search_postprocessing_finds_the_grid_point_that_brute_force_finds_over_
 
 
 def test_parse_candidate_splits_members_and_refuses_empty_or_repeated_ones() -> None:
-    assert parse_candidate("unet-robust + runs/x/best") == ("unet-robust", "runs/x/best")
+    assert parse_candidate("unet-generalist + runs/x/best") == ("unet-generalist", "runs/x/best")
     assert parse_candidate("unet") == ("unet",)
     for bad, reason in (("unet+", "empty member"), ("unet+unet", "twice")):
         with pytest.raises(ValueError, match=reason):
@@ -65,11 +65,11 @@ def test_choose_cli_ranks_models_and_means_on_validation_forms(lgg_test_dir, tmp
     out = tmp_path / "choice.json"
     args = ["--data-dir", str(data), "--val-fraction", "0.5", "--backend", "torch", "--json", str(out),
             "--markdown", str(tmp_path / "table.md"),
-            "--candidate", "unet", "--candidate", "unet-robust", "--candidate", "unet+unet-robust"]
+            "--candidate", "unet", "--candidate", "unet-generalist", "--candidate", "unet+unet-generalist"]
     assert main(args) == 0
     table = capsys.readouterr().out
     assert table == (tmp_path / "table.md").read_text()
-    assert table.count("\n| ") == 3 and "| unet + unet-robust |" in table
+    assert table.count("\n| ") == 3 and "| unet + unet-generalist |" in table
     results = json.loads(out.read_text())["candidates"]
     scores = [r["forms_score"] for r in results]
     assert scores == sorted(scores, reverse=True) and f"**{scores[0]:.4f}**" in table
@@ -86,10 +86,9 @@ def test_choose_cli_ranks_models_and_means_on_validation_forms(lgg_test_dir, tmp
     reports = evaluate_forms(tuned, images, masks, patients)
     assert forms_score(reports) == pytest.approx(row["forms_score"], abs=2e-3)  # probabilities kept in float16
     # the mean candidate averages the two models' probabilities (each with its own flip TTA)
-    robust = Segmenter.from_pretrained("unet-robust", device="cpu", backend="torch")
-    assert robust.config.flip_tta and not unet.config.flip_tta
+    robust = Segmenter.from_pretrained("unet-generalist", device="cpu", backend="torch")
     mean = (unet.predict_proba_batch(images) + robust.predict_proba_batch(images)) / 2
-    pair = next(r for r in results if r["members"] == ["unet", "unet-robust"])
+    pair = next(r for r in results if r["members"] == ["unet", "unet-generalist"])
     as_is = summarize(count_slices(mean, masks, patients, pair["threshold"], pair["min_component_px"]))
     assert as_is.volume_dice == pytest.approx(pair["forms"]["as_is"]["volume_dice"], abs=2e-3)
 

@@ -26,7 +26,7 @@ def test_success_passes_the_status_through_and_a_bug_keeps_its_traceback(capsys)
     assert capsys.readouterr().err == "error: hub down\n"
 
 
-@pytest.mark.parametrize("command", ["choose", "ensemble", "interpolate", "tune"])
+@pytest.mark.parametrize("command", ["choose", "interpolate", "tune"])
 def test_the_model_running_commands_take_a_device_and_refuse_one_that_is_not_here(
         command, lgg_test_dir, tmp_path, capsys, monkeypatch) -> None:
     import importlib
@@ -36,9 +36,9 @@ def test_the_model_running_commands_take_a_device_and_refuse_one_that_is_not_her
 
     data = tmp_path / "data"
     link_standin_patients(lgg_test_dir, data, [range(14, 20), range(20, 26), range(26, 32), range(10, 16)])
-    models = {"choose": ["--candidate", "unet"], "ensemble": ["--member", "unet", "--member", "unet-robust"],
-              "interpolate": ["--start", "unet", "--end", "unet-robust", "--alpha", "0.5"],
-              "tune": ["--model", "unet-robust"]}[command]  # refused before anything is tuned or written
+    models = {"choose": ["--candidate", "unet"],
+              "interpolate": ["--start", "unet", "--end", "unet-generalist", "--alpha", "0.5"],
+              "tune": ["--model", "unet-generalist"]}[command]  # refused before anything is tuned or written
     out = [] if command in ("choose", "tune") else ["--out-dir", str(tmp_path / "out")]
     main = importlib.import_module(f"train.{command}").main
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

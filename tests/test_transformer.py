@@ -75,8 +75,8 @@ def test_save_and_load_round_trip_gives_the_same_probabilities(arch: str, tmp_pa
 
 def test_bundled_models_are_listed_by_name_and_each_loads(no_network) -> None:
     models = bundled_models()
-    assert list(models)[:2] == ["routed", "unet"], "the default first, then the U-Net"
-    assert models["routed"] == BUNDLED_MODEL_DIR and models["unet"] == UNET_MODEL_DIR
+    assert list(models)[:2] == ["unet-generalist", "unet"], "the default first, then the U-Net"
+    assert models["unet-generalist"] == BUNDLED_MODEL_DIR and models["unet"] == UNET_MODEL_DIR
     assert TRANSFORMER_NAME in models, f"the bundled Transformer is missing: {models}"
     image = np.random.default_rng(2).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     archs = {}
@@ -87,8 +87,8 @@ def test_bundled_models_are_listed_by_name_and_each_loads(no_network) -> None:
         assert segmenter.predict_proba(image).shape == (256, 256)
         archs[name] = segmenter.config.arch
     assert archs["unet"] == "unet" and archs[TRANSFORMER_NAME] in TRANSFORMER_ARCHITECTURES
-    assert archs["routed"] == "routed"
-    assert resolve_model("routed").source == BUNDLED_LABEL == resolve_model(None).source
+    assert archs["unet-generalist"] == "unet"
+    assert resolve_model("unet-generalist").source == BUNDLED_LABEL == resolve_model(None).source
     assert resolve_model("unet").source == "bundled unet"
     assert resolve_model(TRANSFORMER_NAME).source == f"bundled {TRANSFORMER_NAME}"
 
@@ -100,7 +100,7 @@ def test_a_local_folder_wins_over_a_bundled_name(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert resolve_model("unet").folder.resolve() == (tmp_path / "unet").resolve()
     assert Segmenter.from_pretrained("unet", device="cpu").config.base_channels == 4
-    with pytest.raises(ModelLoadError, match=r"nor the name of a bundled model \(routed, unet"):
+    with pytest.raises(ModelLoadError, match=r"nor the name of a bundled model \(unet-generalist, unet"):
         resolve_model("no-such-model")
 
 

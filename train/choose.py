@@ -1,10 +1,10 @@
 """Choose among trained models, and means of their probabilities, on the validation patients in every input form.
 
-    python -m train.choose --data-dir DATA --candidate unet --candidate unet-robust \\
-        --candidate unet-robust+runs/segformer-robust2/best [--markdown table.md] [--json choice.json]
+    python -m train.choose --data-dir DATA --candidate unet --candidate unet-generalist \\
+        --candidate unet+segformer-b0 [--markdown table.md] [--json choice.json]
 
 Each ``--candidate`` is one model (bundled name, folder or ORG/NAME[@REV]) or several joined by ``+`` (the mean of
-their probabilities, each with its own flip TTA: what ``python -m train.ensemble`` would build). Every model runs
+their probabilities, each with its own flip TTA: a measure of what an ensemble would add). Every model runs
 once per input form of the validation patients (the split of ``--split-seed`` / ``--val-fraction``); each
 candidate gets its own threshold and minimum component size, searched on the forms score (the mean over the
 forms of (slice Dice + volume Dice) / 2), and the table ranks them. Held-out patients are never read.

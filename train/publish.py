@@ -29,8 +29,6 @@ from brainseg.forms import REPORT_FORMS
 from brainseg.hub import ModelLoadError, ResolvedModel, parse_repo_arg, resolve_model
 from brainseg.inference import Segmenter, load_model
 from brainseg.model import count_parameters
-from brainseg.routing import by_reference, self_contained
-from brainseg.weights import save_weights
 from train.cli import run
 
 CARD_FILE = "README.md"
@@ -117,8 +115,7 @@ def check_held_out(evaluation: dict[str, Any]) -> None:
 
 
 def published_config(config: ModelConfig, evaluation: dict[str, Any], training: dict[str, Any]) -> ModelConfig:
-    """``config.json`` for the Hub: the model's config plus data, split, training facts and held-out metrics (a
-    routed model's without the member sources: the published weights hold its members)."""
+    """``config.json`` for the Hub: the model's config plus data, split, training facts and held-out metrics."""
     extra = dict(config.extra)
     extra.update(
         architecture="unet (bilinear upsampling)" if config.arch == UNET else config.architecture(),
@@ -128,7 +125,7 @@ def published_config(config: ModelConfig, evaluation: dict[str, Any], training: 
         training={k: v for k, v in training.items() if k != "command"},
         metrics=metrics_summary(evaluation),
     )
-    return self_contained(dataclasses.replace(config, extra=extra))
+    return dataclasses.replace(config, extra=extra)
 
 
 def json_safe(value: Any) -> Any:
@@ -156,13 +153,9 @@ def public_evaluation(evaluation: dict[str, Any], repo_id: str) -> dict[str, Any
 
 def write_folder(out: Path, source: ResolvedModel, model: torch.nn.Module, config: ModelConfig, card: str,
                  evaluation: dict[str, Any]) -> Path:
-    """Write exactly the files that get pushed; ``model`` holds the weights of ``source``. A routed model that
-    loads its members by reference gets all its weights written (the Hub folder stands alone)."""
+    """Write exactly the files that get pushed; ``model`` holds the weights of ``source``."""
     out.mkdir(parents=True, exist_ok=True)
-    if by_reference(ModelConfig.load(source.folder)):
-        save_weights(model, out)
-    else:
-        shutil.copyfile(source.folder / WEIGHTS_FILE, out / WEIGHTS_FILE)
+    shutil.copyfile(source.folder / WEIGHTS_FILE, out / WEIGHTS_FILE)
     save_onnx(model, out, config.input_size)
     config.save(out)
     (out / CARD_FILE).write_text(card)
