@@ -44,6 +44,7 @@ from brainseg.overlay import (
     tint_table,
     truth_overlay,
 )
+from brainseg.space import SpaceConfig
 from brainseg.volume import VolumePrediction, predict_volume, save_mask
 from brainseg.volume_io import VolumeError, load_volume, subject_name
 
@@ -216,6 +217,11 @@ def bundled_label(name: str, folder: Path) -> str:
     return f"{name}: bundled {kind}" + (", default" if name == DEFAULT_MODEL_NAME else "")
 
 
+def shipped_models() -> dict[str, Path]:
+    """The bundled models whose folders are here: all in a checkout, the one it serves in a Space export."""
+    return {name: folder for name, folder in brainseg.bundled_models().items() if (folder / "config.json").is_file()}
+
+
 @dataclass
 class ModelRegistry:
     """The models the app can serve, by choice name: the bundled ones plus the one it was started with. Each is
@@ -234,7 +240,7 @@ class ModelRegistry:
     def around(cls, segmenter: Segmenter, requested: str | None = None, backend: str = DEFAULT_BACKEND,
                note: str = "") -> ModelRegistry:
         """The bundled models plus ``segmenter`` (already loaded; ``requested``: the ``--model`` that gave it)."""
-        bundled = brainseg.bundled_models()
+        bundled = shipped_models()
         sources = {name: name for name in bundled}
         labels = {name: bundled_label(name, folder) for name, folder in bundled.items()}
         started = started_choice(segmenter, requested)
@@ -787,7 +793,7 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None, model_n
                                        "with that model, at its own tuned threshold.")
             model_info = gr.Markdown(model_description(segmenter, model_note), elem_id="model-info")
         with gr.Accordion("Held-out numbers of the bundled models", open=True):
-            gr.Markdown(bundled_metrics_table(brainseg.bundled_models()), elem_id="model-metrics")
+            gr.Markdown(bundled_metrics_table(shipped_models()), elem_id="model-metrics")
         with gr.Tabs():
             with gr.Tab("Slice", id="slice-tab"):
                 state = gr.State(None, time_to_live=STATE_TTL_S)
@@ -895,6 +901,14 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None, model_n
     return demo
 
 
+def started_model_arg(arg: str | None, folder: Path = Path(__file__).resolve().parent) -> str | None:
+    """``--model``; else None when ``$BRAINSEG_MODEL`` is set (load_segmenter reads it); else the model a Space
+    export names in ``space_config.json`` (``python -m brainseg.space``); else None: the bundled default."""
+    if arg or model_arg_from_env():
+        return arg
+    return SpaceConfig.load(folder).model
+
+
 def resolve_data_dir(arg: str | None) -> str | None:
     """``--data-dir``, else ``$BRAINSEG_DATA_DIR``, else None (uploads only)."""
     return arg or os.environ.get(DATA_DIR_ENV) or None
@@ -922,8 +936,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     data_dir = resolve_data_dir(args.data_dir)
     try:
-        segmenter, note = load_segmenter(args.model, args.precision, args.backend)
-        models = ModelRegistry.around(segmenter, args.model or model_arg_from_env(), args.backend, note)
+        model_arg = started_model_arg(args.model)
+        segmenter, note = load_segmenter(model_arg, args.precision, args.backend)
+        models = ModelRegistry.around(segmenter, model_arg or model_arg_from_env(), args.backend, note)
         demo = build_demo(segmenter, data_dir, note, models)
     except (FileNotFoundError, ValueError, BackendError) as exc:  # a bad --model, --data-dir or --backend
         raise SystemExit(f"app.py: error: {exc}") from None
