@@ -159,23 +159,27 @@ def tune_postprocessing(
     thresholds: Sequence[float] = THRESHOLD_GRID,
     min_sizes: Sequence[int] = MIN_COMPONENT_GRID,
     flip_tta_options: Sequence[bool] = (False, True),
+    forms: Sequence[str] = ("as_is",),
 ) -> tuple[ModelConfig, Report]:
-    """Pick threshold, minimum component size and flip TTA that maximise validation slice Dice + volume Dice
-    (:func:`search_postprocessing` on the slices as they are, once per flip TTA option).
+    """Pick threshold, minimum component size and flip TTA that maximise :func:`forms_score` on the validation
+    slices in ``forms`` (by default the slices as they are: slice Dice + volume Dice; with
+    :data:`brainseg.forms.SELECTION_FORMS` one threshold for every input form), once per flip TTA option.
 
     ``flip_tta_options=(False,)`` keeps inference single-pass (what a latency budget may require).
 
-    Returns the chosen config and its report on these slices. Only ever call this with validation
-    slices: the chosen values are stored in the model config.
+    Returns the chosen config and its report on the slices as they are (the first form). Only ever call this
+    with validation slices: the chosen values are stored in the model config.
     """
+    presented = {form: present(form, images, masks) for form in forms}
     best_cfg, best_report, best_score = segmenter.config, None, -1.0
     for flip_tta in flip_tta_options:
         trial = Segmenter(segmenter.model, dataclasses.replace(segmenter.config, flip_tta=flip_tta),
                           device=str(segmenter.device), bf16=segmenter.bf16)
-        choice = search_postprocessing({"as_is": trial.predict_proba_batch(images)}, {"as_is": masks}, patients,
+        probas = {form: trial.predict_proba_batch(form_images) for form, (form_images, _) in presented.items()}
+        choice = search_postprocessing(probas, {form: truth for form, (_, truth) in presented.items()}, patients,
                                        thresholds, min_sizes)
         if choice.score > best_score + 1e-9:
-            best_score, best_report = choice.score, choice.reports["as_is"]
+            best_score, best_report = choice.score, choice.reports[forms[0]]
             best_cfg = dataclasses.replace(
                 segmenter.config, threshold=choice.threshold, min_component_px=choice.min_component_px,
                 flip_tta=flip_tta, extra=dict(segmenter.config.extra),
@@ -186,6 +190,7 @@ def tune_postprocessing(
 def tune_on_validation_patients(
     segmenter: Segmenter, data_dir: str | Path, *, split_seed: int = DEFAULT_SPLIT_SEED,
     val_fraction: float = DEFAULT_VAL_FRACTION, flip_tta_options: Sequence[bool] = (False, True),
+    forms: Sequence[str] = ("as_is",),
 ) -> tuple[ModelConfig, dict[str, Any]]:
     """:func:`tune_postprocessing` on the validation patients of the split ``split_seed``/``val_fraction`` make
     under ``data_dir`` (the full dataset). Returns the tuned config (``extra["tuned_on"]`` says on what) and its
@@ -195,8 +200,9 @@ def tune_on_validation_patients(
         raise ValueError("no validation patients under --data-dir: give the full dataset")
     images, masks = load_slices(list(split.val))
     tuned, validation = tune_postprocessing(segmenter, images, masks, [r.patient for r in split.val],
-                                            flip_tta_options=flip_tta_options)
-    tuned.extra["tuned_on"] = f"{len(split.patients('val'))} validation patients, {len(split.val)} slices"
+                                            flip_tta_options=flip_tta_options, forms=forms)
+    in_forms = "" if tuple(forms) == ("as_is",) else f" in {len(forms)} input forms ({', '.join(forms)})"
+    tuned.extra["tuned_on"] = f"{len(split.patients('val'))} validation patients, {len(split.val)} slices{in_forms}"
     report = validation.to_dict()
     report.pop("per_patient_dice")
     return tuned, report

@@ -14,6 +14,7 @@ from brainseg.config import ModelConfig
 from brainseg.data import load_slices, make_split, scan_dataset
 from brainseg.evaluation import count_slices, evaluate_arrays, evaluate_model, select_slices, tune_postprocessing
 from brainseg.metrics import METRICS, summarize
+from brainseg.model import build_model
 
 THRESHOLDS = (0.3, 0.5, 0.7)
 MIN_SIZES = (0, 40, 320)
@@ -137,3 +138,30 @@ def test_evaluate_cli_takes_the_split_seed_and_writes_the_same_table(lgg_test_di
     assert f"| Dice per slice (empty/empty = 1) | {result['slice_dice']:.4f} |" in lines
     assert f"| false-positive rate on tumor-free slices | {result['empty_fp_rate']:.4f} |" in lines
     assert f"| slices / tumor slices / patients | 4 / {result['n_tumor_slices']} / 2 |" in lines
+
+
+def test_tuning_on_every_input_form_picks_what_the_forms_search_picks() -> None:
+    """``forms=SELECTION_FORMS``: one threshold for home and outside slices, the forms search's choice; the report
+    is the slices as they are at that choice."""
+    from brainseg.evaluation import search_postprocessing
+    from brainseg.forms import SELECTION_FORMS, present
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(20, 90, (6, 64, 64, 3), dtype=np.uint8)
+    masks = np.zeros((6, 64, 64), bool)
+    for i in range(4):
+        masks[i, 10 + 4 * i : 40 + 4 * i, 20:44] = True
+        images[i][masks[i]] = 160 + 20 * (i % 2)
+    patients = ["A", "A", "A", "B", "B", "B"]
+    torch.manual_seed(0)
+    config = ModelConfig(base_channels=4, depth=2)
+    segmenter = Segmenter(build_model(config), config, device="cpu")
+    grid = dict(thresholds=(0.3, 0.45, 0.5, 0.55, 0.7), min_sizes=(0, 20))
+
+    tuned, report = tune_postprocessing(segmenter, images, masks, patients, flip_tta_options=(False,),
+                                        forms=SELECTION_FORMS, **grid)
+    presented = {form: present(form, images, masks) for form in SELECTION_FORMS}
+    probas = {form: segmenter.predict_proba_batch(x) for form, (x, _) in presented.items()}
+    choice = search_postprocessing(probas, {f: m for f, (_, m) in presented.items()}, patients, **grid)
+    assert (tuned.threshold, tuned.min_component_px) == (choice.threshold, choice.min_component_px)
+    assert report == choice.reports["as_is"]

@@ -10,6 +10,7 @@ import json
 
 from brainseg import Segmenter
 from brainseg.evaluation import tune_on_validation_patients
+from brainseg.forms import SELECTION_FORMS
 from train.cli import add_device_argument, add_validation_patient_arguments, run
 
 FLIP_TTA_OPTIONS = {"search": (False, True), "off": (False,), "on": (True,)}
@@ -23,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bf16", action="store_true", help="bf16 inference while tuning")
     parser.add_argument("--flip-tta", choices=list(FLIP_TTA_OPTIONS), default="search",
                         help="'search' tries both; 'off' keeps inference single-pass (half the latency)")
+    parser.add_argument("--forms", action="store_true",
+                        help="choose on the mean over the validation slices in every input form (as is, "
+                        f"{', '.join(SELECTION_FORMS[1:])}): one threshold for home and outside scans; default: the "
+                        "slices as they are")
     return parser
 
 
@@ -30,7 +35,7 @@ def tune(args: argparse.Namespace) -> int:
     segmenter = Segmenter.from_pretrained(args.model, device=args.device, bf16=args.bf16)
     tuned, report = tune_on_validation_patients(  # the training run's own split
         segmenter, args.data_dir, split_seed=args.split_seed, val_fraction=args.val_fraction,
-        flip_tta_options=FLIP_TTA_OPTIONS[args.flip_tta])
+        flip_tta_options=FLIP_TTA_OPTIONS[args.flip_tta], forms=SELECTION_FORMS if args.forms else ("as_is",))
     tuned.save(args.model)
     chosen = {k: getattr(tuned, k) for k in ("threshold", "min_component_px", "flip_tta")}
     print(json.dumps({"chosen": chosen, "validation": report}))
