@@ -16,7 +16,12 @@ os.environ.setdefault("BRAINSEG_CACHE", tempfile.mkdtemp(prefix="brainseg-test-c
 
 @pytest.fixture(scope="session")
 def lgg_test_dir() -> Path:
-    assert LGG_TEST_DIR.is_dir(), f"{LGG_TEST_DIR} is missing: the tests need ../shared/data/lgg-test"
+    """The held-out patients; a test that needs them is skipped, with the reason, on a checkout without them
+    (CI always has ``../shared``, so there every such test runs)."""
+    if not LGG_TEST_DIR.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{LGG_TEST_DIR} is missing: CI must have ../shared/data/lgg-test")
+        pytest.skip(f"{LGG_TEST_DIR} is missing: these tests need the held-out patients in ../shared/data/lgg-test")
     return LGG_TEST_DIR
 
 
