@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .intensity import DEFAULT_RULE
 from .volume import evaluate_volume, predict_volume
 from .volume_io import SubjectInputs, VolumeError, find_subjects, load_label_volume, load_volume
 
@@ -60,12 +61,14 @@ def evaluate_external(
     forms: Sequence[str] = FORMS,
     *,
     on_subject: Callable[[dict[str, Any]], None] | None = None,
+    intensity: str = DEFAULT_RULE,
 ) -> dict[str, Any]:
     """Whole-tumor 3D Dice of ``segmenter`` on every labelled subject under ``folder``, per input form.
 
     Returns a JSON-able dict: ``folder``, ``truth_glob`` (the one used), ``forms``, ``threshold``, ``model``,
     ``n_subjects``, ``mean_dice`` {form: mean over subjects} and ``subjects``: per subject ``name``,
-    ``truth_voxels``, and {form: value} dicts ``dice``, ``predicted_voxels``, ``channels``.
+    ``truth_voxels``, and {form: value} dicts ``dice``, ``predicted_voxels``, ``channels``; ``intensity`` is
+    the rule of :mod:`brainseg.intensity` every volume went through.
     ``on_subject`` is called with each subject's entry when it is done (for progress lines).
     """
     unknown = [form for form in forms if form not in FORMS]
@@ -74,7 +77,7 @@ def evaluate_external(
     subjects, used_glob = find_labelled_subjects(folder, truth_glob)
     rows = []
     for subject in subjects:
-        row = _evaluate_subject(segmenter, subject, tuple(forms))
+        row = _evaluate_subject(segmenter, subject, tuple(forms), intensity)
         rows.append(row)
         if on_subject:
             on_subject(row)
@@ -83,6 +86,7 @@ def evaluate_external(
         "truth_glob": used_glob,
         "forms": list(forms),
         "crop": "head",
+        "intensity": intensity,
         "threshold": segmenter.config.threshold,
         "model": str(getattr(segmenter, "source", "") or "model"),
         "n_subjects": len(rows),
@@ -91,7 +95,7 @@ def evaluate_external(
     }
 
 
-def _evaluate_subject(segmenter, subject: SubjectInputs, forms: tuple[str, ...]) -> dict[str, Any]:
+def _evaluate_subject(segmenter, subject: SubjectInputs, forms: tuple[str, ...], intensity: str) -> dict[str, Any]:
     started = time.perf_counter()
     flair = load_volume(subject.flair)
     truth = load_label_volume(subject.truth, flair)
@@ -103,8 +107,8 @@ def _evaluate_subject(segmenter, subject: SubjectInputs, forms: tuple[str, ...])
     for form in forms:
         key = (None, None) if form == FLAIR_ONLY else (subject.t1, subject.t1ce)
         if key not in done:
-            prediction = (predict_volume(segmenter, flair) if form == FLAIR_ONLY
-                          else predict_volume(segmenter, flair, t1, t1ce))
+            prediction = (predict_volume(segmenter, flair, intensity=intensity) if form == FLAIR_ONLY
+                          else predict_volume(segmenter, flair, t1, t1ce, intensity=intensity))
             done[key] = (evaluate_volume(prediction, truth), list(prediction.channels))
             del prediction
         score, channels = done[key]
@@ -118,7 +122,8 @@ def _evaluate_subject(segmenter, subject: SubjectInputs, forms: tuple[str, ...])
 def external_markdown_table(result: dict[str, Any]) -> str:
     """An :func:`evaluate_external` result as Markdown: one row per subject, the mean, one Dice column per form."""
     forms = result["forms"]
-    lines = [f"Whole-tumor 3D Dice (labels > 0) on {result['folder']}, threshold {result['threshold']}, head crop:",
+    lines = [f"Whole-tumor 3D Dice (labels > 0) on {result['folder']}, threshold {result['threshold']}, head crop, "
+             f"intensity rule {result.get('intensity', 'percentile')}:",
              "",
              "| subject | truth voxels | " + " | ".join(f"Dice, {form}" for form in forms) + " |",
              "|---|---:|" + "---:|" * len(forms)]

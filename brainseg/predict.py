@@ -20,6 +20,7 @@ from .backends import BACKENDS, BackendError
 from .fileio import atomic_write_text
 from .hub import DEFAULT_MODEL_NAME, UNET_MODEL_NAME, ModelLoadError
 from .inference import Segmenter
+from .intensity import DEFAULT_RULE, RULES
 from .volume import VolumePrediction, evaluate_volume, predict_patient_folder, predict_volume, save_mask
 from .volume_io import (
     SubjectInputs,
@@ -51,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-crop", action="store_true", help="resize whole slices instead of the head's box")
     parser.add_argument("--flair-only", action="store_true",
                         help="use the FLAIR alone even where T1/T1ce are found or given (for comparisons)")
+    parser.add_argument("--intensity", choices=RULES, default=DEFAULT_RULE,
+                        help="how each channel's intensities become the model's 8-bit slices (brainseg.intensity; "
+                        "docs/volumes.md): percentile = 99th inside the head -> 160, nyul = tissue percentiles, "
+                        "whitestripe = the tissue mode, zscore = mean and std inside the head, each onto the LGG "
+                        "training slices' landmarks")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="what runs the network: onnx = ONNX Runtime (CPU, fp32), torch = PyTorch, auto = ONNX "
@@ -155,7 +161,8 @@ def _run_subject(segmenter: Segmenter, subject: SubjectInputs, name: str, args: 
             t1 = None if args.flair_only or subject.t1 is None else load_volume(subject.t1)
             t1ce = None if args.flair_only or subject.t1ce is None else load_volume(subject.t1ce)
             truth = None if subject.truth is None else load_label_volume(subject.truth, flair)
-            prediction = predict_volume(segmenter, flair, t1, t1ce, crop=not args.no_crop, progress=progress)
+            prediction = predict_volume(segmenter, flair, t1, t1ce, crop=not args.no_crop, progress=progress,
+                                        intensity=args.intensity)
             written = save_mask(prediction, str(args.out / f"{name}_mask.nii.gz"), args.threshold)
     finally:
         for bar in bars:

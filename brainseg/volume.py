@@ -9,10 +9,11 @@ The steps, for a FLAIR volume (and optional T1 / post-contrast T1 on the same gr
 2. **Head.** :func:`head_mask`: voxels above Otsu's threshold of the volume (minimum .. 99.5th percentile
    on 256 levels). On the held-out LGG stacks it finds the head (skull and scalp included), on
    skull-stripped BraTS volumes the brain (bounding box within 3 voxels of the provided brain mask).
-3. **Intensity** (:func:`to_uint8_channel`, per volume and channel): the volume's 0.1th percentile -> 0
-   and the 99th percentile inside the head -> 160, clipped to 0..255. In the LGG slices the FLAIR
-   channel's 99th percentile inside the head sits at 95-183 (median 157), so this puts a volume's
-   contrast where the model saw it; the model's per-image normalization removes any remaining scale.
+3. **Intensity** (:mod:`brainseg.intensity`, per volume and channel, the rule named by ``intensity``):
+   ``percentile`` maps the volume's 0.1th percentile -> 0 and the 99th percentile inside the head -> 160,
+   clipped to 0..255 (in the LGG slices the FLAIR channel's 99th percentile inside the head sits at 95-183,
+   median 157); ``nyul``, ``whitestripe`` and ``zscore`` map tissue landmarks inside the head onto those
+   of the LGG training slices. The model's per-image normalization removes any remaining scale.
 4. **Framing** (:func:`crop_box`): one square box (in mm) per volume around the head's in-plane bounding
    box (largest blob of the head's projection), sized so the head spans :data:`HEAD_FRAME_FILL` of its
    side, as in the LGG slices; each slice's box is resized to the model's input size.
@@ -34,15 +35,20 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
+from .intensity import (  # noqa: F401  (HIGH_LEVEL, to_uint8_channel: the "percentile" rule, re-exported)
+    DEFAULT_RULE,
+    HIGH_LEVEL,
+    Landmarks,
+    Standardizer,
+    head_mask,
+    to_uint8_channel,
+)
 from .metrics import dice_score
 from .postprocess import binarize
 from .volume_io import PatientSlices, Volume, VolumeError, check_same_grid, save_nifti_mask, save_png_masks
 
 PRESENTED_AXES = ("S", "P", "L")  # presented array axes: slice (inferior -> superior), row (-> posterior), column
 PRESENTED_ORNT = axcodes2ornt(PRESENTED_AXES)
-LOW_PERCENTILE = 0.1  # of the whole volume -> 0
-HIGH_PERCENTILE = 99.0  # inside the head -> HIGH_LEVEL
-HIGH_LEVEL = 160.0  # the LGG FLAIR slices' median 99th percentile inside the head
 # The head's longest in-plane side over the box's side: on the 11 held-out LGG patients, head_mask() of the
 # FLAIR channel spans 0.83-0.96 of the 256-px frame (median 0.887).
 HEAD_FRAME_FILL = 0.89
@@ -179,6 +185,7 @@ class VolumePrediction:
     voxel_volume_ml: float | None = None
     slice_names: tuple[str, ...] | None = None  # Kaggle patient folders: the slice files' names
     notes: tuple[str, ...] = ()
+    intensity: str = "none"  # the intensity rule that made ``images`` ("none": 8-bit slices used as they are)
 
     @property
     def n_slices(self) -> int:
@@ -227,6 +234,7 @@ class VolumePrediction:
             "input_shape": list(self.geometry.input_shape),
             "threshold": threshold,
             "channels": list(self.channels),
+            "intensity": self.intensity,
             "crop_box": asdict(self.box),
             "model": self.model,
             "revision": self.revision,
@@ -235,34 +243,7 @@ class VolumePrediction:
         }
 
 
-# ------------------------------------------------------------------------------------------ head, intensity
-def head_mask(presented: np.ndarray) -> np.ndarray:
-    """Voxels of head (or brain, when skull-stripped): above Otsu's threshold of the whole volume."""
-    low = float(presented.min())
-    high = float(np.percentile(presented, 99.5))
-    if high <= low:
-        return np.zeros(presented.shape, bool)
-    scaled = np.empty(presented.shape, np.uint8)
-    for z in range(presented.shape[0]):  # slice by slice: no second full-size float copy
-        scaled[z] = (np.clip(presented[z], low, high) - low) * (255.0 / (high - low))
-    otsu, _ = cv2.threshold(scaled.reshape(-1, scaled.shape[-1]), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return scaled > otsu
-
-
-def to_uint8_channel(presented: np.ndarray, head: np.ndarray) -> np.ndarray:
-    """The intensity rule: the volume's 0.1th percentile -> 0, the head's 99th percentile -> 160, clipped."""
-    low = float(np.percentile(presented, LOW_PERCENTILE))
-    inside = presented[head] if head.any() else presented
-    high = float(np.percentile(inside, HIGH_PERCENTILE))
-    if high <= low:
-        return np.zeros(presented.shape, np.uint8)
-    scale = HIGH_LEVEL / (high - low)
-    out = np.empty(presented.shape, np.uint8)
-    for z in range(presented.shape[0]):  # slice by slice: no second full-size float copy
-        out[z] = np.clip((presented[z] - low) * scale, 0, 255).round().astype(np.uint8)
-    return out
-
-
+# ------------------------------------------------------------------------------------------------ framing
 def head_bounding_box(head: np.ndarray) -> tuple[int, int, int, int] | None:
     """(top, left, bottom, right) inclusive of the largest blob of the head's in-plane projection, or None."""
     projection = head.any(axis=0).astype(np.uint8)
@@ -317,14 +298,20 @@ def _model_name(segmenter) -> tuple[str, str | None]:
 
 
 def predict_volume(segmenter, flair: Volume, t1: Volume | None = None, t1ce: Volume | None = None, *,
-                   crop: bool = True, progress: Progress | None = None) -> VolumePrediction:
+                   crop: bool = True, progress: Progress | None = None, intensity: str = DEFAULT_RULE,
+                   landmarks: Landmarks | None = None) -> VolumePrediction:
     """Run ``segmenter`` over every axial slice of ``flair`` (+ optional channels on the same grid).
 
     Missing channels get the FLAIR (the model's channels are pre-contrast T1, FLAIR, post-contrast T1;
-    the Kaggle dataset fills a missing sequence the same way). ``progress(done, total)`` is called after
-    each batch of slices. Raises :class:`VolumeError` for channels on another grid.
+    the Kaggle dataset fills a missing sequence the same way). ``intensity`` names the rule of
+    :mod:`brainseg.intensity` (``landmarks``: its targets, default the bundled ones). ``progress(done,
+    total)`` is called after each batch of slices. Raises :class:`VolumeError` for channels on another grid.
     """
     started = time.perf_counter()
+    try:
+        standardizer = Standardizer.named(intensity, landmarks)
+    except ValueError as exc:
+        raise VolumeError(str(exc)) from None
     for other, what in ((t1, "the T1"), (t1ce, "the post-contrast T1")):
         if other is not None:
             check_same_grid(flair, other, what)
@@ -334,11 +321,12 @@ def predict_volume(segmenter, flair: Volume, t1: Volume | None = None, t1ce: Vol
     notes = list(flair.notes)
     if not head.any():
         notes.append(f"{flair.name} is constant: nothing to segment")
-    flair_u8 = to_uint8_channel(presented_flair, head)
+    flair_u8 = standardizer.to_uint8(presented_flair, head, "flair")
     del presented_flair
     channel_u8 = []
-    for other in (t1, t1ce):
-        channel_u8.append(flair_u8 if other is None else to_uint8_channel(geometry.to_presented(other.data), head))
+    for other, channel in ((t1, "t1"), (t1ce, "t1ce")):
+        channel_u8.append(flair_u8 if other is None
+                          else standardizer.to_uint8(geometry.to_presented(other.data), head, channel))
     images = np.stack([channel_u8[0], flair_u8, channel_u8[1]], axis=-1)
     del channel_u8
     channels = ("t1" if t1 is not None else "flair", "flair", "t1ce" if t1ce is not None else "flair")
@@ -355,7 +343,7 @@ def predict_volume(segmenter, flair: Volume, t1: Volume | None = None, t1ce: Vol
         name=flair.name, images=images, proba=proba, geometry=geometry, threshold=segmenter.config.threshold,
         min_component_px=segmenter.config.min_component_px, box=box, channels=channels, model=model,
         revision=revision, seconds=time.perf_counter() - started, slices_run=int(run.sum()),
-        voxel_volume_ml=flair.voxel_volume_ml, notes=tuple(notes))
+        voxel_volume_ml=flair.voxel_volume_ml, notes=tuple(notes), intensity=standardizer.rule)
 
 
 def predict_patient_folder(segmenter, patient: PatientSlices, *, flair_only: bool = False,

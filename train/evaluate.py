@@ -14,6 +14,7 @@ from brainseg.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 from brainseg.evaluation import EVAL_SPLITS, evaluate_model, forms_markdown_table, markdown_table
 from brainseg.external import DEFAULT_TRUTH_GLOBS, evaluate_external, external_markdown_table
 from brainseg.forms import REPORT_FORMS
+from brainseg.intensity import DEFAULT_RULE, RULES
 from train.cli import USER_ERRORS, run
 
 
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--external-truth-glob", default=None, metavar="GLOB",
                         help="the label file in each --external subject folder (default: the first of "
                         f"{', '.join(DEFAULT_TRUTH_GLOBS)} that matches one file in every folder)")
+    parser.add_argument("--intensity", choices=RULES, default=DEFAULT_RULE,
+                        help="the intensity rule of the volume pipeline for --external (brainseg.intensity)")
     parser.add_argument("--forms", action="store_true",
                         help="also score --data-dir's slices in every input form (skull-stripped, FLAIR only, "
                         "FLAIR + T1c, half frame, ...; brainseg.forms); into --json under 'forms'")
@@ -78,7 +81,7 @@ def evaluate_and_write(args: argparse.Namespace) -> int:
             table += "\n" + forms_markdown_table(result)
     if args.external is not None:
         result["external"] = evaluate_external(segmenter, args.external, args.external_truth_glob,
-                                               on_subject=_print_subject)
+                                               on_subject=_print_subject, intensity=args.intensity)
         table += ("\n" if table else "") + external_markdown_table(result["external"])
     result.update(backend=segmenter.backend, backend_reason=segmenter.backend_reason)
     print(table)
