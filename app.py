@@ -626,7 +626,8 @@ class VolumeHandlers:
         text = (f"{volume} ({numbers['tumor_voxels']:,} voxels) in {numbers['slices_with_tumor']} of "
                 f"{numbers['n_slices']} slices at threshold {numbers['threshold']:g}  \n"
                 f"{numbers['slices_run']} slices with head were run in {numbers['seconds']:.1f} s; channels "
-                f"(pre-contrast, FLAIR, post-contrast inputs): {', '.join(numbers['channels'])}")
+                f"(pre-contrast, FLAIR, post-contrast inputs): {', '.join(numbers['channels'])}; intensity rule: "
+                f"{numbers.get('intensity', 'percentile')}")
         if "dice" in numbers:
             text += (f"  \n**Against ground truth** ({numbers.get('truth_volume_ml') or 0:.2f} mL): "
                      f"3D Dice {numbers['dice']:.3f}")
