@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -32,6 +32,7 @@ from brainseg.config import UNET, ModelConfig
 from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position
 from brainseg.hub import BUNDLED_LABEL, DEFAULT_MODEL_NAME, ModelLoadError, model_arg_from_env
 from brainseg.imaging import decode_image, encode_png, inspect_mask, save_png, slice_notes
+from brainseg.metrics import dice_score
 from brainseg.overlay import (
     FILL_ALPHA,
     PREDICTION_COLOUR,
@@ -44,9 +45,12 @@ from brainseg.overlay import (
     tint_table,
     truth_overlay,
 )
+from brainseg.planes import SEQUENCES, gray_slice
+from brainseg.quality import flags_markdown
 from brainseg.space import SpaceConfig
-from brainseg.volume import VolumePrediction, predict_volume, save_mask
+from brainseg.volume import predict_volume, save_mask
 from brainseg.volume_io import VolumeError, load_volume, subject_name
+from brainseg.volume_view import VolumeSession
 
 DATA_DIR_ENV = "BRAINSEG_DATA_DIR"
 # fp32: bf16 autocast does not keep the test-set masks equal to fp32 at threshold 0.5 (it flips
@@ -332,13 +336,13 @@ class SliceHandlers:
         """The session state for a slice; the ground-truth view is drawn here, once."""
         for note in notes:  # a visible toast; also in the numbers and the summary
             gr.Warning(note)
-        view = None if truth is None else self.png(truth_overlay(image, truth), "ground_truth")
+        view = None if truth is None else self.png(truth_overlay(gray_slice(image), truth), "ground_truth")
         return SliceState(image, proba, normalize, truth, view, notes, model or self.models.started)
 
     def live_outputs(self, state: SliceState, threshold: float) -> LiveOutputs:
         """The threshold-dependent outputs (no model run)."""
         segmenter = self.models.get(state.model)
-        views = render_views(state.image, segmenter.to_mask(state.proba, threshold), state.truth)
+        views = render_views(gray_slice(state.image), segmenter.to_mask(state.proba, threshold), state.truth)
         overlay = self.png(views.overlay, "prediction")
         return LiveOutputs(
             mask=self.png(views.mask, "prediction_mask"),
@@ -427,7 +431,7 @@ class SliceHandlers:
         return {
             "width": width,
             "height": height,
-            "image": png_data_url(state.image),
+            "image": png_data_url(gray_slice(state.image)),
             "levels": png_data_url(threshold_levels(state.proba, self.thresholds)),
             "thresholds": list(self.thresholds),
             "min_component_px": self.models.get(state.model).config.min_component_px,
@@ -471,39 +475,42 @@ VOLUME_START_TEXT = ("Upload a FLAIR volume (NIfTI `.nii` / `.nii.gz`, or a `.zi
                      "FLAIR only or with T1/T1c, from this and other hospitals.")
 
 
-@dataclass(frozen=True, eq=False)
-class VolumeState:
-    """Per-session state of the Volume tab: the prediction (probabilities of every slice, so a threshold move
-    or a scrub never re-runs the model), the optional ground truth and the run's end-to-end seconds."""
-
-    prediction: VolumePrediction
-    seconds: float
-    truth: np.ndarray | None = None  # bool, on the input grid
-    shown_truth: np.ndarray | None = None  # the same, presented (slice, row, column)
-
-
 class SliceView(NamedTuple):
-    """What scrubbing to another slice (or a threshold move) redraws."""
+    """What moving the point (a scrubber, a click on a plane) or a threshold drag redraws: the three planes
+    through the point, the axial slice's probability map and the caption."""
 
-    overlay: Any  # the slice with the prediction (red) and ground truth (blue)
-    probability: Any  # its probability map
-    caption: Any  # Markdown: slice number, its tumor area, its Dice
+    position: Any  # the axial scrubber (1-based presented slice, inferior -> superior)
+    overlay: Any  # the axial plane: grayscale, prediction red, ground truth blue, band amber, cross-hair green
+    probability: Any  # the axial slice's probability map
+    caption: Any  # Markdown: the point, its slice's tumor area and Dice
+    coronal_position: Any  # 1-based presented row (anterior -> posterior)
+    sagittal_position: Any  # 1-based presented column (patient's right -> left)
+    coronal: Any
+    sagittal: Any
 
 
 class VolumeOutputs(NamedTuple):
     """Everything the Volume tab shows. The field order is the order of the ``/segment_volume`` outputs
-    (``state`` is the session's, not part of the API)."""
+    (``state`` is the session's, not part of the API); the fields after it were appended later."""
 
     mask_file: Any  # NIfTI mask, uint8 0/1, the input's shape and affine
     numbers: Any  # JSON: volume_ml, slices_with_tumor, ... and with ground truth dice, per_slice_dice
     gif_file: Any  # animated GIF of the overlays, inferior -> superior
     area_plot: Any  # tumor area per slice (matplotlib)
-    position: Any  # the slice scrubber (1-based presented slice)
-    overlay: Any
+    position: Any  # the axial scrubber (1-based presented slice)
+    overlay: Any  # the axial plane
     probability: Any
     caption: Any
     summary: Any  # Markdown
-    state: Any  # VolumeState
+    state: Any  # VolumeSession
+    card: Any  # Markdown: the result card (volume and its range, side, extent, Dice / HD95, model, scan check)
+    coronal_position: Any
+    sagittal_position: Any
+    coronal: Any
+    sagittal: Any
+    mesh: Any  # .glb: tumor surface (red), ground truth (blue), translucent head
+    report_pdf: Any  # the report: card, three-plane montage, area plot
+    report_json: Any  # the card and the numbers
 
     @classmethod
     def unchanged(cls) -> VolumeOutputs:
@@ -518,10 +525,26 @@ def _safe_stem(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", subject_name(name)).strip("._") or "volume"
 
 
+UPLOAD_FOLDER = re.compile(r"(?:/[^\s/'\"]+)*/gradio/[0-9a-f]{16,}/")
+
+
+def user_message(exc: Exception, *files: str | None) -> str:
+    """An error's message naming the user's files, never the server's upload folders."""
+    text = str(exc)
+    for file in filter(None, files):
+        text = text.replace(str(Path(file).parent) + "/", "").replace(str(Path(file).parent), "the upload")
+    return UPLOAD_FOLDER.sub("", text)
+
+
+def _slider(count: int, value: int, label: str) -> Any:
+    return gr.Slider(minimum=1, maximum=max(count, 2), value=value + 1, step=1, interactive=True,
+                     label=f"{label} (1-{count})")
+
+
 @dataclass(frozen=True)
 class VolumeHandlers:
-    """The Volume tab's handlers: the model runs once per upload (``segment_volume``); scrubbing, the threshold
-    and a ground truth only redraw from the stored probabilities."""
+    """The Volume tab's handlers: the model runs once per upload (``segment_volume``); the planes, the threshold,
+    a ground truth, the 3D view and the report only redraw from the stored probabilities."""
 
     models: ModelRegistry
     cache_dir: str  # Gradio's cache: files are written straight into it
@@ -535,7 +558,8 @@ class VolumeHandlers:
         """Segment every axial slice of a FLAIR volume (+ optional T1 / post-contrast T1 on its grid) with ``model``
         (a selector choice; None: the model the app was started with); returns the
         NIfTI mask (input shape and affine), the numbers (``volume_ml``, ...; with a ground-truth NIfTI the 3D
-        and per-slice Dice), the overlay GIF, the area plot and the views of the slice with the most tumor."""
+        and per-slice Dice), the overlay GIF, the area plot and the views through the tumor's centre, then the
+        result card, the coronal and sagittal planes, the 3D view and the report (PDF, JSON)."""
         if not flair_file:
             raise gr.Error("Upload a FLAIR volume first (NIfTI .nii / .nii.gz, or a .zip of one DICOM series).")
         started = time.perf_counter()
@@ -549,24 +573,28 @@ class VolumeHandlers:
             t1 = load_volume(t1_file) if t1_file else None
             t1ce = load_volume(t1ce_file) if t1ce_file else None
             prediction = predict_volume(self.models.get(model), flair, t1, t1ce, progress=slices_done)
-            del flair, t1, t1ce
+            del t1, t1ce
             truth = volume_export.read_truth(prediction, truth_file) if truth_file else None
         except VolumeError as exc:
-            raise gr.Error(str(exc)) from None
+            raise gr.Error(user_message(exc, flair_file, t1_file, t1ce_file, truth_file)) from None
         except MemoryError:
             raise gr.Error("This volume does not fit in the server's memory: crop or downsample it first.") from None
         if prediction.slices_run == 0:
             raise gr.Error(f"{prediction.name}: no slice holds any signal (the volume is constant): "
                            "nothing to segment. Check that this is the FLAIR image.")
-        progress(1.0, desc="Writing the mask and the GIF")
-        return self.volume_outputs(self.new_state(prediction, 0.0, truth), threshold, started=started)
+        progress(1.0, desc="Writing the mask, the 3D view and the report")
+        for note in prediction.notes:
+            gr.Warning(note)
+        session = VolumeSession.create(prediction, 0.0, truth, flair.data)
+        return self.volume_outputs(session, threshold, started=started)
 
-    def choose_model(self, model: str | None) -> Any:
-        """Another model was chosen: the threshold slider moves to its tuned value."""
+    def choose_model(self, model: str | None) -> tuple[Any, Any, Any]:
+        """Another model was chosen: the threshold slider moves to its tuned value and the old numbers go."""
         cfg = self.models.get(model).config
-        return gr.Slider(value=cfg.threshold, info=threshold_info(cfg.threshold, VOLUME_REDRAW))
+        waiting = f"Re-running with **{model}** …"
+        return gr.Slider(value=cfg.threshold, info=threshold_info(cfg.threshold, VOLUME_REDRAW)), waiting, waiting
 
-    def rerun(self, state: VolumeState | None, flair_file: str | None, t1_file: str | None, t1ce_file: str | None,
+    def rerun(self, state: VolumeSession | None, flair_file: str | None, t1_file: str | None, t1ce_file: str | None,
               threshold: float, truth_file: str | None, model: str | None,
               progress: gr.Progress = gr.Progress()) -> VolumeOutputs:
         """Re-run the shown volume with the newly chosen model (nothing to do before a first run)."""
@@ -574,51 +602,49 @@ class VolumeHandlers:
             return VolumeOutputs.unchanged()
         return self.segment_volume(flair_file, t1_file, t1ce_file, threshold, truth_file, model, progress)
 
-    def new_state(self, prediction: VolumePrediction, seconds: float, truth: np.ndarray | None) -> VolumeState:
-        for note in prediction.notes:
-            gr.Warning(note)
-        shown = None if truth is None else volume_export.presented_truth(prediction, truth)
-        return VolumeState(prediction, seconds, truth, shown)
-
-    def numbers(self, state: VolumeState, threshold: float) -> dict:
+    def numbers(self, state: VolumeSession, threshold: float) -> dict:
         score = volume_export.score_truth(state.prediction, state.truth, threshold)
         return volume_export.volume_numbers(state.prediction, threshold, state.seconds, score)
 
-    def downloads(self, state: VolumeState, threshold: float) -> tuple[str, str]:
-        """The NIfTI mask and the overlay GIF at ``threshold``, in a new folder of Gradio's cache."""
+    def downloads(self, state: VolumeSession, threshold: float) -> tuple[Path, Path, Path]:
+        """The NIfTI mask, the overlay GIF and the 3D view at ``threshold``, in a new folder of Gradio's cache;
+        and the stem for the report files."""
         Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix="volume-", dir=self.cache_dir))
-        stem = _safe_stem(state.prediction.name)
-        mask_path = save_mask(state.prediction, str(folder / f"{stem}_mask.nii.gz"), threshold)[0]
-        gif_path = volume_export.save_overlay_gif(state.prediction, folder / f"{stem}_overlay.gif", threshold,
+        stem = Path(tempfile.mkdtemp(prefix="volume-", dir=self.cache_dir)) / _safe_stem(state.prediction.name)
+        mask_path = save_mask(state.prediction, f"{stem}_mask.nii.gz", threshold)[0]
+        gif_path = volume_export.save_overlay_gif(state.prediction, f"{stem}_overlay.gif", threshold,
                                                   state.shown_truth)
-        return str(mask_path), str(gif_path)
+        return Path(mask_path), Path(gif_path), stem
 
-    def start_position(self, state: VolumeState, threshold: float) -> int:
-        """0-based presented slice to show first: the one with the most tumor, else the middle of the head."""
-        areas = state.prediction.slice_areas(threshold)
-        if areas.any():
-            return int(np.argmax(areas))
-        shown = volume_export.shown_slices(state.prediction)
-        return shown[len(shown) // 2]
-
-    def slice_view(self, state: VolumeState, index: int, threshold: float) -> SliceView:
-        """Presented slice ``index`` at ``threshold`` (no model run)."""
-        prediction = state.prediction
-        index = min(max(int(index), 0), prediction.n_slices - 1)
-        overlay = volume_export.overlay_frame(prediction, index, threshold, state.shown_truth)
-        area = int(prediction.slice_mask(index, threshold).sum())
+    def caption(self, state: VolumeSession, point: tuple[int, int, int], threshold: float) -> str:
+        """The point: its slice, row and column, the input voxel, its slice's tumor area and Dice ("—" when empty)."""
+        prediction, (z, r, c) = state.prediction, point
         geometry = prediction.geometry
-        caption = (f"**Slice {index + 1} of {prediction.n_slices}** (index {geometry.input_slice_index(index)} "
-                   f"along input axis {geometry.slice_axis}) · tumor {area:,} voxels "
-                   f"({area * volume_export.slice_area_mm2(prediction) / 100:.2f} cm²)")
-        if state.truth is not None:
-            score = volume_export.score_truth(prediction, state.truth, threshold)
-            caption += (f" · ground truth {int(state.shown_truth[index].sum()):,} voxels · "
-                        f"slice Dice {score.per_slice_dice[index]:.3f}")
-        return SliceView(overlay=self.png(overlay, "volume_overlay"),
-                         probability=self.png(volume_export.probability_frame(prediction, index), "volume_probability"),
-                         caption=caption)
+        area = int(state.mask(threshold)[z].sum())
+        text = (f"**Slice {z + 1} of {prediction.n_slices}** (index {geometry.input_slice_index(z)} along input "
+                f"axis {geometry.slice_axis}) · row {r + 1} · column {c + 1} · probability "
+                f"{prediction.proba[z, r, c]:.2f} · slice tumor {area:,} voxels "
+                f"({area * volume_export.slice_area_mm2(prediction) / 100:.2f} cm²)")
+        if state.shown_truth is not None:
+            truth = state.shown_truth[z]
+            both_empty = not truth.any() and not area
+            dice = "—" if both_empty else f"{dice_score(state.mask(threshold)[z], truth):.3f}"
+            text += f" · ground truth {int(truth.sum()):,} voxels · slice Dice {dice}"
+        return text
+
+    def slice_view(self, state: VolumeSession, point: tuple[int, int, int], threshold: float,
+                   sequence: str = "FLAIR", band: bool = True) -> SliceView:
+        """The three planes through ``point`` (presented z, r, c) at ``threshold`` (no model run)."""
+        point = state.geometry.clamp(point)
+        planes = state.planes(point, threshold, sequence, band)
+        z, r, c = point
+        return SliceView(position=z + 1, coronal_position=r + 1, sagittal_position=c + 1,
+                         overlay=self.png(planes["axial"], "volume_axial"),
+                         coronal=self.png(planes["coronal"], "volume_coronal"),
+                         sagittal=self.png(planes["sagittal"], "volume_sagittal"),
+                         probability=self.png(volume_export.probability_frame(state.prediction, z),
+                                              "volume_probability"),
+                         caption=self.caption(state, point, threshold))
 
     def summary(self, numbers: dict) -> str:
         volume = (f"**Tumor volume: {numbers['volume_ml']:.2f} mL**" if numbers["volume_ml"] is not None
@@ -633,51 +659,147 @@ class VolumeHandlers:
                      f"3D Dice {numbers['dice']:.3f}")
         return text + "".join(f"\n\n**Note:** {note}" for note in numbers["notes"])
 
-    def volume_outputs(self, state: VolumeState, threshold: float, index: int | None = None,
+    def volume_outputs(self, state: VolumeSession, threshold: float, point: tuple[int, int, int] | None = None,
                        started: float | None = None) -> VolumeOutputs:
-        """Every output at ``threshold``; the scrubber moves to ``index`` (None: the slice with the most tumor).
+        """Every output at ``threshold``; the planes move to ``point`` (None: the tumor's centre, sliders reset).
         With ``started`` (a new run's :func:`time.perf_counter` start) the state gets the end-to-end seconds,
         files included."""
         prediction = state.prediction
-        moved = index is None
-        index = self.start_position(state, threshold) if index is None else int(index)
-        mask_path, gif_path = self.downloads(state, threshold)
+        moved = point is None
+        point = state.start_point(threshold) if point is None else state.geometry.clamp(point)
+        mask_path, gif_path, stem = self.downloads(state, threshold)
         if started is not None:
-            state = replace(state, seconds=time.perf_counter() - started)
+            state = state.with_seconds(time.perf_counter() - started)
         numbers = self.numbers(state, threshold)
-        count = prediction.n_slices
-        position = (gr.Slider(minimum=1, maximum=max(count, 2), value=index + 1, step=1, interactive=True,
-                              label=f"Slice (1-{count}, inferior → superior)") if moved else gr.skip())
+        card = state.card(threshold)
+        pdf, json_path = state.save_report(card, numbers, threshold, stem)
+        view = self.slice_view(state, point, threshold)
+        if moved:
+            count_z, count_r, count_c = prediction.proba.shape
+            view = view._replace(position=_slider(count_z, point[0], "Axial slice, inferior → superior"),
+                                 coronal_position=_slider(count_r, point[1], "Coronal, anterior → posterior"),
+                                 sagittal_position=_slider(count_c, point[2], "Sagittal, right → left"))
         return VolumeOutputs(
-            mask_file=mask_path, numbers=numbers, gif_file=gif_path,
-            area_plot=volume_export.area_plot(prediction, threshold, state.shown_truth),
-            position=position, **self.slice_view(state, index, threshold)._asdict(),
-            summary=self.summary(numbers), state=state)
+            mask_file=str(mask_path), numbers=numbers, gif_file=str(gif_path),
+            area_plot=volume_export.area_plot(prediction, threshold, state.shown_truth, point[0]),
+            summary=self.summary(numbers), state=state, card=card.markdown() + "\n\n" + flags_markdown(card.flags),
+            mesh=str(state.save_scene(threshold, f"{stem}_3d.glb")), report_pdf=str(pdf), report_json=str(json_path),
+            **view._asdict())
 
-    def scrub(self, state: VolumeState | None, position: float, threshold: float) -> SliceView:
-        """Show another slice, or the same one at another threshold (no model run)."""
+    def move(self, state: VolumeSession | None, position: float, coronal: float, sagittal: float, threshold: float,
+             sequence: str = "FLAIR", band: bool = True) -> SliceView:
+        """Show the planes through the scrubbers' point, or the same point at another threshold (no model run)."""
         if state is None:
             return SliceView(*(gr.skip() for _ in SliceView._fields))
-        return self.slice_view(state, int(position) - 1, threshold)
+        return self.slice_view(state, (int(position) - 1, int(coronal) - 1, int(sagittal) - 1), threshold,
+                               sequence, band)
 
-    def rethreshold(self, state: VolumeState | None, threshold: float, position: float = 1) -> VolumeOutputs:
-        """Every output at a new threshold, files included (no model run); the scrubber stays at ``position``."""
+    def click(self, plane: str, state: VolumeSession | None, point: tuple[float, float, float], threshold: float,
+              sequence: str, band: bool, event: gr.SelectData) -> SliceView:
+        """A click on ``plane`` at px (x, y): the other two planes move through that voxel."""
+        if state is None or not event.index:
+            return SliceView(*(gr.skip() for _ in SliceView._fields))
+        x, y = event.index[:2]
+        current = tuple(int(v) - 1 for v in point)
+        return self.slice_view(state, state.geometry.to_voxel(plane, x, y, current), threshold, sequence, band)
+
+    def click_axial(self, state, position, coronal, sagittal, threshold, sequence, band,
+                    event: gr.SelectData) -> SliceView:
+        return self.click("axial", state, (position, coronal, sagittal), threshold, sequence, band, event)
+
+    def click_coronal(self, state, position, coronal, sagittal, threshold, sequence, band,
+                      event: gr.SelectData) -> SliceView:
+        return self.click("coronal", state, (position, coronal, sagittal), threshold, sequence, band, event)
+
+    def click_sagittal(self, state, position, coronal, sagittal, threshold, sequence, band,
+                       event: gr.SelectData) -> SliceView:
+        return self.click("sagittal", state, (position, coronal, sagittal), threshold, sequence, band, event)
+
+    def rethreshold(self, state: VolumeSession | None, threshold: float, position: float = 1, coronal: float = 0,
+                    sagittal: float = 0) -> VolumeOutputs:
+        """Every output at a new threshold, files included (no model run); the planes stay at the scrubbers' point
+        (the axial one alone through the API: the others keep the tumor centre's row and column)."""
         if state is None:
             return VolumeOutputs.unchanged()
-        return self.volume_outputs(state, threshold, int(position) - 1)._replace(state=gr.skip())
+        centre = state.start_point(threshold)
+        point = (int(position) - 1, int(coronal) - 1 if coronal else centre[1],
+                 int(sagittal) - 1 if sagittal else centre[2])
+        return self.volume_outputs(state, threshold, point)._replace(state=gr.skip())
 
-    def change_truth(self, state: VolumeState | None, truth_file: str | None, position: float,
-                     threshold: float) -> VolumeOutputs:
+    def change_truth(self, state: VolumeSession | None, truth_file: str | None, position: float,
+                     threshold: float, coronal: float = 0, sagittal: float = 0) -> VolumeOutputs:
         """A ground-truth NIfTI was uploaded or removed: score and redraw without running the model."""
         if state is None:
             return VolumeOutputs.unchanged()
         try:
             truth = volume_export.read_truth(state.prediction, truth_file) if truth_file else None
         except VolumeError as exc:
-            raise gr.Error(str(exc)) from None
-        state = VolumeState(state.prediction, state.seconds, truth,
-                            None if truth is None else volume_export.presented_truth(state.prediction, truth))
-        return self.volume_outputs(state, threshold, int(position) - 1)
+            raise gr.Error(user_message(exc, truth_file)) from None
+        centre = state.start_point(threshold)
+        point = (int(position) - 1, int(coronal) - 1 if coronal else centre[1],
+                 int(sagittal) - 1 if sagittal else centre[2])
+        return self.volume_outputs(state.with_truth(truth), threshold, point)
+
+
+VOLUME_PLANE = {"format": "png", "interactive": False, "height": 300, "buttons": ["fullscreen"]}
+
+
+def volume_controls(cfg: ModelConfig) -> dict[str, Any]:
+    """The Volume tab's left column: uploads, threshold, run, the result card and the downloads."""
+    parts: dict[str, Any] = {}
+    parts["flair"] = gr.File(label="FLAIR volume (NIfTI, or .zip of a DICOM series)", file_types=VOLUME_FILE_TYPES,
+                             elem_id="volume-flair", height=90)
+    with gr.Accordion("More channels and ground truth (optional)", open=False):
+        parts["t1"] = gr.File(label="T1 (pre-contrast), on the FLAIR's grid", file_types=VOLUME_FILE_TYPES,
+                              elem_id="volume-t1")
+        parts["t1ce"] = gr.File(label="T1 post-contrast, on the FLAIR's grid", file_types=VOLUME_FILE_TYPES,
+                                elem_id="volume-t1ce")
+        parts["truth"] = gr.File(label="Ground-truth labels NIfTI (labels > 0 = tumor)", file_types=[".nii", ".gz"],
+                                 elem_id="volume-truth")
+    parts["threshold"] = gr.Slider(THRESHOLD_MIN, THRESHOLD_MAX, value=cfg.threshold, step=THRESHOLD_STEP,
+                                   label="Threshold", elem_id="volume-threshold",
+                                   info=threshold_info(cfg.threshold, VOLUME_REDRAW))
+    parts["run"] = gr.Button("Segment volume", variant="primary", elem_id="volume-run")
+    parts["card"] = gr.Markdown(VOLUME_START_TEXT, elem_id="volume-card")
+    with gr.Accordion("Downloads: report (PDF, JSON), mask (NIfTI), 3D view, GIF", open=True):
+        with gr.Row():
+            parts["report_pdf"] = gr.File(label="Report (PDF)", interactive=False, elem_id="volume-report-pdf")
+            parts["report_json"] = gr.File(label="Report (JSON)", interactive=False, elem_id="volume-report-json")
+        with gr.Row():
+            parts["mask"] = gr.File(label="Mask (NIfTI, the input's grid)", interactive=False, elem_id="volume-mask")
+            parts["gif"] = gr.File(label="Overlays, animated GIF", interactive=False, elem_id="volume-gif")
+    parts["summary"] = gr.Markdown("", elem_id="volume-summary")
+    return parts
+
+
+def volume_views() -> dict[str, Any]:
+    """The Volume tab's right column (hidden until a run): three linked planes with their scrubbers, the caption,
+    the 3D view, the probability map, the area plot and the numbers."""
+    parts: dict[str, Any] = {}
+    with gr.Row():
+        parts["sequence"] = gr.Radio(list(SEQUENCES), value="FLAIR", label="Base image (grayscale)", scale=2,
+                                     elem_id="volume-sequence")
+        parts["band"] = gr.Checkbox(value=True, label="Uncertainty band (amber: probability 0.3–0.7)", scale=1,
+                                    elem_id="volume-band")
+    with gr.Row(equal_height=True):
+        for name, label in (("overlay", "Axial"), ("coronal", "Coronal"), ("sagittal", "Sagittal")):
+            parts[name] = gr.Image(label=f"{label} · click to move the other planes",
+                                   elem_id="volume-overlay" if name == "overlay" else f"volume-{name}", **VOLUME_PLANE)
+    with gr.Row():
+        parts["position"] = gr.Slider(1, 2, value=1, step=1, label="Axial slice", elem_id="volume-position")
+        parts["coronal_position"] = gr.Slider(1, 2, value=1, step=1, label="Coronal", elem_id="volume-coronal-position")
+        parts["sagittal_position"] = gr.Slider(1, 2, value=1, step=1, label="Sagittal",
+                                               elem_id="volume-sagittal-position")
+    parts["caption"] = gr.Markdown("", elem_id="volume-caption")
+    with gr.Row():
+        parts["mesh"] = gr.Model3D(label="3D: tumor (red), ground truth (blue), head", height=320,
+                                   clear_color=(0.1, 0.1, 0.12, 1.0), elem_id="volume-3d")
+        parts["probability"] = gr.Image(label="Probability, axial (black 0 → yellow 1)",
+                                        elem_id="volume-probability", **VOLUME_PLANE)
+    parts["area_plot"] = gr.Plot(label="Tumor area per slice", format="png", elem_id="volume-plot")
+    with gr.Accordion("Numbers (JSON)", open=False):
+        parts["numbers"] = gr.JSON(label="Numbers", elem_id="volume-numbers")
+    return parts
 
 
 def build_volume_tab(models: ModelRegistry, cache_dir: str, model_choice: gr.Dropdown) -> VolumeHandlers:
@@ -685,63 +807,51 @@ def build_volume_tab(models: ModelRegistry, cache_dir: str, model_choice: gr.Dro
     own concurrency group, one volume at a time, so single-slice requests never wait behind volumes. A run uses
     the model chosen in ``model_choice``; choosing another re-runs the shown volume."""
     handlers = VolumeHandlers(models, cache_dir)
-    cfg = models.get().config
     state = gr.State(None, time_to_live=STATE_TTL_S)
     with gr.Row():
-        with gr.Column(scale=1, min_width=300):
-            flair_file = gr.File(label="FLAIR volume (NIfTI, or .zip of a DICOM series)",
-                                 file_types=VOLUME_FILE_TYPES, elem_id="volume-flair")
-            with gr.Accordion("More channels and ground truth (optional)", open=False):
-                t1_file = gr.File(label="T1 (pre-contrast), on the FLAIR's grid", file_types=VOLUME_FILE_TYPES,
-                                  elem_id="volume-t1")
-                t1ce_file = gr.File(label="T1 post-contrast, on the FLAIR's grid", file_types=VOLUME_FILE_TYPES,
-                                    elem_id="volume-t1ce")
-                truth_file = gr.File(label="Ground-truth labels NIfTI (labels > 0 = tumor)",
-                                     file_types=[".nii", ".gz"], elem_id="volume-truth")
-            threshold = gr.Slider(THRESHOLD_MIN, THRESHOLD_MAX, value=cfg.threshold, step=THRESHOLD_STEP,
-                                  label="Threshold", elem_id="volume-threshold",
-                                  info=threshold_info(cfg.threshold, VOLUME_REDRAW))
-            run = gr.Button("Segment volume", variant="primary", elem_id="volume-run")
-            summary = gr.Markdown(VOLUME_START_TEXT, elem_id="volume-summary")
-            mask_file = gr.File(label="Mask (NIfTI, the input's shape and affine)", interactive=False,
-                                elem_id="volume-mask")
-            gif_file = gr.File(label="Overlays, animated GIF", interactive=False, elem_id="volume-gif")
-        with gr.Column(scale=2):
-            position = gr.Slider(1, 2, value=1, step=1, label="Slice", elem_id="volume-position")
-            shown = {"format": "png", "interactive": False, "height": IMAGE_HEIGHT}
-            with gr.Row():
-                overlay = gr.Image(label="Prediction (red) · ground truth (blue)", elem_id="volume-overlay", **shown)
-                probability = gr.Image(label="Probability (black 0 → yellow 1)", elem_id="volume-probability",
-                                       **shown)
-            caption = gr.Markdown("", elem_id="volume-caption")
-            area_plot = gr.Plot(label="Tumor area per slice", format="png", elem_id="volume-plot")
-            with gr.Accordion("Numbers (JSON)", open=False):
-                numbers = gr.JSON(label="Numbers", elem_id="volume-numbers")
-
-    outputs = VolumeOutputs(mask_file=mask_file, numbers=numbers, gif_file=gif_file, area_plot=area_plot,
-                            position=position, overlay=overlay, probability=probability, caption=caption,
-                            summary=summary, state=state)
-    run.click(handlers.segment_volume, [flair_file, t1_file, t1ce_file, threshold, truth_file, model_choice],
-              list(outputs),
-              api_name="segment_volume", concurrency_id="volume", concurrency_limit=1, show_progress_on=[overlay],
-              api_description="Segment a whole FLAIR volume (NIfTI file or .zip of a DICOM series; optional T1 and "
-                              "post-contrast T1 on the same grid, optional ground-truth labels NIfTI). Returns the "
-                              "NIfTI mask (input shape and affine), the numbers (volume_ml, slices_with_tumor, ...; "
-                              "dice and per_slice_dice with ground truth), the overlay GIF, the area plot, the "
-                              "slice shown, its overlay and probability map, caption and summary. The optional last "
-                              "input names the model (default: the one the app was started with).")
+        with gr.Column(scale=1, min_width=320):
+            left = volume_controls(models.get().config)
+        with gr.Column(scale=3, visible=False, elem_id="volume-views") as views_column:
+            right = volume_views()
+    outputs = VolumeOutputs(mask_file=left["mask"], numbers=right["numbers"], gif_file=left["gif"],
+                            area_plot=right["area_plot"], summary=left["summary"], state=state, card=left["card"],
+                            report_pdf=left["report_pdf"], report_json=left["report_json"],
+                            **{name: right[name] for name in ("position", "overlay", "probability", "caption",
+                                                             "coronal_position", "sagittal_position", "coronal",
+                                                             "sagittal", "mesh")})
+    threshold, truth_file, flair_file = left["threshold"], left["truth"], left["flair"]
+    point = [outputs.position, outputs.coronal_position, outputs.sagittal_position]
+    view_inputs = [state, *point, threshold, right["sequence"], right["band"]]
+    show = {"fn": lambda: gr.Column(visible=True), "outputs": views_column, "api_visibility": "private"}
+    left["run"].click(
+        handlers.segment_volume, [flair_file, left["t1"], left["t1ce"], threshold, truth_file, model_choice],
+        list(outputs), api_name="segment_volume", concurrency_id="volume", concurrency_limit=1,
+        show_progress_on=[left["card"]],
+        api_description="Segment a whole FLAIR volume (NIfTI file or .zip of a DICOM series; optional T1 and "
+                        "post-contrast T1 on the same grid, optional ground-truth labels NIfTI). Returns the "
+                        "NIfTI mask (input shape and affine), the numbers (volume_ml, slices_with_tumor, ...; "
+                        "dice and per_slice_dice with ground truth), the overlay GIF, the area plot, the "
+                        "axial slice shown, its plane and probability map, caption and summary; then (appended) the "
+                        "result card, the coronal and sagittal scrubbers and planes, the 3D view (.glb) and the "
+                        "report (PDF, JSON). The optional last input names the model (default: the one the app "
+                        "was started with).").success(**show)
     redraw = {"api_visibility": "private", "show_progress": "hidden", "trigger_mode": "always_last"}
-    gr.on([position.input, threshold.input], handlers.scrub, [state, position, threshold],
-          list(outputs.view()), **redraw)
-    threshold.release(handlers.rethreshold, [state, threshold, position], list(outputs), api_name="volume_threshold",
+    gr.on([*(slider.input for slider in point), threshold.input, right["sequence"].input, right["band"].input],
+          handlers.move, view_inputs, list(outputs.view()), **redraw)
+    for plane, image in (("axial", outputs.overlay), ("coronal", outputs.coronal), ("sagittal", outputs.sagittal)):
+        image.select(getattr(handlers, f"click_{plane}"), view_inputs, list(outputs.view()), **redraw)
+    threshold.release(handlers.rethreshold, [state, threshold, *point], list(outputs), api_name="volume_threshold",
                       trigger_mode="always_last", show_progress="minimal",
                       api_description="Redraw this session's last volume at a new threshold (no model run): the "
                                       "same outputs as /segment_volume.")
-    gr.on([truth_file.upload, truth_file.clear], handlers.change_truth, [state, truth_file, position, threshold],
+    gr.on([truth_file.upload, truth_file.clear], handlers.change_truth, [state, truth_file, *point[:1], threshold,
+                                                                        *point[1:]],
           list(outputs), api_visibility="private", show_progress="minimal")
-    model_choice.input(handlers.choose_model, model_choice, threshold, api_visibility="private").then(
-        handlers.rerun, [state, flair_file, t1_file, t1ce_file, threshold, truth_file, model_choice], list(outputs),
-        api_visibility="private", concurrency_id="volume", concurrency_limit=1, show_progress_on=[overlay])
+    model_choice.input(handlers.choose_model, model_choice, [threshold, left["card"], left["summary"]],
+                       api_visibility="private").then(
+        handlers.rerun, [state, flair_file, left["t1"], left["t1ce"], threshold, truth_file, model_choice],
+        list(outputs), api_visibility="private", concurrency_id="volume", concurrency_limit=1,
+        show_progress_on=[left["card"]])
     return handlers
 
 
@@ -793,7 +903,7 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None, model_n
                                        elem_id="model-choice", info="Switching re-runs the current slice and volume "
                                        "with that model, at its own tuned threshold.")
             model_info = gr.Markdown(model_description(segmenter, model_note), elem_id="model-info")
-        with gr.Accordion("Held-out numbers of the bundled models", open=True):
+        with gr.Accordion("Held-out numbers of the bundled models", open=False):
             gr.Markdown(bundled_metrics_table(shipped_models()), elem_id="model-metrics")
         with gr.Tabs():
             with gr.Tab("Slice", id="slice-tab"):

@@ -169,7 +169,16 @@ def explained_by_overlays(rgb: np.ndarray) -> np.ndarray:
             allowed.update(map(tuple, tint_table(colour, alpha)[np.arange(3), tinted]))
     band = tint_table(UNCERTAIN_COLOUR, UNCERTAIN_ALPHA)[np.arange(3), tinted]
     allowed.update(map(tuple, tint_table(PREDICTION_COLOUR, FILL_ALPHA)[np.arange(3), band]))
-    codes = {r << 16 | g << 8 | b for r, g, b in allowed}
+    codes = {int(r) << 16 | int(g) << 8 | int(b) for r, g, b in allowed}
     pixel_codes = flat[:, 0].astype(np.int64) << 16 | flat[:, 1].astype(np.int64) << 8 | flat[:, 2]
     ok |= np.isin(pixel_codes, np.fromiter(codes, np.int64))
     return ok.reshape(rgb.shape[:2])
+
+
+def gray_slice(image: np.ndarray, channel: int = SEQUENCES["FLAIR"]) -> np.ndarray:
+    """(H, W, 3) uint8: one channel of an RGB-composite slice (FLAIR unless named) in all three, the grayscale
+    base the slice tab draws its overlays on (the composite made the brain olive and T1c structures blue)."""
+    image = np.asarray(image, np.uint8)
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    return np.repeat(image[:, :, channel : channel + 1], 3, axis=2)

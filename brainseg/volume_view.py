@@ -7,7 +7,7 @@ Masks are cached per threshold (a plane change or a click reuses them); the band
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ class VolumeSession:
     shown_truth: np.ndarray | None = None  # the same, presented (slice, row, column)
     facts: quality.ScanFacts | None = None
     head: np.ndarray | None = None  # presented bool
+    band: np.ndarray | None = None  # presented bool: the uncertainty band (see :meth:`uncertain`)
     _masks: dict[float, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -41,16 +42,17 @@ class VolumeSession:
             sequences = tuple(dict.fromkeys(prediction.channels))
             facts = quality.scan_facts(flair_data, sequences, int(head.any(axis=(1, 2)).sum()),
                                        prediction.geometry.presented_spacing[0])
-        return cls(prediction, seconds, None, None, facts, head).with_truth(truth)
+        low, high = report.BAND
+        band = (prediction.proba >= low) & (prediction.proba < high)
+        return cls(prediction, seconds, None, None, facts, head, band).with_truth(truth)
 
     def with_truth(self, truth: np.ndarray | None) -> VolumeSession:
         """The same run with another ground truth (None: none); cached masks are kept."""
         shown = None if truth is None else volume_export.presented_truth(self.prediction, truth)
-        return VolumeSession(self.prediction, self.seconds, truth, shown, self.facts, self.head, self._masks)
+        return replace(self, truth=truth, shown_truth=shown)
 
     def with_seconds(self, seconds: float) -> VolumeSession:
-        return VolumeSession(self.prediction, seconds, self.truth, self.shown_truth, self.facts, self.head,
-                             self._masks)
+        return replace(self, seconds=seconds)
 
     # ------------------------------------------------------------------------------------------- masks
     def mask(self, threshold: float) -> np.ndarray:
@@ -64,6 +66,8 @@ class VolumeSession:
 
     def uncertain(self) -> np.ndarray:
         """The uncertainty band: voxels whose probability lies in [0.3, 0.7)."""
+        if self.band is not None:
+            return self.band
         low, high = report.BAND
         return (self.prediction.proba >= low) & (self.prediction.proba < high)
 

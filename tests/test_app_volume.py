@@ -138,7 +138,10 @@ def test_volume_tab_wiring_and_both_sliders_start_at_the_tuned_threshold(tiny_se
                                                 "volume-truth", "model-choice"]
     assert [elem[i] for i in dep["outputs"]] == ["volume-mask", "volume-numbers", "volume-gif", "volume-plot",
                                                  "volume-position", "volume-overlay", "volume-probability",
-                                                 "volume-caption", "volume-summary", None]
+                                                 "volume-caption", "volume-summary", None, "volume-card",
+                                                 "volume-coronal-position", "volume-sagittal-position",
+                                                 "volume-coronal", "volume-sagittal", "volume-3d", "volume-report-pdf",
+                                                 "volume-report-json"]
     fns = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
     assert (fns["segment_volume"].concurrency_id, fns["segment_volume"].concurrency_limit) == ("volume", 1)
     assert fns["segment"].concurrency_id != "volume", "slices must not queue behind volumes"
@@ -164,7 +167,7 @@ def test_volume_handlers_segment_redraw_score_and_refuse(tiny_segmenter: Segment
     assert numbers["dice"] == pytest.approx(dice_score(mask > 0, true_voxels), abs=1e-4)
     assert len(numbers["per_slice_dice"]) == 6 and numbers["truth_voxels"] == int(true_voxels.sum())
     assert gif_slices(out.gif_file) == (6, (40, 48))
-    assert "Slice" in handlers.scrub(out.state, 2, 0.3).caption
+    assert "Slice 2 of 6" in handlers.move(out.state, 2, 20, 24, 0.3).caption
     again = handlers.rethreshold(out.state, 0.9, 2)
     assert again.numbers["seconds"] == numbers["seconds"] and again.numbers["threshold"] == 0.9
     assert again.numbers["tumor_voxels"] <= numbers["tumor_voxels"]

@@ -1,0 +1,165 @@
+"""The Volume tab as a radiologist reads it, in a real browser (Playwright + Debian Chromium, 1400 x 900) on a BRATS
+scan from ``../shared/data/external-brats2013``: nothing but the uploads before a run; then the result card and
+three grayscale planes without scrolling, a click linking the planes through one voxel, a 3D mesh enclosing the
+card's volume, and a PDF report with one page per section. Screenshots of each state go to
+``artifacts/screenshots/`` (git-ignored; CI keeps them), the measured redraw times to ``artifacts/timings.json``."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from demo_server import DemoServer
+from PIL import Image
+from test_browser import chromium_page
+
+from brainseg import mesh, report
+from brainseg.planes import PLANES, PlaneGeometry, explained_by_overlays
+from brainseg.volume import Geometry
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+REPO = Path(__file__).resolve().parents[1]
+SUBJECT = REPO.parent / "shared" / "data" / "external-brats2013" / "brats_2013_pat0002_1"
+ARTIFACTS = REPO / "artifacts"
+SCREENS = ARTIFACTS / "screenshots"
+RUN_TIMEOUT_MS = 1_800_000  # 155 slices on 2 busy cores
+VOLUME = re.compile(r"Tumor volume: ([\d.]+) mL")
+DICE = re.compile(r"3D Dice ([\d.]+)")
+IMAGES = {"axial": "#volume-overlay", "coronal": "#volume-coronal", "sagittal": "#volume-sagittal"}
+SLIDERS = {"axial": "#volume-position", "coronal": "#volume-coronal-position", "sagittal": "#volume-sagittal-position"}
+
+
+@pytest.fixture(scope="module")
+def server() -> DemoServer:
+    if not SUBJECT.is_dir():
+        pytest.skip(f"{SUBJECT} is missing: the test needs ../shared/data/external-brats2013")
+    log = Path(tempfile.mkdtemp(prefix="brainseg-views-")) / "app.log"
+    with DemoServer.start(log, "--model", "unet") as server:  # a fixed bundled model, not the moving default
+        yield server
+
+
+def shoot(page, name: str) -> None:
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENS / f"volume_views_{name}.png"))
+
+
+def plane_pixels(page, plane: str) -> np.ndarray:
+    """The PNG the page shows for ``plane``, as served (exact pixels, not a screenshot)."""
+    src = page.locator(f"{IMAGES[plane]} img").first.get_attribute("src")
+    with Image.open(io.BytesIO(page.request.get(src).body())) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def point_of(page) -> tuple[int, int, int]:
+    return tuple(int(page.locator(f"{SLIDERS[p]} input[type=number]").input_value()) - 1 for p in PLANES)
+
+
+def wait_changed(page, selector: str, old: str) -> str:
+    page.wait_for_function("([s, old]) => { const n = document.querySelector(s); return n && n.innerText !== old; }",
+                           arg=[selector, old])
+    return page.locator(selector).inner_text()
+
+
+def test_three_linked_grayscale_planes_3d_view_and_report(server: DemoServer, tmp_path: Path) -> None:
+    flair = SUBJECT / "Flair_subtrMeanDivStd.nii.gz"
+    image = nib.load(str(flair))
+    geometry = Geometry(tuple(image.shape), image.affine)
+    planes = PlaneGeometry.of(geometry.to_presented(np.zeros(image.shape, bool)).shape, geometry.presented_spacing)
+    timings: dict[str, float] = {}
+    meshes: list[str] = []
+    with chromium_page() as page:
+        page.set_viewport_size({"width": 1400, "height": 900})
+        page.on("response", lambda response: meshes.append(response.url) if ".glb" in response.url else None)
+        page.goto(server.url)
+        page.get_by_role("tab", name="Volume").click()
+        assert page.locator("#volume-views").count() == 0 or not page.locator("#volume-views").is_visible(), \
+            "no planes or scrubbers before a run"
+        page.get_by_text("More channels and ground truth").click()
+        page.locator("#volume-flair input[type=file]").set_input_files(str(flair))
+        page.locator("#volume-t1ce input[type=file]").set_input_files(str(SUBJECT / "T1c_subtrMeanDivStd.nii.gz"))
+        page.locator("#volume-truth input[type=file]").set_input_files(str(SUBJECT / "OTMultiClass.nii.gz"))
+        page.locator("#volume-flair [data-testid=download-link]").wait_for()
+        shoot(page, "0_before_run")
+        page.locator("#volume-run").click()
+        page.wait_for_function("p => new RegExp(p).test(document.querySelector('#volume-card').innerText)",
+                               arg=VOLUME.pattern, timeout=RUN_TIMEOUT_MS)
+        for plane in PLANES:
+            page.locator(f"{IMAGES[plane]} img").first.wait_for(state="visible")
+        card = page.locator("#volume-card").inner_text()
+        volume_ml = float(VOLUME.search(card).group(1))
+        shoot(page, "1_result")
+
+        # the card and the three planes are on the first screen of a 1400 x 900 window
+        for selector in ("#volume-card", *(f"{s} img" for s in IMAGES.values())):
+            box = page.locator(selector).first.bounding_box()
+            assert box and box["y"] >= 0 and box["y"] + box["height"] <= 900, f"{selector} needs scrolling: {box}"
+        # grayscale outside the fixed-colour overlays (the old RGB composite made the brain olive and T1c blue)
+        for plane in PLANES:
+            rgb = plane_pixels(page, plane)
+            assert rgb.shape[:2] == planes.size(plane)
+            assert explained_by_overlays(rgb).all(), f"false colour on the {plane} plane"
+            assert (rgb[..., 0] == rgb[..., 2]).mean() > 0.8
+
+        # a click on the axial plane: the coronal and sagittal planes cross at that voxel
+        axial = page.locator("#volume-overlay img").first
+        box = axial.bounding_box()
+        natural = axial.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        fx, fy = 0.62, 0.41
+        before, caption = point_of(page), page.locator("#volume-caption").inner_text()
+        started = time.perf_counter()
+        axial.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
+        wait_changed(page, "#volume-caption", caption)
+        timings["click_s"] = time.perf_counter() - started
+        expected = planes.to_voxel("axial", fx * natural[0], fy * natural[1], before)
+        page.wait_for_function("([s, v]) => document.querySelector(s).value === v",
+                               arg=[f"{SLIDERS['sagittal']} input[type=number]", str(expected[2] + 1)])
+        assert point_of(page) == expected
+        for plane in ("coronal", "sagittal"):
+            x, y = planes.to_pixel(plane, expected)
+            rgb = plane_pixels(page, plane)
+            green = (rgb == (0, 214, 80)).all(axis=-1)
+            assert green[:, x].sum() > rgb.shape[0] // 2 and green[y, :].sum() > rgb.shape[1] // 2, plane
+        shoot(page, "2_clicked")
+
+        # the 3D view's mesh encloses the card's tumor volume
+        page.locator("#volume-3d").scroll_into_view_if_needed()
+        page.wait_for_function("() => document.querySelector('#volume-3d canvas') !== null")
+        assert meshes, "the 3D view loaded no .glb"
+        glb = tmp_path / "view.glb"
+        glb.write_bytes(page.request.get(meshes[-1]).body())
+        loaded = mesh.load_meshes(glb)
+        assert mesh.mesh_volume_ml(loaded["prediction"]) == pytest.approx(volume_ml, rel=0.02)
+        assert {"truth", "head"} <= set(loaded)
+        time.sleep(2)
+        shoot(page, "3_3d_view")
+
+        # the report: one page per section, the card's numbers on the first
+        from pypdf import PdfReader
+
+        with page.expect_download() as download:
+            page.locator("#volume-report-pdf [data-testid=download-link]").first.click()
+        pdf = tmp_path / "report.pdf"
+        download.value.save_as(pdf)
+        pages = PdfReader(str(pdf)).pages
+        assert len(pages) == len(report.SECTIONS)
+        first = pages[0].extract_text()
+        assert f"{volume_ml:.2f} mL" in first and f"3D Dice {DICE.search(card).group(1)}" in first
+
+        # a threshold move redraws the card and the planes without a model run
+        threshold = page.locator("#volume-threshold input[type=number]")
+        threshold.fill("0.6")
+        started = time.perf_counter()
+        threshold.blur()
+        stricter = wait_changed(page, "#volume-card", card)
+        timings["threshold_release_s"] = time.perf_counter() - started
+        assert float(VOLUME.search(stricter).group(1)) <= volume_ml
+        page.locator("#volume-card").scroll_into_view_if_needed()
+        shoot(page, "4_threshold")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "timings.json").write_text(json.dumps({k: round(v, 3) for k, v in timings.items()}, indent=2))
