@@ -2,7 +2,8 @@
 
     python -m brainseg.space export DIR [--model NAME|ORG/NAME[@REV]]
 
-``DIR`` becomes a fresh git repository with one commit: ``app.py``, the ``brainseg`` package (no caches),
+``DIR`` becomes a fresh git repository with one commit of what this checkout has committed (HEAD, never work in
+progress or caches): ``app.py``, the ``brainseg`` package,
 ``requirements.txt``, ``assets/app/``, a README with the Space front matter and card, and either
 
 * a bundled model (the app's default, or ``--model NAME``): its folder under ``assets/``, its weights
@@ -16,10 +17,12 @@ No dataset file and no history of old weights go in: the Hub refuses pushes with
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -33,7 +36,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SPACE_CONFIG_FILE = "space_config.json"
 LFS_PATTERNS = ("*.safetensors", "*.onnx")
 COPIED = ("app.py", "requirements.txt", "brainseg", "assets/app")  # besides the model folder
-SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "*.egg-info", ".DS_Store")
 MAX_PLAIN_BYTES = 1_000_000  # the Hub refuses binary blobs over 1 MB (any over 10 MB) that are not in LFS
 SHORT_DESCRIPTION_MAX = 60  # the Hub's limit
 HARDWARE = "cpu-basic"  # 2 vCPU, 16 GB: enough for one U-Net on CPU (README: measured cold start and RSS)
@@ -115,12 +117,13 @@ def choose_model(model: str | None) -> ModelChoice:
     return ModelChoice(name, hub_model=name)
 
 
-def front_matter(choice: ModelChoice, project_readme: Path = REPO_ROOT / "README.md") -> dict:
+def front_matter(choice: ModelChoice, project_readme: str) -> dict:
     """The Space's YAML front matter: the project's (title, emoji, colours, license, short description) with the
-    installed Gradio as ``sdk_version``, ``app_file: app.py`` and the hardware it fits."""
-    meta = dict(read_front_matter(project_readme.read_text()))
+    installed Gradio as ``sdk_version``, this Python as ``python_version`` (what was tested), ``app_file: app.py``
+    and the hardware it fits."""
+    meta = dict(read_front_matter(project_readme))
     meta.update(sdk="gradio", sdk_version=gradio_version(meta.get("sdk_version")), app_file="app.py",
-                suggested_hardware=HARDWARE)
+                python_version=f"{sys.version_info.major}.{sys.version_info.minor}", suggested_hardware=HARDWARE)
     meta.setdefault("license", "cc-by-nc-sa-4.0")
     meta["short_description"] = str(meta.get("short_description", "FLAIR abnormality segmentation"))[
         :SHORT_DESCRIPTION_MAX]
@@ -184,17 +187,21 @@ same licence. Exported by `python -m brainseg.space export` from brainseg commit
 
 
 def copy_tree(dest: Path, choice: ModelChoice) -> None:
-    """Copy the app, the package and the chosen model folder into ``dest`` (same relative paths)."""
+    """Write the app, the package and the chosen model folder as committed at HEAD into ``dest`` (same relative
+    paths): a Space serves what was committed and tested, never work in progress or caches."""
     paths = [*COPIED, *([choice.folder.relative_to(REPO_ROOT).as_posix()] if choice.folder else [])]
-    for relative in paths:
-        source, target = REPO_ROOT / relative, dest / relative
-        if not source.exists():
-            raise SpaceExportError(f"{source} is missing: run the export from a complete brainseg checkout")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=SKIPPED)
-        else:
-            shutil.copy2(source, target)
+    if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
+        raise SpaceExportError("the export is written from a git checkout of brainseg: clone the repository")
+    missing = [path for path in paths if not git(REPO_ROOT, "ls-tree", "HEAD", "--", path)]
+    if missing:
+        raise SpaceExportError(f"{', '.join(missing)} not committed in {REPO_ROOT}: the export holds what is committed "
+                               "(HEAD), so commit it first")
+    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD", "--", *paths], cwd=REPO_ROOT,
+                             capture_output=True)
+    if archive.returncode != 0:
+        raise SpaceExportError(f"git archive failed: {archive.stderr.decode(errors='replace').strip()[-800:]}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
 
 
 def git(folder: Path, *args: str) -> str:
@@ -206,13 +213,8 @@ def git(folder: Path, *args: str) -> str:
 
 
 def source_commit() -> str:
-    """This checkout's commit (``+changes`` when its working tree differs), or ``unknown`` outside git."""
-    try:
-        commit = git(REPO_ROOT, "rev-parse", "--short=12", "HEAD")
-        dirty = git(REPO_ROOT, "status", "--porcelain", "--untracked-files=no")
-    except (SpaceExportError, OSError):
-        return "unknown"
-    return commit + ("+changes" if dirty else "")
+    """The commit the export is written from (HEAD of this checkout)."""
+    return git(REPO_ROOT, "rev-parse", "--short=12", "HEAD")
 
 
 def commit_repo(dest: Path, lfs: bool, message: str) -> str:
@@ -255,7 +257,7 @@ def export_space(dest: str | Path, model: str | None = None) -> ExportResult:
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise SpaceExportError(f"{dest} exists and is not an empty folder: name a new folder for the export")
     choice = choose_model(model)
-    meta = front_matter(choice)
+    meta = front_matter(choice, git(REPO_ROOT, "show", "HEAD:README.md"))
     dest.mkdir(parents=True, exist_ok=True)
     try:
         copy_tree(dest, choice)
