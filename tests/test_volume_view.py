@@ -152,7 +152,7 @@ def test_the_card_and_the_report_carry_the_same_numbers(session: VolumeSession, 
     for section, text in zip(report.SECTIONS, texts):
         assert section in text
     assert f"{card.volume_ml:.2f} mL" in texts[0] and f"{card.agreement.dice:.3f}" in texts[0]
-    assert "not for clinical use" in texts[0]
+    assert "not for clinical use" in " ".join(texts[0].split()), "the disclaimer (wrapped over lines)"
     saved = json.loads(json_path.read_text())
     assert saved["card"]["volume_ml"] == card.volume_ml and saved["numbers"] == {"threshold": 0.6}
     assert area_plot(session.prediction, 0.6).axes, "the plot page"
