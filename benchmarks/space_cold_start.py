@@ -8,7 +8,7 @@ a Hub model that the local Hub stand-in (``tests/hub_standin.py``, ``HF_ENDPOINT
 downloaded at start. Each start has an empty Hugging Face and ONNX cache. Times run from ``python app.py`` to the
 server answering, to the first ``/segment`` answer (a held-out slice), then one ``/segment_volume`` (the same
 patient's FLAIR stack as NIfTI); memory is the server's RSS after the volume and its peak. ``--venv`` reuses a venv
-made by an earlier run (skips the install). Default model: the app's default.
+made by an earlier run (only what ``requirements.txt`` added since is installed). Default model: the app's default.
 """
 from __future__ import annotations
 
@@ -64,13 +64,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="brainseg-space-"))
     result: dict = {"model": args.model, "cpus": os.cpu_count(), "install_s": None, "starts": {}}
-    python = args.venv / "bin" / "python" if args.venv else None
-    if python is None:
-        python, result["install_s"] = space_venv(work / "venv", REPO / "requirements.txt")
-        print(f"venv: {python.parent.parent} (pip install -r requirements.txt: {result['install_s']:.0f} s)")
+    python, result["install_s"] = space_venv(args.venv or work / "venv", REPO / "requirements.txt")
+    print(f"venv: {python.parent.parent} (pip install -r requirements.txt: {result['install_s']:.0f} s)", flush=True)
     slice_path, flair = write_test_scan(LGG_TEST_DIR, PATIENT, work / "scan")
     for source in args.sources:
         result["starts"][source] = start_once(source, args.model, python, work, slice_path, flair)
+        print(json.dumps({source: result["starts"][source]}), flush=True)
 
     print("| weights | export s | to server up s | to first /segment s | one /segment_volume s | RSS after volume MB "
           "| peak RSS MB | load avg |")

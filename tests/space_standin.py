@@ -55,9 +55,11 @@ class PushStandin:
 
 
 def space_venv(folder: Path, requirements: Path) -> tuple[Path, float]:
-    """A fresh venv in ``folder`` with ``requirements.txt`` installed and nothing else; (its python, seconds)."""
+    """A fresh venv in ``folder`` (kept when it is there: a rebuild) with ``requirements.txt`` installed and nothing
+    else; (its python, seconds)."""
     start = time.perf_counter()
-    subprocess.run([sys._base_executable, "-m", "venv", str(folder)], check=True)  # not this venv's packages
+    if not (folder / "bin" / "python").exists():
+        subprocess.run([sys._base_executable, "-m", "venv", str(folder)], check=True)  # not this venv's packages
     python = folder / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")} | SPACE_ENV
     done = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(requirements)], env=env,

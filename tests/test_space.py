@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -161,8 +162,11 @@ def test_this_repositorys_history_is_refused(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def space_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv holding requirements.txt and nothing else, as a Space builds it."""
-    python, seconds = space_venv(tmp_path_factory.mktemp("space-venv") / "venv", REPO / "requirements.txt")
+    """A fresh venv holding requirements.txt and nothing else, as a Space builds it (``BRAINSEG_SPACE_VENV``: a venv
+    kept from an earlier run, brought up to requirements.txt, as a Space rebuild does)."""
+    kept = os.environ.get("BRAINSEG_SPACE_VENV")
+    folder = Path(kept) if kept else tmp_path_factory.mktemp("space-venv") / "venv"
+    python, seconds = space_venv(folder, REPO / "requirements.txt")
     print(f"pip install -r requirements.txt: {seconds:.0f} s")
     return python
 
