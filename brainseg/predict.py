@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m brainseg.predict",
         description="Segment FLAIR abnormality on whole scans: one mask per subject, tumor volume in mL.")
-    parser.add_argument("inputs", nargs="+", metavar="FLAIR",
-                        help="NIfTI file, DICOM series folder or .zip, Kaggle patient folder, or a folder of these")
+    parser.add_argument("inputs", nargs="*", metavar="FLAIR",
+                        help="NIfTI file, DICOM series folder or .zip, Kaggle patient folder, or a folder of these "
+                        "(with a cohort option also a BIDS tree)")
     parser.add_argument("--out", required=True, type=Path, help="folder for the masks")
     parser.add_argument("--t1", type=Path, help="pre-contrast T1 on the FLAIR's grid (one input only)")
     parser.add_argument("--t1ce", type=Path, help="post-contrast T1 on the FLAIR's grid (one input only)")
@@ -62,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what runs the network: onnx = ONNX Runtime (CPU, fp32), torch = PyTorch, auto = ONNX "
                         "Runtime on the CPU when installed and equal to PyTorch within 1e-4, else PyTorch")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    cohort = parser.add_argument_group(
+        "cohorts", "any of these runs the inputs as a cohort (brainseg.cohort, docs/cohorts.md): one row per scan in "
+        "a results table, a rerun skips the scans done with the same model/revision/threshold and retries failed ones")
+    cohort.add_argument("--manifest", type=Path, help="CSV (header) or JSON lines listing the scans: 'flair' "
+                        "(or 'input'/'path'), optional 'name', 't1', 't1ce', 'truth'")
+    cohort.add_argument("--table", type=Path, help="the results table (CSV; default OUT/results.csv)")
+    cohort.add_argument("--workers", type=int, help="scans at a time: processes on this machine, or Ray actors")
+    cohort.add_argument("--threads", type=int, help="torch / ONNX Runtime threads per worker (default: this "
+                        "machine's cores // --workers; on Ray also the CPUs each actor reserves)")
+    cohort.add_argument("--engine", choices=("local", "ray"), help="local processes (default) or Ray "
+                        "(pip install 'brainseg[cluster]'): a local Ray unless --address is given")
+    cohort.add_argument("--address", help="Ray cluster to join ('auto' or HOST:PORT; --engine ray)")
     return parser
 
 
@@ -81,6 +94,15 @@ def _one_line(exc: BaseException) -> str:
 def _run(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise VolumeError(f"--threshold {args.threshold}: give a probability between 0 and 1")
+    if args.address and args.engine != "ray":
+        raise VolumeError("--address names a Ray cluster: add --engine ray")
+    if any(value is not None for value in (args.manifest, args.table, args.workers, args.engine)):
+        from .cohort import run_cohort
+
+        args.workers, args.engine = 1 if args.workers is None else args.workers, args.engine or "local"
+        return run_cohort(args)
+    if not args.inputs:
+        raise VolumeError("give at least one input (a FLAIR file or folder), or a --manifest")
     subjects = find_subjects(args.inputs, args.truth_glob)
     explicit = {"--t1": args.t1, "--t1ce": args.t1ce, "--truth": args.truth}
     given = [flag for flag, value in explicit.items() if value is not None]
