@@ -28,6 +28,7 @@ import numpy as np
 import brainseg
 from brainseg import Segmenter, volume_export
 from brainseg.backends import BACKENDS, BackendError
+from brainseg.card import calibration_line
 from brainseg.config import UNET, ModelConfig
 from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position
 from brainseg.hub import BUNDLED_LABEL, DEFAULT_MODEL_NAME, ModelLoadError, model_arg_from_env
@@ -214,11 +215,13 @@ def started_choice(segmenter: Segmenter, requested: str | None = None) -> str:
 def bundled_label(name: str, folder: Path) -> str:
     """The selector's label of a bundled model: its name and whether it is the U-Net or a Transformer."""
     try:
-        arch = ModelConfig.load(folder).arch
+        config = ModelConfig.load(folder)
+        arch, calibrated = config.arch, calibration_line(config) is not None
     except (OSError, ValueError, TypeError):
-        arch = "?"
+        arch, calibrated = "?", False
     kind = "U-Net" if arch == UNET else f"Transformer ({arch})"
-    return f"{name}: bundled {kind}" + (", default" if name == DEFAULT_MODEL_NAME else "")
+    return (f"{name}: bundled {kind}" + (", calibrated" if calibrated else "")
+            + (", default" if name == DEFAULT_MODEL_NAME else ""))
 
 
 def shipped_models() -> dict[str, Path]:
@@ -874,6 +877,7 @@ def model_description(segmenter: Segmenter, note: str = "") -> str:
         f"**Model:** `{segmenter.description}` · trained with **{trained}** · tuned threshold {cfg.threshold:g}"
         f" · min. component {cfg.min_component_px} px · {precision} on {segmenter.device.type}"
         f" · {segmenter.backend_reason}"
+        + ("" if calibration_line(cfg) is None else f"\n\n{calibration_line(cfg)}")
         + ("" if repeats_model_line else f"\n\n{note}")
     )
 

@@ -1,0 +1,211 @@
+"""``python -m brainseg.calibrate``: leave-one-scan-out on synthetic scans with a known best threshold, the
+refusals, and a calibrated folder that loads wherever a model folder loads."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from volume_synth import affine_of, save_nifti
+
+from brainseg.calibrate import NO_GAIN_STATUS, main
+from brainseg.calibration import (
+    CalibrationError,
+    Grid,
+    calibrated_config,
+    choose,
+    find_scans,
+    leave_one_out,
+    predict_scan,
+    scan_table,
+    scan_tables,
+    write_calibrated,
+)
+from brainseg.card import calibration_line
+from brainseg.config import ModelConfig
+from brainseg.inference import Segmenter
+from brainseg.model import build_model
+from brainseg.predict import main as predict_main
+from brainseg.volume import evaluate_volume
+from brainseg.weights import save_model
+
+AFFINE = affine_of(np.eye(3))
+BRAIN, RIM, CORE = 50.0, 75.0, 100.0  # intensities; the intensity rule maps CORE (the 99th percentile) to 160
+# what the stub below outputs for them (the rule's 160/255 scale, no normalisation): 0.31, 0.47, 0.63
+
+
+class FlairIsProbability(nn.Module):
+    """A network whose probability is the FLAIR channel's input value (in [0, 1] without normalisation)."""
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.logit(batch[:, 1:2].float().clamp(1e-4, 1 - 1e-4))
+
+
+def stub_segmenter(threshold: float = 0.5, min_component_px: int = 10) -> Segmenter:
+    config = ModelConfig(base_channels=2, depth=2, input_size=64, normalize=False, threshold=threshold,
+                         min_component_px=min_component_px)
+    return Segmenter(FlairIsProbability(), config, source="flair stub", device="cpu")
+
+
+def synthetic_scan(folder: Path, centre: tuple[int, int], rim_is_tumor: bool, seed: int) -> Path:
+    """A 64 x 64 x 12 scan: a brain disk, a lesion (core inside a rim) on slices 3-8; labels: core (+ rim)."""
+    folder.mkdir(parents=True)
+    x, y = np.mgrid[:64, :64]
+    brain = (x - 32) ** 2 + (y - 32) ** 2 <= 27 ** 2
+    lesion = (x - centre[0]) ** 2 + (y - centre[1]) ** 2
+    flair = np.zeros((64, 64, 12), np.float32)
+    truth = np.zeros((64, 64, 12), np.uint8)
+    for z in range(1, 11):
+        flair[..., z][brain] = BRAIN
+    for z in range(3, 9):
+        flair[..., z][lesion <= 9 ** 2] = RIM
+        flair[..., z][lesion <= 5 ** 2] = CORE
+        truth[..., z][lesion <= (9 if rim_is_tumor else 5) ** 2] = 2
+    flair += np.random.default_rng(seed).normal(0, 0.5, flair.shape).astype(np.float32) * (flair > 0)
+    save_nifti(flair, AFFINE, folder / "flair.nii.gz")
+    save_nifti(truth, AFFINE, folder / "label.nii.gz")
+    return folder
+
+
+CENTRES = ((28, 30), (36, 34), (30, 38), (34, 26))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """Four scans whose annotators count the rim as tumor: the best threshold lies between BRAIN and RIM."""
+    root = tmp_path_factory.mktemp("site")
+    for k, centre in enumerate(CENTRES):
+        synthetic_scan(root / f"scan{k}", centre, rim_is_tumor=True, seed=k)
+    return root
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    """Four scans labelled like the model: the core only (the model's own threshold is already right)."""
+    root = tmp_path_factory.mktemp("home")
+    for k, centre in enumerate(CENTRES):
+        synthetic_scan(root / f"scan{k}", centre, rim_is_tumor=False, seed=k)
+    return root
+
+
+@pytest.fixture(scope="module")
+def site_tables(site) -> tuple[Grid, list]:
+    """The site's scans run once through the stub, counted on the grid around its threshold 0.5 / 10 px."""
+    grid = Grid().including(0.5, 10)
+    return grid, scan_tables(stub_segmenter(), find_scans(site, "label*"), grid)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    """A real (tiny, untrained) U-Net model folder, loadable by name like any model."""
+    torch.manual_seed(0)
+    config = ModelConfig(base_channels=2, depth=2, input_size=32, threshold=0.5, min_component_px=10)
+    folder = save_model(build_model(config), config, tmp_path_factory.mktemp("tiny") / "model")
+    (folder / "README.md").write_text("# tiny\n")
+    (folder / "metrics.json").write_text("{}\n")
+    return folder
+
+
+def test_the_table_counts_what_the_volume_pipeline_scores(site):
+    segmenter = stub_segmenter()
+    subject = find_scans(site, "label*")[0]
+    prediction, truth = predict_scan(segmenter, subject)
+    grid = Grid().including(0.5, 10)
+    dice = scan_table(prediction, truth, grid).dice()
+    for threshold, min_px in ((0.5, 10), (0.4, 0), (0.2, 80)):
+        expected = evaluate_volume(dataclasses.replace(prediction, min_component_px=min_px), truth, threshold).dice
+        assert dice[grid.index(threshold, min_px)] == pytest.approx(expected, abs=1e-9)
+
+
+def test_leave_one_out_finds_the_known_best_threshold(site_tables):
+    grid, tables = site_tables
+    loo = leave_one_out(tables, grid, (0.5, 10))
+    # between BRAIN (0.31) and RIM (0.47): 0.35 takes in brain blurred at the rim's edge, 0.45 loses that edge
+    assert [(row["threshold"], row["min_component_px"]) for row in loo["per_scan"]] == [(0.4, 10)] * 4
+    assert all(row["uncalibrated"] < 0.6 for row in loo["per_scan"])  # about the core alone: 25/81 of the labels
+    assert all(row["calibrated"] > 0.99 for row in loo["per_scan"])
+    assert loo["gain"] > 0.4 and loo["scans_worse"] == 0
+    assert choose(tables, grid, (0.5, 10)).threshold == 0.4
+
+
+def test_where_the_model_is_already_right_calibration_keeps_it(home):
+    """Labelled like the model: a threshold halfway between RIM and CORE (0.55) is right, and stays."""
+    grid = Grid().including(0.55, 10)
+    tables = scan_tables(stub_segmenter(0.55), find_scans(home, "label*"), grid)
+    loo = leave_one_out(tables, grid, (0.55, 10))
+    assert loo["gain"] == pytest.approx(0.0, abs=1e-4) and loo["calibrated_mean"] > 0.95
+    assert all(row["threshold"] == 0.55 for row in loo["per_scan"])
+
+
+def test_refusals_say_what_is_wrong(site, tiny_folder, tmp_path, capsys):
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in ("scan0", "scan1"):
+        (two / name).symlink_to(site / name)
+    out = tmp_path / "out"
+    assert main(["--model", str(tiny_folder), "--scans", str(two), "--truth-glob", "label*",
+                 "--out-dir", str(out)]) == 2
+    assert "2 labelled scans; calibration needs at least 3" in capsys.readouterr().err
+    assert main(["--model", str(tiny_folder), "--scans", str(site), "--truth-glob", "seg*",
+                 "--out-dir", str(out)]) == 2
+    assert "0 files match --truth-glob 'seg*'" in capsys.readouterr().err
+    unlabelled = tmp_path / "unlabelled"
+    for name in ("scan0", "scan1", "scan2"):
+        (unlabelled / name).mkdir(parents=True)
+        (unlabelled / name / "flair.nii.gz").symlink_to(site / name / "flair.nii.gz")
+    assert main(["--model", str(tiny_folder), "--scans", str(unlabelled), "--out-dir", str(out)]) == 2
+    assert "no label file found for every scan (scan0, scan1, scan2)" in capsys.readouterr().err
+    assert main(["--model", str(tiny_folder), "--scans", str(tmp_path / "nowhere"), "--out-dir", str(out)]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_empty_labels_are_refused(tmp_path):
+    for k, centre in enumerate(CENTRES[:3]):
+        synthetic_scan(tmp_path / f"scan{k}", centre, rim_is_tumor=True, seed=k)
+    save_nifti(np.zeros((64, 64, 12), np.uint8), AFFINE, tmp_path / "scan2" / "label.nii.gz")
+    with pytest.raises(CalibrationError, match=r"only 2 of 3 scans have any labelled voxel \(empty labels: scan2\)"):
+        scan_tables(stub_segmenter(), find_scans(tmp_path, "label*"), Grid())
+
+
+def test_no_gain_keeps_the_model_and_writes_nothing(site, tiny_folder, tmp_path, capsys):
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    rc = main(["--model", str(tiny_folder), "--scans", str(site), "--truth-glob", "label*", "--out-dir", str(out),
+               "--min-gain", "1.0", "--json", str(report)])
+    assert rc == NO_GAIN_STATUS and not out.exists()
+    assert "calibration does not help on these scans" in capsys.readouterr().err
+    written = json.loads(report.read_text())
+    assert written["written"] is None and written["record"]["n_scans"] == 4
+    assert len(written["record"]["leave_one_out"]["per_scan"]) == 4
+
+
+def test_a_calibrated_folder_loads_everywhere_a_model_folder_loads(site, site_tables, tiny_folder, tmp_path):
+    grid, tables = site_tables
+    choice = choose(tables, grid, (0.5, 10))
+    record = {"source": "tiny", "source_threshold": 0.5, "source_min_component_px": 10, "scans_folder": "site",
+              "n_scans": 4, "channels": "all channels", "date": "2026-12-01T00:00:00+00:00",
+              "leave_one_out": leave_one_out(tables, grid, (0.5, 10))}
+    config = calibrated_config(ModelConfig.load(tiny_folder), choice, record)
+    out = write_calibrated(tiny_folder, tmp_path / "calibrated", config, {"record": record})
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "calibration.json", "config.json",
+                                                     "model.safetensors"]
+    loaded = Segmenter.from_pretrained(out, backend="torch")
+    assert (loaded.config.threshold, loaded.config.min_component_px) == (0.4, 10)
+    line = calibration_line(loaded.config)
+    assert line.startswith("Calibrated on 4 labelled scans of `site`") and "threshold 0.5 -> 0.4" in line
+    assert line in (out / "README.md").read_text()
+    import app  # the app: selectable by --model like any folder, its model line and label say where it was calibrated
+
+    assert line in app.model_description(loaded)
+    assert app.bundled_label("site-model", out) == "site-model: bundled U-Net, calibrated"
+    assert str(out) in app.ModelRegistry.around(loaded, requested=str(out)).sources
+    report = tmp_path / "predict.json"
+    assert predict_main([str(site / "scan0"), "--truth-glob", "label*", "--model", str(out), "--out",
+                         str(tmp_path / "masks"), "--json", str(report), "--quiet", "--backend", "torch"]) == 0
+    assert json.loads(report.read_text())["threshold"] == 0.4
+    with pytest.raises(CalibrationError, match="already exists and is not empty"):
+        write_calibrated(tiny_folder, out, config, {"record": record})
