@@ -4,7 +4,8 @@
 
 - the scans come from a manifest (CSV with a header, or JSON lines: ``flair`` (or ``input``/``path``), optional
   ``name``, ``t1``, ``t1ce``, ``truth``; relative paths are relative to the manifest) and/or the inputs (anything
-  ``brainseg.predict`` takes, and BIDS trees: ``sub-*/[ses-*/]anat/*FLAIR.nii[.gz]``);
+  ``brainseg.predict`` takes, and BIDS trees: ``sub-*/[ses-*/]anat/*FLAIR.nii[.gz]``); every path is made
+  absolute (Ray actors do not share the command's working folder);
 - each finished scan is one row of ``DIR/results.csv`` (or ``--table``), the whole table rewritten atomically
   after every row: a reader (or a killed run) only ever sees a complete table with one row per scan;
 - a rerun skips the scans whose row says ``ok`` with the same input, model, revision, threshold and intensity
@@ -74,7 +75,7 @@ def _manifest_scan(record: object, manifest: Path, number: int) -> Scan:
                           "give one column 'flair' with each scan's FLAIR file or folder")
 
     def resolve(value: object) -> str | None:
-        return str(manifest.parent / str(value).strip()) if value else None
+        return os.path.abspath(manifest.parent / str(value).strip()) if value else None
 
     name = next((str(record[k]).strip() for k in MANIFEST_KEYS["name"] if record.get(k)), None)
     return Scan(name or subject_name(str(flair).strip()), resolve(flair), resolve(record.get("t1")),
@@ -93,8 +94,9 @@ def discover(inputs: Iterable[str | Path], truth_glob: str | None = None) -> lis
             scans.extend(_bids_scan(flair) for flair in bids)
             continue
         for subject in find_subjects([path], truth_glob):
-            scans.append(Scan(subject.name, str(subject.flair), *(None if p is None else str(p)
-                                                                  for p in (subject.t1, subject.t1ce, subject.truth))))
+            scans.append(Scan(subject.name, os.path.abspath(subject.flair),
+                              *(None if p is None else os.path.abspath(p) for p in (subject.t1, subject.t1ce,
+                                                                                   subject.truth))))
     return scans
 
 
@@ -104,8 +106,8 @@ def _bids_scan(flair: Path) -> Scan:
     entities = [e for e in stem.split("_") if e.split("-")[0] in ("sub", "ses", "acq", "run")]
     t1 = [p for p in flair.parent.glob(f"{entities[0]}*_T1w.nii*") if "_ce-" not in p.name]
     t1ce = list(flair.parent.glob(f"{entities[0]}*_ce-*_T1w.nii*"))
-    return Scan("_".join(entities) or stem, str(flair), str(t1[0]) if len(t1) == 1 else None,
-                str(t1ce[0]) if len(t1ce) == 1 else None)
+    return Scan("_".join(entities) or stem, os.path.abspath(flair), os.path.abspath(t1[0]) if len(t1) == 1 else None,
+                os.path.abspath(t1ce[0]) if len(t1ce) == 1 else None)
 
 
 def unique_names(scans: list[Scan]) -> list[Scan]:
@@ -200,7 +202,7 @@ def settings_from_args(args: argparse.Namespace, workers: int) -> WorkerSettings
     threshold = args.threshold if args.threshold is not None else ModelConfig.load(resolved.folder).threshold
     revision = resolved.revision or "sha256:" + file_sha256(resolved.folder / WEIGHTS_FILE)[:12]
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, workers))
-    return WorkerSettings(resolved, str(args.out), float(threshold), revision, args.device, args.backend,
+    return WorkerSettings(resolved, os.path.abspath(args.out), float(threshold), revision, args.device, args.backend,
                           not args.no_crop, args.flair_only, args.intensity, threads)
 
 
@@ -260,8 +262,8 @@ def _collect(rows: Iterator[dict], table: ResultsTable, total: int, quiet: bool)
             else:
                 failed += 1
                 tqdm.write(f"error: {row['name']}: {row['error']}", file=sys.stderr)
-            bar.update(1)
             bar.set_postfix(ok=ok, failed=failed, refresh=False)
+            bar.update(1)
     return ok, failed, seconds
 
 
