@@ -13,7 +13,9 @@ import copy
 import torch
 from torch import nn
 
-from .config import COMPOSED_ARCHITECTURES, SHARED_INPUT_FIELDS, ModelConfig
+from .config import ModelConfig
+
+SHARED_INPUT_FIELDS = ("in_channels", "input_size", "normalize")  # what both ends must share: the same input
 
 
 def interpolate_states(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
@@ -48,9 +50,6 @@ def interpolate(start: tuple[ModelConfig, nn.Module], end: tuple[ModelConfig, nn
     on validation patients, the ends' thresholds need not suit the mixture) with ``extra`` recorded.
     """
     (start_config, start_network), (end_config, end_network) = start, end
-    if {start_config.arch, end_config.arch} & set(COMPOSED_ARCHITECTURES):
-        raise ValueError("interpolate single networks, not ensembles or routed models (their members have their "
-                         "own lineage)")
     if start_config.architecture() != end_config.architecture():
         raise ValueError(f"the start network is {start_config.architecture()} but the end network "
                          f"{end_config.architecture()}: interpolate two networks of the same architecture")
