@@ -201,7 +201,7 @@ def settings_from_args(args: argparse.Namespace, workers: int) -> WorkerSettings
     resolved = resolve_model(args.model)
     threshold = args.threshold if args.threshold is not None else ModelConfig.load(resolved.folder).threshold
     revision = resolved.revision or "sha256:" + file_sha256(resolved.folder / WEIGHTS_FILE)[:12]
-    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    threads = args.threads or max(1, len(os.sched_getaffinity(0)) // max(1, workers))  # the cores this run may use
     return WorkerSettings(resolved, os.path.abspath(args.out), float(threshold), revision, args.device, args.backend,
                           not args.no_crop, args.flair_only, args.intensity, threads)
 
