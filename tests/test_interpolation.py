@@ -88,7 +88,7 @@ def test_cli_interpolates_the_bundled_unets_and_tunes_on_validation_only(lgg_tes
     printed = json.loads(capsys.readouterr().out)
     config = ModelConfig.load(out)
     assert config.extra["interpolation_alpha"] == 0.5
-    assert config.extra["interpolated_from"] == ["bundled unet", "bundled unet-generalist"]
+    assert config.extra["interpolated_from"] == ["bundled unet", "bundled default"]  # the default resolves as such
     assert printed["chosen"] == {"threshold": config.threshold, "min_component_px": config.min_component_px,
                                  "flip_tta": False}
     assert "validation patients" in config.extra["tuned_on"]
