@@ -183,6 +183,7 @@ def test_no_gain_keeps_the_model_and_writes_nothing(site, tiny_folder, tmp_path,
     assert len(written["record"]["leave_one_out"]["per_scan"]) == 4
 
 
+@pytest.mark.slow  # imports the app (gradio)
 def test_a_calibrated_folder_loads_everywhere_a_model_folder_loads(site, site_tables, tiny_folder, tmp_path):
     grid, tables = site_tables
     choice = choose(tables, grid, (0.5, 10))
