@@ -1,6 +1,6 @@
 """Per-scan adaptation without labels, measured: AdaBN (BatchNorm statistics re-estimated on the scan itself).
 
-    python -m benchmarks.adabn --model unet-robust --scans ../shared/data/external-brats2013 \
+    python -m benchmarks.adabn --model unet-generalist --scans ../shared/data/external-brats2013 \
         --truth-glob 'OTMultiClass*' [--flair-only] [--json out.json]
 
 For each labelled scan: the volume pipeline as ``python -m brainseg.predict`` runs it (3D Dice at the model's own
@@ -69,7 +69,7 @@ def measure(model: str, scans: Path, truth_glob: str | None, flair_only: bool) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.adabn", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="unet-robust")
+    parser.add_argument("--model", default="unet-generalist")
     parser.add_argument("--scans", required=True, type=Path)
     parser.add_argument("--truth-glob")
     parser.add_argument("--flair-only", action="store_true")

@@ -1,6 +1,6 @@
 """Compare the intensity rules of ``brainseg.intensity`` on the validation patients as volumes, in every input form.
 
-    python -m benchmarks.intensity_rules --data-dir /work/data/lgg/kaggle_3m --model unet-robust \
+    python -m benchmarks.intensity_rules --data-dir $DATA --model unet-generalist \
         --json /tmp/intensity_rules.json
 
 Each validation patient of ``make_split(DATA, "patient", 0.1, 2026)`` (never a test or external one) is put in
@@ -83,7 +83,7 @@ def markdown(scores: dict, rules: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, type=Path)
-    parser.add_argument("--model", default="unet-robust")
+    parser.add_argument("--model", default="unet-generalist")
     parser.add_argument("--rules", nargs="+", default=list(RULES), choices=RULES)
     parser.add_argument("--forms", nargs="+", default=list(FORMS), choices=FORMS)
     parser.add_argument("--backend", default="auto")

@@ -40,12 +40,12 @@ class CandidateResult:
 
 
 def parse_candidate(text: str) -> tuple[str, ...]:
-    """``"unet-robust+runs/x/best"`` -> ``("unet-robust", "runs/x/best")``: the models whose probabilities are
+    """``"unet+runs/x/best"`` -> ``("unet", "runs/x/best")``: the models whose probabilities are
     averaged (one name: that model alone)."""
     members = tuple(part.strip() for part in text.split(CANDIDATE_SEPARATOR))
     if not all(members):
         raise ValueError(f"candidate {text!r} has an empty member: write models joined by "
-                         f"'{CANDIDATE_SEPARATOR}', e.g. unet-robust{CANDIDATE_SEPARATOR}runs/segformer/best")
+                         f"'{CANDIDATE_SEPARATOR}', e.g. unet{CANDIDATE_SEPARATOR}runs/segformer/best")
     if len(set(members)) != len(members):
         raise ValueError(f"candidate {text!r} names a model twice")
     return members

@@ -1,6 +1,6 @@
 """Interpolate the weights of a trained network and one fine-tuned from it, tuned on validation (WiSE-FT).
 
-    python -m train.interpolate --start unet --end unet-robust --alpha 0.6 --out-dir runs/wise-0.6 --data-dir DATA
+    python -m train.interpolate --start unet --end unet-generalist --alpha 0.6 --out-dir runs/wise-0.6 --data-dir DATA
 
 The result is one network with weights (1 - alpha) * start + alpha * end (brainseg.interpolation): alpha 0 is
 the start, 1 the end. Pick alpha by scoring several folders with ``python -m train.choose``; this command tunes
