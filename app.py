@@ -48,6 +48,7 @@ from brainseg.overlay import (
 )
 from brainseg.planes import SEQUENCES, gray_slice
 from brainseg.quality import flags_markdown
+from brainseg.report import ResultCard
 from brainseg.space import SpaceConfig
 from brainseg.volume import predict_volume, save_mask
 from brainseg.volume_io import VolumeError, load_volume, subject_name
@@ -522,6 +523,25 @@ class VolumeOutputs(NamedTuple):
     def view(self) -> SliceView:
         return SliceView(*(getattr(self, name) for name in SliceView._fields))
 
+    def files(self) -> VolumeFiles:
+        return VolumeFiles(*(getattr(self, name) for name in VolumeFiles._fields))
+
+
+class VolumeFiles(NamedTuple):
+    """The slow part of a redraw, written in a step chained after the card and the planes: the downloads and
+    the 3D view."""
+
+    mask_file: Any
+    gif_file: Any
+    mesh: Any
+    report_pdf: Any
+    report_json: Any
+
+    @classmethod
+    def cleared(cls) -> VolumeFiles:
+        """Nothing to download while the files of a new threshold are written (no stale file stays)."""
+        return cls(*(None for _ in cls._fields))
+
 
 def _safe_stem(name: str) -> str:
     """A file-name stem from a volume's name (``Flair.nii.gz`` -> ``Flair``)."""
@@ -537,6 +557,9 @@ def user_message(exc: Exception, *files: str | None) -> str:
     for file in filter(None, files):
         text = text.replace(str(Path(file).parent) + "/", "").replace(str(Path(file).parent), "the upload")
     return UPLOAD_FOLDER.sub("", text)
+
+
+SKIPPED_SCRUBBERS = {name: gr.skip() for name in ("position", "coronal_position", "sagittal_position")}
 
 
 def _slider(count: int, value: int, label: str) -> Any:
@@ -662,32 +685,59 @@ class VolumeHandlers:
                      f"3D Dice {numbers['dice']:.3f}")
         return text + "".join(f"\n\n**Note:** {note}" for note in numbers["notes"])
 
-    def volume_outputs(self, state: VolumeSession, threshold: float, point: tuple[int, int, int] | None = None,
-                       started: float | None = None) -> VolumeOutputs:
-        """Every output at ``threshold``; the planes move to ``point`` (None: the tumor's centre, sliders reset).
-        With ``started`` (a new run's :func:`time.perf_counter` start) the state gets the end-to-end seconds,
-        files included."""
+    def redraw(self, state: VolumeSession, threshold: float,
+               point: tuple[int, int, int] | None = None) -> tuple[VolumeOutputs, ResultCard, dict]:
+        """The card, the numbers, the area plot and the planes at ``threshold``, the files cleared (see
+        :meth:`files`); the planes move to ``point`` (None: the tumor's centre, sliders reset)."""
         prediction = state.prediction
         moved = point is None
         point = state.start_point(threshold) if point is None else state.geometry.clamp(point)
-        mask_path, gif_path, stem = self.downloads(state, threshold)
-        if started is not None:
-            state = state.with_seconds(time.perf_counter() - started)
-        numbers = self.numbers(state, threshold)
-        card = state.card(threshold)
-        pdf, json_path = state.save_report(card, numbers, threshold, stem)
+        numbers, card = self.numbers(state, threshold), state.card(threshold)
         view = self.slice_view(state, point, threshold)
         if moved:
             count_z, count_r, count_c = prediction.proba.shape
             view = view._replace(position=_slider(count_z, point[0], "Axial slice, inferior → superior"),
                                  coronal_position=_slider(count_r, point[1], "Coronal, anterior → posterior"),
                                  sagittal_position=_slider(count_c, point[2], "Sagittal, right → left"))
-        return VolumeOutputs(
-            mask_file=str(mask_path), numbers=numbers, gif_file=str(gif_path),
-            area_plot=volume_export.area_plot(prediction, threshold, state.shown_truth, point[0]),
+        outputs = VolumeOutputs(
+            numbers=numbers, area_plot=volume_export.area_plot(prediction, threshold, state.shown_truth, point[0]),
             summary=self.summary(numbers), state=state, card=card.markdown() + "\n\n" + flags_markdown(card.flags),
-            mesh=str(state.save_scene(threshold, f"{stem}_3d.glb")), report_pdf=str(pdf), report_json=str(json_path),
-            **view._asdict())
+            **VolumeFiles.cleared()._asdict(), **view._asdict())
+        return outputs, card, numbers
+
+    def write_files(self, state: VolumeSession, threshold: float, card: ResultCard | None = None,
+                    numbers: dict | None = None, scene: bool = True) -> VolumeFiles:
+        """The NIfTI mask, the overlay GIF, the report and (``scene``) the 3D view at ``threshold`` (no model run)."""
+        mask_path, gif_path, stem = self.downloads(state, threshold)
+        card = state.card(threshold) if card is None else card
+        numbers = self.numbers(state, threshold) if numbers is None else numbers
+        pdf, json_path = state.save_report(card, numbers, threshold, stem)
+        mesh = str(state.save_scene(threshold, f"{stem}_3d.glb")) if scene else gr.skip()
+        return VolumeFiles(mask_file=str(mask_path), gif_file=str(gif_path), report_pdf=str(pdf),
+                           report_json=str(json_path), mesh=mesh)
+
+    def scene(self, state: VolumeSession | None, threshold: float) -> Any:
+        """The first step chained after a threshold release or a new ground truth: the 3D view at ``threshold``."""
+        if state is None:
+            return gr.skip()
+        folder = Path(tempfile.mkdtemp(prefix="volume-3d-", dir=self.cache_dir))
+        return str(state.save_scene(threshold, folder / f"{_safe_stem(state.prediction.name)}_3d.glb"))
+
+    def files(self, state: VolumeSession | None, threshold: float) -> VolumeFiles:
+        """The step chained after :meth:`scene`: the downloads at ``threshold`` (the 3D view is left as it is)."""
+        if state is None:
+            return VolumeFiles(*(gr.skip() for _ in VolumeFiles._fields))
+        return self.write_files(state, threshold, scene=False)
+
+    def volume_outputs(self, state: VolumeSession, threshold: float, point: tuple[int, int, int] | None = None,
+                       started: float | None = None) -> VolumeOutputs:
+        """Every output at ``threshold``, files included (the API's answer); the planes move to ``point``
+        (None: the tumor's centre). With ``started`` (a new run's :func:`time.perf_counter` start) the state
+        gets the seconds from the start to the redraw (reading, the model run, the mask)."""
+        if started is not None:
+            state = state.with_seconds(time.perf_counter() - started)
+        outputs, card, numbers = self.redraw(state, threshold, point)
+        return outputs._replace(**self.write_files(state, threshold, card, numbers)._asdict())
 
     def move(self, state: VolumeSession | None, position: float, coronal: float, sagittal: float, threshold: float,
              sequence: str = "FLAIR", band: bool = True) -> SliceView:
@@ -718,16 +768,30 @@ class VolumeHandlers:
                        event: gr.SelectData) -> SliceView:
         return self.click("sagittal", state, (position, coronal, sagittal), threshold, sequence, band, event)
 
+    def scrubbed_point(self, state: VolumeSession, threshold: float, position: float, coronal: float,
+                       sagittal: float) -> tuple[int, int, int]:
+        """The scrubbers' point (0-based); a coronal or sagittal scrubber left at 0 takes the tumor centre's."""
+        centre = state.start_point(threshold)
+        return (int(position) - 1, int(coronal) - 1 if coronal else centre[1],
+                int(sagittal) - 1 if sagittal else centre[2])
+
     def rethreshold(self, state: VolumeSession | None, threshold: float, position: float = 1, coronal: float = 0,
                     sagittal: float = 0) -> VolumeOutputs:
-        """Every output at a new threshold, files included (no model run); the planes stay at the scrubbers' point
-        (the axial one alone through the API: the others keep the tumor centre's row and column)."""
+        """``/volume_threshold``: every output at a new threshold, files included (no model run); the planes stay
+        at the scrubbers' point (the axial one alone through the API: the others keep the tumor centre's)."""
         if state is None:
             return VolumeOutputs.unchanged()
-        centre = state.start_point(threshold)
-        point = (int(position) - 1, int(coronal) - 1 if coronal else centre[1],
-                 int(sagittal) - 1 if sagittal else centre[2])
-        return self.volume_outputs(state, threshold, point)._replace(state=gr.skip())
+        point = self.scrubbed_point(state, threshold, position, coronal, sagittal)
+        return self.volume_outputs(state, threshold, point)._replace(state=gr.skip(), **SKIPPED_SCRUBBERS)
+
+    def rethreshold_view(self, state: VolumeSession | None, threshold: float, position: float = 1,
+                         coronal: float = 0, sagittal: float = 0) -> VolumeOutputs:
+        """The page's threshold release: the card, the numbers, the plot and the planes at once; the files are
+        cleared here and written by the chained :meth:`files`."""
+        if state is None:
+            return VolumeOutputs.unchanged()
+        point = self.scrubbed_point(state, threshold, position, coronal, sagittal)
+        return self.redraw(state, threshold, point)[0]._replace(state=gr.skip(), **SKIPPED_SCRUBBERS)
 
     def change_truth(self, state: VolumeSession | None, truth_file: str | None, position: float,
                      threshold: float, coronal: float = 0, sagittal: float = 0) -> VolumeOutputs:
@@ -738,18 +802,22 @@ class VolumeHandlers:
             truth = volume_export.read_truth(state.prediction, truth_file) if truth_file else None
         except VolumeError as exc:
             raise gr.Error(user_message(exc, truth_file)) from None
-        centre = state.start_point(threshold)
-        point = (int(position) - 1, int(coronal) - 1 if coronal else centre[1],
-                 int(sagittal) - 1 if sagittal else centre[2])
-        return self.volume_outputs(state.with_truth(truth), threshold, point)
+        state = state.with_truth(truth)
+        point = self.scrubbed_point(state, threshold, position, coronal, sagittal)
+        return self.redraw(state, threshold, point)[0]._replace(**SKIPPED_SCRUBBERS)
 
 
+# After a run the card (left) and the three planes (right) start at the top of the window, below the page's header.
+SCROLL_TO_RESULT = ("() => { const card = document.querySelector('#volume-card');"
+                    " if (card) window.scrollTo({top: card.getBoundingClientRect().top + window.scrollY - 8}); }")
 VOLUME_PLANE = {"format": "png", "interactive": False, "height": 300, "buttons": ["fullscreen"]}
 
 
 def volume_controls(cfg: ModelConfig) -> dict[str, Any]:
-    """The Volume tab's left column: uploads, threshold, run, the result card and the downloads."""
+    """The Volume tab's left column: the result card (before a run, what to do), uploads, threshold, run and the
+    downloads."""
     parts: dict[str, Any] = {}
+    parts["card"] = gr.Markdown(VOLUME_START_TEXT, elem_id="volume-card")  # on top: after a run, the result
     parts["flair"] = gr.File(label="FLAIR volume (NIfTI, or .zip of a DICOM series)", file_types=VOLUME_FILE_TYPES,
                              elem_id="volume-flair", height=90)
     with gr.Accordion("More channels and ground truth (optional)", open=False):
@@ -763,7 +831,6 @@ def volume_controls(cfg: ModelConfig) -> dict[str, Any]:
                                    label="Threshold", elem_id="volume-threshold",
                                    info=threshold_info(cfg.threshold, VOLUME_REDRAW))
     parts["run"] = gr.Button("Segment volume", variant="primary", elem_id="volume-run")
-    parts["card"] = gr.Markdown(VOLUME_START_TEXT, elem_id="volume-card")
     with gr.Accordion("Downloads: report (PDF, JSON), mask (NIfTI), 3D view, GIF", open=True):
         with gr.Row():
             parts["report_pdf"] = gr.File(label="Report (PDF)", interactive=False, elem_id="volume-report-pdf")
@@ -837,19 +904,24 @@ def build_volume_tab(models: ModelRegistry, cache_dir: str, model_choice: gr.Dro
                         "axial slice shown, its plane and probability map, caption and summary; then (appended) the "
                         "result card, the coronal and sagittal scrubbers and planes, the 3D view (.glb) and the "
                         "report (PDF, JSON). The optional last input names the model (default: the one the app "
-                        "was started with).").success(**show)
+                        "was started with).").success(**show).then(None, js=SCROLL_TO_RESULT)
     redraw = {"api_visibility": "private", "show_progress": "hidden", "trigger_mode": "always_last"}
     gr.on([*(slider.input for slider in point), threshold.input, right["sequence"].input, right["band"].input],
           handlers.move, view_inputs, list(outputs.view()), **redraw)
     for plane, image in (("axial", outputs.overlay), ("coronal", outputs.coronal), ("sagittal", outputs.sagittal)):
         image.select(getattr(handlers, f"click_{plane}"), view_inputs, list(outputs.view()), **redraw)
-    threshold.release(handlers.rethreshold, [state, threshold, *point], list(outputs), api_name="volume_threshold",
-                      trigger_mode="always_last", show_progress="minimal",
-                      api_description="Redraw this session's last volume at a new threshold (no model run): the "
-                                      "same outputs as /segment_volume.")
+    chained = {"inputs": [state, threshold], "api_visibility": "private", "show_progress": "hidden"}
+    threshold.release(handlers.rethreshold_view, [state, threshold, *point], list(outputs),
+                      api_visibility="private", trigger_mode="always_last", show_progress="hidden").then(
+        handlers.scene, outputs=outputs.mesh, **chained).then(handlers.files, outputs=list(outputs.files()), **chained)
+    gr.Button(visible=False, elem_id="volume-threshold-api").click(
+        handlers.rethreshold, [state, threshold, *point], list(outputs), api_name="volume_threshold",
+        api_description="Redraw this session's last volume at a new threshold (no model run): the same outputs as "
+                        "/segment_volume.")
     gr.on([truth_file.upload, truth_file.clear], handlers.change_truth, [state, truth_file, *point[:1], threshold,
                                                                         *point[1:]],
-          list(outputs), api_visibility="private", show_progress="minimal")
+          list(outputs), api_visibility="private", show_progress="minimal").then(
+        handlers.scene, outputs=outputs.mesh, **chained).then(handlers.files, outputs=list(outputs.files()), **chained)
     model_choice.input(handlers.choose_model, model_choice, [threshold, left["card"], left["summary"]],
                        api_visibility="private").then(
         handlers.rerun, [state, flair_file, left["t1"], left["t1ce"], threshold, truth_file, model_choice],

@@ -27,6 +27,7 @@ from brainseg import ModelConfig, Segmenter, volume_export
 from brainseg.hub import BUNDLED_MODEL_DIR
 from brainseg.metrics import dice_score
 from brainseg.model import build_model
+from brainseg.planes import DISPLAY_SIDE
 from brainseg.predict import main as predict_main
 from brainseg.volume import Geometry
 
@@ -35,6 +36,7 @@ SPACING = (0.9, 0.9, 2.5)
 # Oblique (8 and -12 degrees) and left-handed (LAS, as dcm2niix writes): the mask must keep it exactly.
 AFFINE = affine_of(rotation(8, -12) @ np.diag([-0.9, 0.9, 2.5]), origin=(115.0, -115.0, -20.0))
 THRESHOLD = ModelConfig.load(BUNDLED_MODEL_DIR).threshold  # the bundled default's tuned threshold
+STRICTER = round(min(THRESHOLD + 0.2, 0.9), 2)  # a threshold above the default's, for /volume_threshold
 MASK, NUMBERS, GIF, PLOT, POSITION, OVERLAY, PROBABILITY, CAPTION, SUMMARY = range(9)
 BRATS = Path(__file__).resolve().parents[2] / "shared" / "data" / "external-brats2013" / "brats_2013_pat0002_1"
 
@@ -218,7 +220,8 @@ def test_segment_volume_gives_the_cli_mask_and_numbers(client: Client, scans: di
     assert result[POSITION]["value"] == largest + 1 and result[POSITION]["maximum"] == 22
     assert f"**Slice {largest + 1} of 22**" in result[CAPTION]
     with Image.open(result[OVERLAY]) as overlay, Image.open(result[PROBABILITY]) as probability:
-        assert overlay.size == probability.size == (256, 256)
+        # the plane in square mm (256 x 0.9 mm both ways), its longest side drawn at DISPLAY_SIDE px
+        assert overlay.size == (DISPLAY_SIDE, DISPLAY_SIDE) and probability.size == (256, 256)
     assert gif_slices(result[GIF]) == (22, (256, 256))
     assert result[PLOT]["type"] == "matplotlib" and result[PLOT]["plot"].startswith("data:image/png;base64,")
 
@@ -239,13 +242,13 @@ def test_ground_truth_gives_3d_and_per_slice_dice_and_threshold_moves_reuse_the_
     assert numbers["per_slice_dice"] == pytest.approx(expected, abs=1e-4)
     assert f"3D Dice {numbers['dice']:.3f}" in result[SUMMARY] and "slice Dice" in result[CAPTION]
 
-    stricter = client.predict(0.6, api_name="/volume_threshold")
+    stricter = client.predict(STRICTER, api_name="/volume_threshold")
     strict_mask = check_mask_file(stricter[MASK], scans["flair"])
-    assert stricter[NUMBERS]["threshold"] == 0.6
+    assert stricter[NUMBERS]["threshold"] == STRICTER
     assert stricter[NUMBERS]["seconds"] == numbers["seconds"], "a threshold move must not run the model again"
     assert stricter[NUMBERS]["volume_ml"] < numbers["volume_ml"]
     assert not (strict_mask & ~mask).any(), "a stricter threshold may only remove voxels"
-    cli_strict, cli_strict_mask = run_cli(tmp_path / "strict", scans["flair"], "--threshold", "0.6")
+    cli_strict, cli_strict_mask = run_cli(tmp_path / "strict", scans["flair"], "--threshold", str(STRICTER))
     assert np.array_equal(strict_mask, cli_strict_mask)
     assert stricter[NUMBERS]["volume_ml"] == cli_strict["volume_ml"]
 

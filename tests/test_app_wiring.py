@@ -173,7 +173,8 @@ def test_live_view_data_gives_the_server_threshold_masks(tiny_segmenter: Segment
 
     view = handlers.live_view(state)
     assert (view["width"], view["height"]) == (40, 30) and view["thresholds"] == list(steps)
-    assert np.array_equal(data_url_pixels(view["image"]), image)
+    # the slice's FLAIR channel in gray (R = G = B), the base the overlays are drawn on, never the RGB composite
+    assert np.array_equal(data_url_pixels(view["image"]), np.repeat(image[..., 1:2], 3, axis=2))
     levels = data_url_pixels(view["levels"])
     for k, threshold in enumerate(steps):
         assert np.array_equal(levels > k, state.proba >= threshold), f"step {threshold}"

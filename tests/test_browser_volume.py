@@ -13,11 +13,15 @@ from demo_server import DemoServer, demo_server
 from test_browser import SCREENSHOTS, TIMEOUT_MS, chromium_page
 from volume_synth import affine_of, lgg_patient, ras_from_presented, save_nifti
 
+from brainseg import ModelConfig
+from brainseg.hub import BUNDLED_MODEL_DIR
+
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 PATIENT = "TCGA_HT_8114_19981030"  # 22 slices, a large tumor
 SPACING = (0.9, 0.9, 2.5)
 VOLUME = re.compile(r"Tumor volume: ([\d.]+) mL")
 CAPTION = re.compile(r"Slice (\d+) of (\d+)")
+THRESHOLD = f"{ModelConfig.load(BUNDLED_MODEL_DIR).threshold:g}"  # the default's tuned threshold (the server's model)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,7 @@ def test_volume_tab_upload_progress_scrub_threshold_and_download(server: DemoSer
     with chromium_page() as page:
         page.goto(server.url)
         page.get_by_role("tab", name="Volume").click()
-        assert page.locator("#volume-threshold input[type=number]").input_value() == "0.5", "the default's threshold"
+        assert page.locator("#volume-threshold input[type=number]").input_value() == THRESHOLD, "tuned value"
         page.locator("#volume-flair input[type=file]").set_input_files(str(flair))
         page.locator("#volume-flair [data-testid=download-link][download='flair.nii.gz']").wait_for()  # uploaded
         page.locator("#volume-run").click()
@@ -100,9 +104,9 @@ def test_volume_tab_upload_progress_scrub_threshold_and_download(server: DemoSer
         assert float(VOLUME.search(stricter).group(1)) <= volume_ml
         seconds = re.compile(r"run in ([\d.]+) s")
         assert seconds.search(stricter).group(1) == seconds.search(summary).group(1), "no model re-run"
-        threshold.fill("0.5")  # back to the start: the download below must match the first summary's volume
+        threshold.fill(THRESHOLD)  # back to the start: the download below must match the first summary's volume
         threshold.blur()
-        summary = wait_for_text(page, "#volume-summary", r"at threshold 0\.5\b", old=stricter)
+        summary = wait_for_text(page, "#volume-summary", rf"at threshold {re.escape(THRESHOLD)}\b", old=stricter)
 
         # download the NIfTI mask: the input's grid, as many voxels as the summary says
         link = page.locator("#volume-mask [data-testid=download-link][download='flair_mask.nii.gz']")

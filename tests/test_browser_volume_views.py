@@ -31,6 +31,7 @@ SCREENS = ARTIFACTS / "screenshots"
 RUN_TIMEOUT_MS = 1_800_000  # 155 slices on 2 busy cores
 VOLUME = re.compile(r"Tumor volume: ([\d.]+) mL")
 DICE = re.compile(r"3D Dice ([\d.]+)")
+POINT = re.compile(r"Slice (\d+) of \d+.*? row (\d+) · column (\d+)")
 IMAGES = {"axial": "#volume-overlay", "coronal": "#volume-coronal", "sagittal": "#volume-sagittal"}
 SLIDERS = {"axial": "#volume-position", "coronal": "#volume-coronal-position", "sagittal": "#volume-sagittal-position"}
 
@@ -95,7 +96,9 @@ def test_three_linked_grayscale_planes_3d_view_and_report(server: DemoServer, tm
         volume_ml = float(VOLUME.search(card).group(1))
         shoot(page, "1_result")
 
-        # the card and the three planes are on the first screen of a 1400 x 900 window
+        # the page moves to the result: the card and the three planes on one screen of a 1400 x 900 window
+        page.wait_for_function("() => { const top = document.querySelector('#volume-card').getBoundingClientRect().top;"
+                               " return top >= 0 && top < 30; }")
         for selector in ("#volume-card", *(f"{s} img" for s in IMAGES.values())):
             box = page.locator(selector).first.bounding_box()
             assert box and box["y"] >= 0 and box["y"] + box["height"] <= 900, f"{selector} needs scrolling: {box}"
@@ -114,14 +117,21 @@ def test_three_linked_grayscale_planes_3d_view_and_report(server: DemoServer, tm
         before, caption = point_of(page), page.locator("#volume-caption").inner_text()
         started = time.perf_counter()
         axial.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
-        wait_changed(page, "#volume-caption", caption)
+        clicked = wait_changed(page, "#volume-caption", caption)
         timings["click_s"] = time.perf_counter() - started
-        expected = planes.to_voxel("axial", fx * natural[0], fy * natural[1], before)
+        # the pixel under the cursor: the image is drawn contained (letterboxed) in its element's box
+        scale = max(natural[0] / box["width"], natural[1] / box["height"])
+        x_px = (fx * box["width"] - (box["width"] - natural[0] / scale) / 2) * scale
+        y_px = (fy * box["height"] - (box["height"] - natural[1] / scale) / 2) * scale
+        expected = planes.to_voxel("axial", x_px, y_px, before)
+        point = tuple(int(v) - 1 for v in POINT.search(clicked).groups())  # the caption names the new point
         page.wait_for_function("([s, v]) => document.querySelector(s).value === v",
-                               arg=[f"{SLIDERS['sagittal']} input[type=number]", str(expected[2] + 1)])
-        assert point_of(page) == expected
+                               arg=[f"{SLIDERS['sagittal']} input[type=number]", str(point[2] + 1)])
+        assert point_of(page) == point, "the scrubbers follow the click"
+        # the same slice; row and column within one voxel (the browser rounds the click to whole pixels)
+        assert point[0] == expected[0] and np.abs(np.subtract(point, expected)).max() <= 1, (point, expected)
         for plane in ("coronal", "sagittal"):
-            x, y = planes.to_pixel(plane, expected)
+            x, y = planes.to_pixel(plane, point)
             rgb = plane_pixels(page, plane)
             green = (rgb == (0, 214, 80)).all(axis=-1)
             assert green[:, x].sum() > rgb.shape[0] // 2 and green[y, :].sum() > rgb.shape[1] // 2, plane
@@ -132,7 +142,8 @@ def test_three_linked_grayscale_planes_3d_view_and_report(server: DemoServer, tm
         page.wait_for_function("() => document.querySelector('#volume-3d canvas') !== null")
         assert meshes, "the 3D view loaded no .glb"
         glb = tmp_path / "view.glb"
-        glb.write_bytes(page.request.get(meshes[-1]).body())
+        glb_url = meshes[-1]
+        glb.write_bytes(page.request.get(glb_url).body())
         loaded = mesh.load_meshes(glb)
         assert mesh.mesh_volume_ml(loaded["prediction"]) == pytest.approx(volume_ml, rel=0.02)
         assert {"truth", "head"} <= set(loaded)
@@ -159,6 +170,10 @@ def test_three_linked_grayscale_planes_3d_view_and_report(server: DemoServer, tm
         stricter = wait_changed(page, "#volume-card", card)
         timings["threshold_release_s"] = time.perf_counter() - started
         assert float(VOLUME.search(stricter).group(1)) <= volume_ml
+        # the files follow in a chained step: the old ones are gone at once, the new 3D view and report come after
+        page.locator("#volume-report-pdf [data-testid=download-link]").first.wait_for()
+        timings["threshold_files_s"] = time.perf_counter() - started
+        assert meshes[-1] != glb_url, "the 3D view at the new threshold"
         page.locator("#volume-card").scroll_into_view_if_needed()
         shoot(page, "4_threshold")
     ARTIFACTS.mkdir(exist_ok=True)
