@@ -69,7 +69,7 @@ class ResultCard:
             head = f"### Tumor: {self.tumor_voxels:,} voxels"
         else:
             low, high = self.volume_range_ml or (self.volume_ml, self.volume_ml)
-            head = f"### Tumor volume: {self.volume_ml:.2f} mL (range {low:.2f}–{high:.2f} mL)"
+            head = f"### Tumor volume: {self.volume_ml:.2f} mL ({low:.2f}–{high:.2f} mL at thresholds 0.7–0.3)"
         box = "—" if self.bbox_mm is None else " × ".join(f"{v:.0f}" for v in self.bbox_mm) + " mm (S-I × A-P × R-L)"
         lines = [head, f"**{self.slices_with_tumor}** of {self.n_slices} slices with tumor · side: "
                  f"**{self.laterality}** · extent {box}"]
