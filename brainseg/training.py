@@ -202,8 +202,9 @@ class Teacher:
     """A trained model whose probabilities are soft targets (``TrainConfig.distill_from``).
 
     Its logits are shifted by the logit of its tuned threshold, so a teacher probability of 0.5 is exactly its
-    decision boundary (routed models already do this inside and carry threshold 0.5). Flip TTA is switched off
-    inside it: it would double the teacher's cost for a small change in the targets.
+    decision boundary. It runs one forward pass (no flip TTA, whatever its config says: that would double its cost
+    for a small change in the targets). The bundled default was distilled from the routed pair of commit f58f376,
+    whose router carried threshold 0.5 and shifted each member by its own threshold inside.
     """
 
     network: nn.Module
@@ -212,9 +213,6 @@ class Teacher:
     @classmethod
     def load(cls, source: str, device: torch.device) -> "Teacher":
         config, network = load_model(resolve_model(source))
-        for module in network.modules():
-            if hasattr(module, "flip_tta") and not isinstance(module.flip_tta, bool):
-                module.flip_tta = tuple(False for _ in module.flip_tta)
         network = place_model(network, device).eval()
         for parameter in network.parameters():
             parameter.requires_grad_(False)
