@@ -24,16 +24,8 @@ from .card import CALIBRATION_KEY, calibration_line
 from .config import ModelConfig
 from .external import DEFAULT_TRUTH_GLOBS
 from .fileio import atomic_write_text
-from .volume import VolumePrediction, predict_patient_folder, predict_volume
-from .volume_io import (
-    SubjectInputs,
-    VolumeError,
-    find_subjects,
-    is_patient_folder,
-    load_label_volume,
-    load_patient_folder,
-    load_volume,
-)
+from .volume import VolumePrediction, is_patient_folder_input, predict_subject
+from .volume_io import SubjectInputs, VolumeError, find_subjects
 
 MIN_SCANS = 3  # labelled scans below which leave-one-out cannot say anything
 DEFAULT_MIN_GAIN = 0.01  # leave-one-out mean 3D Dice gain below which the model is kept as it is
@@ -173,10 +165,10 @@ def find_scans(folder: str | Path, truth_glob: str | None = None) -> list[Subjec
             if truth_glob:
                 raise
             continue
-        if all(s.truth is not None or _is_patient_folder(s) for s in subjects):
+        if all(s.truth is not None or is_patient_folder_input(s) for s in subjects):
             _check_count(len(subjects), folder)
             return subjects
-    missing = [s.name for s in find_subjects([folder]) if not _is_patient_folder(s)]
+    missing = [s.name for s in find_subjects([folder]) if not is_patient_folder_input(s)]
     raise CalibrationError(f"{folder}: no label file found for every scan ({', '.join(missing)}): calibration needs "
                            "labelled scans, one folder per scan holding its FLAIR and one label NIfTI (labels > 0 = "
                            f"tumor); name the label file with --truth-glob (tried {' / '.join(patterns)})")
@@ -188,23 +180,13 @@ def _check_count(n: int, folder: Path) -> None:
                                f"{MIN_SCANS} (5-10 is better), so that leave-one-out can say whether it helps")
 
 
-def _is_patient_folder(subject: SubjectInputs) -> bool:
-    return subject.flair.is_dir() and is_patient_folder(subject.flair)
-
-
 def predict_scan(segmenter, subject: SubjectInputs, flair_only: bool = False) -> tuple[VolumePrediction, np.ndarray]:
     """One scan's prediction (the model run once) and its ground truth on the input grid."""
-    if _is_patient_folder(subject):
-        patient = load_patient_folder(subject.flair)
-        if patient.truth is None:
-            raise CalibrationError(f"{subject.name}: a patient folder without a *_mask.tif for every slice is not "
-                                   "labelled: calibration needs labelled scans")
-        return predict_patient_folder(segmenter, patient, flair_only=flair_only), patient.truth
-    flair = load_volume(subject.flair)
-    truth = load_label_volume(subject.truth, flair)
-    t1 = None if flair_only or subject.t1 is None else load_volume(subject.t1)
-    t1ce = None if flair_only or subject.t1ce is None else load_volume(subject.t1ce)
-    return predict_volume(segmenter, flair, t1, t1ce), truth
+    run = predict_subject(segmenter, subject, flair_only=flair_only)
+    if run.truth is None:
+        raise CalibrationError(f"{subject.name}: a patient folder without a *_mask.tif for every slice is not "
+                               "labelled: calibration needs labelled scans")
+    return run.prediction, run.truth
 
 
 def scan_tables(segmenter, subjects: Sequence[SubjectInputs], grid: Grid, *, flair_only: bool = False,

@@ -26,15 +26,8 @@ from .hub import ResolvedModel
 from .inference import Segmenter
 from .intensity import DEFAULT_RULE
 from .planes import grayscale
-from .volume import (
-    VolumePrediction,
-    evaluate_volume,
-    head_mask,
-    predict_patient_folder,
-    predict_volume,
-    save_mask,
-)
-from .volume_io import is_patient_folder, load_label_volume, load_patient_folder, load_volume
+from .volume import VolumePrediction, evaluate_volume, head_mask, predict_subject, save_mask
+from .volume_io import SubjectInputs, is_patient_folder
 
 
 @dataclass(frozen=True)
@@ -101,20 +94,13 @@ class ScanWorker:
         return row
 
     def _segment(self, scan: Scan) -> dict:
-        flair_path, settings = Path(scan.flair), self.settings
-        flair_data, truth = None, None
-        if flair_path.is_dir() and is_patient_folder(flair_path):
-            patient = load_patient_folder(flair_path)
-            prediction = predict_patient_folder(self.segmenter, patient, flair_only=settings.flair_only)
-            truth = patient.truth
-        else:
-            flair = load_volume(flair_path)
-            t1 = None if settings.flair_only or not scan.t1 else load_volume(scan.t1)
-            t1ce = None if settings.flair_only or not scan.t1ce else load_volume(scan.t1ce)
-            truth = None if not scan.truth else load_label_volume(scan.truth, flair)
-            prediction = predict_volume(self.segmenter, flair, t1, t1ce, crop=settings.crop,
-                                        intensity=settings.intensity)
-            flair_data = flair.data
+        settings = self.settings
+        subject = SubjectInputs(scan.name, Path(scan.flair), *(Path(p) if p else None for p in
+                                                               (scan.t1, scan.t1ce, scan.truth)))
+        run = predict_subject(self.segmenter, subject, flair_only=settings.flair_only, crop=settings.crop,
+                              intensity=settings.intensity)
+        prediction, truth = run.prediction, run.truth
+        flair_data = None if run.flair is None else run.flair.data
         written = save_mask(prediction, str(mask_path(settings, scan)), settings.threshold)
         numbers = describe(prediction, settings.threshold, flair_data)
         numbers["mask"] = str(written[0]) if len(written) == 1 else str(mask_path(settings, scan))

@@ -21,16 +21,8 @@ from .fileio import atomic_write_text
 from .hub import DEFAULT_MODEL_NAME, UNET_MODEL_NAME, ModelLoadError
 from .inference import Segmenter
 from .intensity import DEFAULT_RULE, RULES
-from .volume import VolumePrediction, evaluate_volume, predict_patient_folder, predict_volume, save_mask
-from .volume_io import (
-    SubjectInputs,
-    VolumeError,
-    find_subjects,
-    is_patient_folder,
-    load_label_volume,
-    load_patient_folder,
-    load_volume,
-)
+from .volume import VolumePrediction, evaluate_volume, is_patient_folder_input, predict_subject, save_mask
+from .volume_io import SubjectInputs, VolumeError, find_subjects
 
 USER_ERRORS = (VolumeError, ModelLoadError, BackendError, OSError)
 
@@ -138,17 +130,12 @@ def _run(args: argparse.Namespace) -> int:
 def outside_scan_hint(segmenter: Segmenter, subjects: list[SubjectInputs]) -> str | None:
     """A note when the bundled U-Net alone (trained on whole-head LGG slices) is about to segment scans (NIfTI,
     DICOM) rather than Kaggle patient folders: the default model was trained for such scans."""
-    scans = [s for s in subjects if not _is_patient_folder_input(s)]
+    scans = [s for s in subjects if not is_patient_folder_input(s)]
     if segmenter.source != f"bundled {UNET_MODEL_NAME}" or not scans:
         return None
     return (f"note: the {UNET_MODEL_NAME} model learned whole-head LGG slices; for skull-stripped or FLAIR-only scans "
             f"from other hospitals, the default model ({DEFAULT_MODEL_NAME}, trained for every input form) segments "
             "better (docs/generalization.md)")
-
-
-def _is_patient_folder_input(subject: SubjectInputs) -> bool:
-    """A Kaggle patient folder (3-channel slices with masks) rather than a scan (NIfTI, DICOM)."""
-    return subject.flair.is_dir() and is_patient_folder(subject.flair)
 
 
 def _unique(name: str, used: set[str]) -> str:
@@ -170,22 +157,14 @@ def _run_subject(segmenter: Segmenter, subject: SubjectInputs, name: str, args: 
         bars[0].refresh()
 
     try:
-        if _is_patient_folder_input(subject):
-            if subject.t1 or subject.t1ce or subject.truth:
-                raise VolumeError(f"{subject.flair.name} is a Kaggle patient folder: its slices hold all three "
-                                  "channels and its *_mask.tif files the ground truth (no --t1/--t1ce/--truth)")
-            patient = load_patient_folder(subject.flair)
-            prediction = predict_patient_folder(segmenter, patient, flair_only=args.flair_only, progress=progress)
-            truth = patient.truth
-            written = save_mask(prediction, str(args.out / name), args.threshold)
-        else:
-            flair = load_volume(subject.flair)
-            t1 = None if args.flair_only or subject.t1 is None else load_volume(subject.t1)
-            t1ce = None if args.flair_only or subject.t1ce is None else load_volume(subject.t1ce)
-            truth = None if subject.truth is None else load_label_volume(subject.truth, flair)
-            prediction = predict_volume(segmenter, flair, t1, t1ce, crop=not args.no_crop, progress=progress,
-                                        intensity=args.intensity)
-            written = save_mask(prediction, str(args.out / f"{name}_mask.nii.gz"), args.threshold)
+        if is_patient_folder_input(subject) and (subject.t1 or subject.t1ce or subject.truth):
+            raise VolumeError(f"{subject.flair.name} is a Kaggle patient folder: its slices hold all three "
+                              "channels and its *_mask.tif files the ground truth (no --t1/--t1ce/--truth)")
+        run = predict_subject(segmenter, subject, flair_only=args.flair_only, crop=not args.no_crop,
+                              intensity=args.intensity, progress=progress)
+        prediction, truth = run.prediction, run.truth
+        mask_name = name if run.flair is None else f"{name}_mask.nii.gz"
+        written = save_mask(prediction, str(args.out / mask_name), args.threshold)
     finally:
         for bar in bars:
             bar.close()

@@ -45,7 +45,19 @@ from .intensity import (  # noqa: F401  (HIGH_LEVEL, to_uint8_channel: the "perc
 )
 from .metrics import dice_score
 from .postprocess import binarize
-from .volume_io import PatientSlices, Volume, VolumeError, check_same_grid, save_nifti_mask, save_png_masks
+from .volume_io import (
+    PatientSlices,
+    SubjectInputs,
+    Volume,
+    VolumeError,
+    check_same_grid,
+    is_patient_folder,
+    load_label_volume,
+    load_patient_folder,
+    load_volume,
+    save_nifti_mask,
+    save_png_masks,
+)
 
 PRESENTED_AXES = ("S", "P", "L")  # presented array axes: slice (inferior -> superior), row (-> posterior), column
 PRESENTED_ORNT = axcodes2ornt(PRESENTED_AXES)
@@ -366,6 +378,37 @@ def predict_patient_folder(segmenter, patient: PatientSlices, *, flair_only: boo
         threshold=segmenter.config.threshold, min_component_px=segmenter.config.min_component_px, box=box,
         channels=("flair",) * 3 if flair_only else ("t1", "flair", "t1ce"), model=model, revision=revision,
         seconds=time.perf_counter() - started, slices_run=int(run.sum()), slice_names=patient.slice_names)
+
+
+@dataclass(frozen=True)
+class SubjectRun:
+    """One subject through the model: the prediction, its ground truth on the input grid (None without one) and,
+    for a scan, its FLAIR volume (None for a Kaggle patient folder)."""
+
+    prediction: VolumePrediction
+    truth: np.ndarray | None
+    flair: Volume | None
+
+
+def is_patient_folder_input(subject: SubjectInputs) -> bool:
+    """A Kaggle patient folder (3-channel slices with masks) rather than a scan (NIfTI, DICOM)."""
+    return subject.flair.is_dir() and is_patient_folder(subject.flair)
+
+
+def predict_subject(segmenter, subject: SubjectInputs, *, flair_only: bool = False, crop: bool = True,
+                    intensity: str = DEFAULT_RULE, progress: Progress | None = None) -> SubjectRun:
+    """Read one subject (a Kaggle patient folder, or a FLAIR scan with its optional T1 / T1c / truth files) and run
+    ``segmenter`` over it: the one path for ``brainseg.predict``, cohorts and calibration."""
+    if is_patient_folder_input(subject):
+        patient = load_patient_folder(subject.flair)
+        prediction = predict_patient_folder(segmenter, patient, flair_only=flair_only, progress=progress)
+        return SubjectRun(prediction, patient.truth, None)
+    flair = load_volume(subject.flair)
+    t1 = None if flair_only or subject.t1 is None else load_volume(subject.t1)
+    t1ce = None if flair_only or subject.t1ce is None else load_volume(subject.t1ce)
+    truth = None if subject.truth is None else load_label_volume(subject.truth, flair)
+    prediction = predict_volume(segmenter, flair, t1, t1ce, crop=crop, progress=progress, intensity=intensity)
+    return SubjectRun(prediction, truth, flair)
 
 
 def evaluate_volume(prediction: VolumePrediction, truth: np.ndarray, threshold: float | None = None) -> VolumeScore:
