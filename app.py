@@ -2,10 +2,10 @@
 
     python app.py [--host 0.0.0.0] [--port 7860] [--share] [--model FOLDER] [--data-dir PATH]
 
-Only UI wiring lives here; decoding is in ``brainseg.imaging``, the model in ``brainseg.inference``,
-drawing and the numbers in ``brainseg.overlay`` and dataset browsing in ``brainseg.gallery``; the browser
+Only UI wiring lives here; decoding is in ``brainseg.io.slices``, the model in ``brainseg.inference.segmenter``,
+drawing and the numbers in ``brainseg.views.overlay`` and dataset browsing in ``brainseg.app.gallery``; the browser
 redraws the overlay itself while the threshold slider moves (``assets/app/threshold.js``). The Volume tab
-runs ``brainseg.volume`` over a whole scan; its views, plot and GIF come from ``brainseg.volume_export``.
+runs ``brainseg.inference.volume`` over a whole scan; its views, plot and GIF come from ``brainseg.views.volume_export``.
 """
 from __future__ import annotations
 
@@ -26,15 +26,20 @@ import gradio as gr
 import numpy as np
 
 import brainseg
-from brainseg import Segmenter, volume_export
-from brainseg.backends import BACKENDS, BackendError
-from brainseg.card import calibration_line
+from brainseg import Segmenter
+from brainseg.app.gallery import DatasetIndex, curated_examples, largest_tumor_position
 from brainseg.config import UNET, ModelConfig
-from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position
-from brainseg.hub import BUNDLED_LABEL, DEFAULT_MODEL_NAME, ModelLoadError, model_arg_from_env
-from brainseg.imaging import decode_image, encode_png, inspect_mask, save_png, slice_notes
-from brainseg.metrics import dice_score
-from brainseg.overlay import (
+from brainseg.evaluation.metrics import dice_score
+from brainseg.inference.backends import BACKENDS, BackendError
+from brainseg.inference.quality import flags_markdown
+from brainseg.inference.volume import predict_volume, save_mask
+from brainseg.io.hub import BUNDLED_LABEL, DEFAULT_MODEL_NAME, ModelLoadError, model_arg_from_env
+from brainseg.io.slices import decode_image, encode_png, inspect_mask, save_png, slice_notes
+from brainseg.io.volumes import VolumeError, load_volume, subject_name
+from brainseg.publishing.card import calibration_line
+from brainseg.publishing.space import SpaceConfig
+from brainseg.views import volume_export
+from brainseg.views.overlay import (
     FILL_ALPHA,
     PREDICTION_COLOUR,
     contour_offsets,
@@ -46,13 +51,9 @@ from brainseg.overlay import (
     tint_table,
     truth_overlay,
 )
-from brainseg.planes import SEQUENCES, gray_slice
-from brainseg.quality import flags_markdown
-from brainseg.report import ResultCard
-from brainseg.space import SpaceConfig
-from brainseg.volume import predict_volume, save_mask
-from brainseg.volume_io import VolumeError, load_volume, subject_name
-from brainseg.volume_view import VolumeSession
+from brainseg.views.planes import SEQUENCES, gray_slice
+from brainseg.views.report import ResultCard
+from brainseg.views.volume_view import VolumeSession
 
 DATA_DIR_ENV = "BRAINSEG_DATA_DIR"
 # fp32: bf16 autocast does not keep the test-set masks equal to fp32 at threshold 0.5 (it flips
@@ -291,7 +292,7 @@ EXTERNAL_COLUMN = "other hospitals: 3D Dice, all sequences / FLAIR only"
 
 
 def external_cell(metrics: dict) -> str:
-    """A model's mean 3D Dice on the external scans it was measured on (``train.evaluate --external``)."""
+    """A model's mean 3D Dice on the external scans it was measured on (``brainseg.cli.evaluate --external``)."""
     means = (metrics.get("external") or {}).get("mean_dice") or {}
     if not all(isinstance(means.get(key), (int, float)) for key in ("all channels", "flair only")):
         return "not measured"
@@ -318,7 +319,7 @@ def bundled_metrics_table(folders: Mapping[str, Path]) -> str:
         rows.append(f"| `{name}` | {' | '.join(cells)} | {external_cell(metrics)} |")
     patients = {metrics.get("n_patients") for metrics in recorded.values() if metrics}
     held_out = f"{patients.pop()} held-out patients" if len(patients) == 1 else "held-out patients"
-    return (f"**Bundled models on the {held_out}** (`python -m train.evaluate`), and their mean 3D Dice on "
+    return (f"**Bundled models on the {held_out}** (`brainseg evaluate`), and their mean 3D Dice on "
             "skull-stripped scans from other hospitals (`--external`: measured there, never trained or tuned "
             "on them):\n\n" + "\n".join(rows))
 
@@ -1090,7 +1091,7 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None, model_n
 
 def started_model_arg(arg: str | None, folder: Path = Path(__file__).resolve().parent) -> str | None:
     """``--model``; else None when ``$BRAINSEG_MODEL`` is set (load_segmenter reads it); else the model a Space
-    export names in ``space_config.json`` (``python -m brainseg.space``); else None: the bundled default."""
+    export names in ``space_config.json`` (``brainseg space``); else None: the bundled default."""
     if arg or model_arg_from_env():
         return arg
     return SpaceConfig.load(folder).model

@@ -3,7 +3,7 @@
     python -m benchmarks.adabn --model unet-generalist --scans ../shared/data/external-brats2013 \
         --truth-glob 'OTMultiClass*' [--flair-only] [--json out.json]
 
-For each labelled scan: the volume pipeline as ``python -m brainseg.predict`` runs it (3D Dice at the model's own
+For each labelled scan: the volume pipeline as ``brainseg predict`` runs it (3D Dice at the model's own
 threshold), then again after every BatchNorm layer's running mean and variance were replaced by the statistics of
 this scan's own model-input slices (the slices that hold head, cropped and resized as the pipeline shows them;
 flip TTA's mirrored slices included when the model uses it). No label is used for the adaptation; the labels only
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainseg.calibration import find_scans, predict_scan
-from brainseg.inference import Segmenter
-from brainseg.transforms import uint8_batch_to_input
-from brainseg.volume import evaluate_volume
+from brainseg.calibration.fit import find_scans, predict_scan
+from brainseg.evaluation.volumes import evaluate_volume
+from brainseg.inference.preprocess import uint8_batch_to_input
+from brainseg.inference.segmenter import Segmenter
 
 
 def adapted(segmenter: Segmenter, slices: np.ndarray, batch_size: int = 16) -> Segmenter:

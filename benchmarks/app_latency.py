@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainseg.data import scan_dataset
+from brainseg.io.dataset import scan_dataset
 from tests.demo_server import REPO, DemoServer
 
 
@@ -138,8 +138,8 @@ def in_process(slices: list[tuple[Path, Path]], precision: str, model: str | Non
 
 
 def _steps(segmenter, slices: list[tuple[Path, Path]]) -> dict[str, dict[str, float]]:
-    from brainseg.imaging import decode_image, encode_png
-    from brainseg.overlay import probability_heatmap, render_views
+    from brainseg.io.slices import decode_image, encode_png
+    from brainseg.views.overlay import probability_heatmap, render_views
 
     # threshold_redraw: mask + overlay drawn and PNG-encoded, what one threshold change costs the server
     steps: dict[str, list[float]] = {"decode": [], "model": [], "heatmap": [], "threshold_redraw": []}
@@ -249,7 +249,7 @@ def browser_latency(url: str, image: Path, moves: int = 40, chromium: str = CHRO
 def pick_slices(data_dir: str | Path, count: int) -> tuple[list[tuple[Path, Path]], Path]:
     """``count`` slices spread over the folder's patients, and the one with the largest ground-truth mask
     (what the browser drags over: every threshold step changes its overlay)."""
-    from brainseg.data import read_mask
+    from brainseg.io.dataset import read_mask
 
     records = [r for p in scan_dataset(data_dir) for r in p.slices if r.mask_path]
     chosen = records[:: max(1, len(records) // count)][:count]

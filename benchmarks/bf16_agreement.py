@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from brainseg import Segmenter
-from brainseg.data import load_slices, scan_dataset
-from brainseg.postprocess import binarize
+from brainseg.inference.postprocess import binarize
+from brainseg.io.dataset import load_slices, scan_dataset
 
 
 def per_slice_ms(segmenter: Segmenter, images: np.ndarray, n: int) -> float:

@@ -1,10 +1,10 @@
-"""Cohort throughput: the same 20 scans through ``brainseg.predict`` with 1 process, N processes and Ray.
+"""Cohort throughput: the same 20 scans through ``brainseg predict`` with 1 process, N processes and Ray.
 
     python benchmarks/cohort_speed.py [--scans ../shared/data/external-brats2013] [--copies 4] [--model unet]
         [--runs local:1,local:2,ray:2] [--table-rows 10000]
 
 The scans are the BRATS 2013 subject folders (FLAIR + T1c, each listed ``--copies`` times under its own name, so
-5 x 4 = 20 scans of real size). Each configuration is one fresh ``python -m brainseg.predict --manifest`` process
+5 x 4 = 20 scans of real size). Each configuration is one fresh ``brainseg predict --manifest`` process
 into its own output folder, timed from start to exit (imports, model loads, Ray start-up included), with the peak
 resident memory of its whole process tree (Ray's own processes included) sampled every 0.2 s. A one-scan run first
 fills the ONNX cache so no configuration pays the export. Also times one results-table rewrite at ``--table-rows``
@@ -26,7 +26,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from brainseg.cohort import COLUMNS, ResultsTable  # noqa: E402
+from brainseg.cohort.runner import COLUMNS, ResultsTable  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 
@@ -57,7 +57,7 @@ def tree_rss(process: psutil.Process) -> int:
 
 
 def run(manifest: Path, out: Path, model: str, engine: str, workers: int) -> dict:
-    command = [sys.executable, "-m", "brainseg.predict", "--manifest", str(manifest), "--out", str(out),
+    command = [sys.executable, "-m", "brainseg.cli.predict", "--manifest", str(manifest), "--out", str(out),
                "--model", model, "--engine", engine, "--workers", str(workers), "--quiet"]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

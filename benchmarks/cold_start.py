@@ -42,7 +42,7 @@ SEGMENTER = """
 import time
 t0 = time.perf_counter()
 from brainseg import Segmenter
-from brainseg.imaging import decode_image
+from brainseg.io.slices import decode_image
 t_import = time.perf_counter()
 segmenter = Segmenter.from_pretrained(None, device="cpu", backend={backend!r})
 backend = segmenter.backend
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
-    from brainseg.backends import ensure_onnx
-    from brainseg.inference import Segmenter
+    from brainseg.inference.backends import ensure_onnx
+    from brainseg.inference.segmenter import Segmenter
 
     warm = Segmenter.from_pretrained(None, device="cpu", backend="torch")
     graph = str(ensure_onnx(REPO / "assets" / "model", warm.model, warm.config.input_size))

@@ -5,7 +5,7 @@
 
 Per slice: one 256x256 held-out slice through each model's ONNX Runtime graph (what ``--backend auto`` runs on the
 CPU), median of ``-n`` after warm-up, the two models taking turns so both see the same load. Per volume:
-``python -m brainseg.predict SCAN`` in a fresh process per call (read, 155 slices, write the mask), the two
+``brainseg predict SCAN`` in a fresh process per call (read, 155 slices, write the mask), the two
 models alternating ``--rounds`` times; the median wall time and the largest peak RSS (the process's own
 ``ru_maxrss``) per model. Prints one Markdown table; compare the ratio, not the times.
 """
@@ -26,11 +26,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from brainseg.backends import OnnxRunner, ensure_onnx  # noqa: E402
-from brainseg.data import load_slices, scan_dataset  # noqa: E402
-from brainseg.hub import DEFAULT_MODEL_NAME, resolve_model  # noqa: E402
-from brainseg.inference import load_model  # noqa: E402
-from brainseg.transforms import preprocess  # noqa: E402
+from brainseg.inference.backends import OnnxRunner, ensure_onnx  # noqa: E402
+from brainseg.inference.preprocess import preprocess  # noqa: E402
+from brainseg.inference.segmenter import load_model  # noqa: E402
+from brainseg.io.dataset import load_slices, scan_dataset  # noqa: E402
+from brainseg.io.hub import DEFAULT_MODEL_NAME, resolve_model  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 
@@ -57,14 +57,14 @@ def per_slice_ms(names: list[str], batch: torch.Tensor, repeats: int, cache: Pat
 
 
 def predict_scan(name: str, scan: Path, out: Path) -> tuple[float, float]:
-    """Seconds and peak RSS (MB) of ``python -m brainseg.predict SCAN --model NAME`` in its own process."""
+    """Seconds and peak RSS (MB) of ``brainseg predict SCAN --model NAME`` in its own process."""
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "brainseg.predict", str(scan), "--out", str(out),
+    process = subprocess.Popen([sys.executable, "-m", "brainseg.cli.predict", str(scan), "--out", str(out),
                                 "--model", name, "--quiet"], cwd=REPO, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"brainseg.predict --model {name} failed on {scan}")
+        raise SystemExit(f"brainseg.cli.predict --model {name} failed on {scan}")
     return seconds, usage.ru_maxrss / 1024
 
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     volume = per_volume(names, args.scan, args.rounds)
     base = names[1]
     print(f"threads {torch.get_num_threads()}, scan {args.scan.name}, {args.rounds} rounds\n")
-    print("| model | forward, 1 slice (ONNX Runtime) | ratio | brainseg.predict, whole scan | ratio | peak RSS |")
+    print("| model | forward, 1 slice (ONNX Runtime) | ratio | brainseg.cli.predict, whole scan | ratio | peak RSS |")
     print("|---|---|---|---|---|---|")
     for name in names:
         seconds, rss = volume[name]

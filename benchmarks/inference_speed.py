@@ -32,14 +32,14 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from brainseg.backends import AUTO_TOLERANCE, OnnxRunner, ensure_onnx  # noqa: E402
 from brainseg.config import ModelConfig  # noqa: E402
 from brainseg.cpu import CpuInfo, read_cpu_info  # noqa: E402
-from brainseg.data import load_slices, scan_dataset  # noqa: E402
-from brainseg.hub import ResolvedModel, resolve_model  # noqa: E402
-from brainseg.inference import load_model  # noqa: E402
-from brainseg.postprocess import binarize  # noqa: E402
-from brainseg.transforms import uint8_batch_to_input  # noqa: E402
+from brainseg.inference.backends import AUTO_TOLERANCE, OnnxRunner, ensure_onnx  # noqa: E402
+from brainseg.inference.postprocess import binarize  # noqa: E402
+from brainseg.inference.preprocess import uint8_batch_to_input  # noqa: E402
+from brainseg.inference.segmenter import load_model  # noqa: E402
+from brainseg.io.dataset import load_slices, scan_dataset  # noqa: E402
+from brainseg.io.hub import ResolvedModel, resolve_model  # noqa: E402
 
 VOLUME_SLICES = 155
 Forward = Callable[[torch.Tensor], torch.Tensor]

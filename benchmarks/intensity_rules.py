@@ -1,10 +1,10 @@
-"""Compare the intensity rules of ``brainseg.intensity`` on the validation patients as volumes, in every input form.
+"""Compare the intensity rules of ``brainseg.inference.intensity`` on the validation patients as volumes, in every input form.
 
     python -m benchmarks.intensity_rules --data-dir $DATA --model unet-generalist \
         --json /tmp/intensity_rules.json
 
 Each validation patient of ``make_split(DATA, "patient", 0.1, 2026)`` (never a test or external one) is put in
-each form of ``brainseg.forms`` (as is, skull-stripped, FLAIR only, FLAIR + T1c, half frame = a small brain in
+each form of ``brainseg.evaluation.forms`` (as is, skull-stripped, FLAIR only, FLAIR + T1c, half frame = a small brain in
 the frame, skull-stripped FLAIR only), made into in-memory volumes on a 0.9 x 0.9 x 2.5 mm RAS grid (as
 ``benchmarks.lgg_as_volumes``: a form without T1 / T1c gives only the channels it has) and run through
 ``predict_volume`` once per rule; the score is the 3D Dice per patient and its mean per form and rule.
@@ -22,11 +22,12 @@ import numpy as np
 
 from benchmarks.lgg_as_volumes import AFFINE, ras_from_presented
 from brainseg import Segmenter
-from brainseg.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, load_slices, make_split
-from brainseg.forms import SELECTION_FORMS, present
-from brainseg.intensity import RULES
-from brainseg.volume import evaluate_volume, predict_volume
-from brainseg.volume_io import Volume
+from brainseg.evaluation.forms import SELECTION_FORMS, present
+from brainseg.evaluation.volumes import evaluate_volume
+from brainseg.inference.intensity import RULES
+from brainseg.inference.volume import predict_volume
+from brainseg.io.dataset import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, load_slices, make_split
+from brainseg.io.volumes import Volume
 
 FORMS = (*SELECTION_FORMS, "stripped_flair_only")
 FLAIR_ALONE = ("flair_only", "stripped_flair_only")  # forms whose T1 / T1c are the FLAIR: only a FLAIR volume

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from brainseg.intensity import RULES, Standardizer, head_mask
+from brainseg.inference.intensity import RULES, Standardizer, head_mask
 
 SHAPE = (155, 240, 240)  # presented (Z, R, C)
 

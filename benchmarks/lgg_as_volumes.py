@@ -1,12 +1,12 @@
 """Write Kaggle LGG patient folders as NIfTI subjects, to measure the whole-volume pipeline on them.
 
     python -m benchmarks.lgg_as_volumes --data-dir ../shared/data/lgg-test --out /tmp/lgg-nifti
-    python -m brainseg.predict /tmp/lgg-nifti --truth-glob 'truth*' --out /tmp/lgg-masks --json lgg.json
+    brainseg predict /tmp/lgg-nifti --truth-glob 'truth*' --out /tmp/lgg-masks --json lgg.json
 
 Each patient becomes ``OUT/<patient>/{flair,t1,t1ce,truth}.nii.gz``: the slices' three channels
 (pre-contrast T1, FLAIR, post-contrast T1) and the mask as 256 x 256 x N volumes on an RAS grid of
 0.9 x 0.9 x 2.5 mm (the slices carry no spacing; the pipeline's framing is in mm, so only the in-plane
-aspect matters). ``brainseg.predict`` then reorients, frames, windows and segments them like any scan.
+aspect matters). ``brainseg predict`` then reorients, frames, windows and segments them like any scan.
 Write OUT outside the repository: these are dataset files.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from brainseg.data import load_slices, scan_dataset
+from brainseg.io.dataset import load_slices, scan_dataset
 
 AFFINE = np.diag([0.9, 0.9, 2.5, 1.0])
 CHANNELS = {"t1": 0, "flair": 1, "t1ce": 2}

@@ -1,5 +1,5 @@
 """Cold start of the exported Space, as a Space starts: fresh venv, ``pip install -r requirements.txt`` only, then
-``python app.py`` in the folder ``python -m brainseg.space export`` wrote.
+``python app.py`` in the folder ``brainseg space export`` wrote.
 
     python -m benchmarks.space_cold_start [--model NAME] [--sources bundled hub] [--venv PATH] [--json out.json]
 
@@ -27,8 +27,8 @@ from demo_server import free_port  # noqa: E402
 from hub_standin import FakeHub  # noqa: E402
 from space_standin import cold_start, space_venv, write_test_scan  # noqa: E402
 
-from brainseg.hub import DEFAULT_MODEL_NAME, bundled_models  # noqa: E402
-from brainseg.space import export_space  # noqa: E402
+from brainseg.io.hub import DEFAULT_MODEL_NAME, bundled_models  # noqa: E402
+from brainseg.publishing.space import export_space  # noqa: E402
 
 LGG_TEST_DIR = REPO.parent / "shared" / "data" / "lgg-test"
 PATIENT = "TCGA_HT_8114_19981030"  # 22 slices, a large tumor

@@ -1,4 +1,4 @@
-"""End-to-end time of one volume through ``python -m brainseg.predict`` and through the app's Volume tab,
+"""End-to-end time of one volume through ``brainseg predict`` and through the app's Volume tab,
 next to the single-slice forward time, all in one run.
 
     python -m benchmarks.volume_speed \
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from brainseg import Segmenter
-from brainseg.predict import main as predict_main
+from brainseg.cli.predict import main as predict_main
 
 
 def median_ms(call, n: int) -> float:

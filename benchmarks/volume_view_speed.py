@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 import app
-from brainseg import volume_export
-from brainseg.volume import save_mask
+from brainseg.inference.volume import save_mask
+from brainseg.views import volume_export
 
 THRESHOLDS = (0.4, 0.45, 0.55, 0.65, 0.7, 0.75, 0.8, 0.85)
 

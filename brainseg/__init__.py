@@ -1,6 +1,6 @@
 """brainseg: U-Net segmentation of FLAIR abnormality on brain-MRI slices (LGG)."""
-from .config import ModelConfig
-from .hub import ModelLoadError, bundled_models
-from .inference import Segmenter, load_segmenter
+from brainseg.config import ModelConfig
+from brainseg.inference.segmenter import Segmenter, load_segmenter
+from brainseg.io.hub import ModelLoadError, bundled_models
 
 __all__ = ["ModelConfig", "ModelLoadError", "Segmenter", "bundled_models", "load_segmenter"]

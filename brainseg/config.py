@@ -7,15 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fileio import atomic_write_text
+from brainseg.fileio import atomic_write_text
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-ONNX_FILE = "model.onnx"  # optional: the exported graph, stamped with the weights' sha256 (brainseg.backends)
+ONNX_FILE = "model.onnx"  # optional: the exported graph, stamped with the weights' sha256 (brainseg.inference.backends)
 CONFIG_VERSION = 1
-# Network architectures :func:`brainseg.model.build_model` can build; configs without ``arch`` are U-Nets.
+# Network architectures :func:`brainseg.models.unet.build_model` can build; configs without ``arch`` are U-Nets.
 # "unet": the article's U-Net, sized by ``base_channels`` and ``depth``. The others are Transformers of fixed size
-# (:mod:`brainseg.transformer`, built with segmentation-models-pytorch), which ignore ``base_channels`` and ``depth``.
+# (:mod:`brainseg.models.transformer`, built with segmentation-models-pytorch), which ignore ``base_channels`` and ``depth``.
 # (Ensembles and routed pairs of networks were removed: every model is one network, one forward per slice.)
 UNET = "unet"
 TRANSFORMER_ARCHITECTURES = ("segformer_mit_b0", "unet_mit_b0")

@@ -33,7 +33,7 @@ def require_test_data() -> Path:
 
 def largest_tumor_slice() -> tuple[Path, Path]:
     """(image, mask) paths of the test slice with the largest ground-truth mask."""
-    from brainseg.data import read_mask, scan_dataset
+    from brainseg.io.dataset import read_mask, scan_dataset
 
     records = [r for p in scan_dataset(require_test_data()) for r in p.slices if r.mask_path]
     best = max(records, key=lambda r: int(read_mask(r.mask_path).sum()))

@@ -1,4 +1,4 @@
-"""train.ablate end to end on a tiny budget: every variant trained, then scored on the held-out patients only."""
+"""brainseg.cli.ablate end to end on a tiny budget: every variant trained, then scored on the held-out patients only."""
 import json
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 from conftest import link_patient
 
-from brainseg.data import scan_dataset
+from brainseg.io.dataset import scan_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # trains and scores two variants through the CLI
 
@@ -28,7 +28,7 @@ def test_normalization_study_scores_each_variant_on_the_test_patients(lgg_test_d
     make_dataset(lgg_test_dir, data)
     out = tmp_path / "ablate"
     done = subprocess.run(
-        [sys.executable, "-m", "train.ablate", "--study", "normalization", "--data-dir", str(data),
+        [sys.executable, "-m", "brainseg.cli.ablate", "--study", "normalization", "--data-dir", str(data),
          "--out-dir", str(out), "--base-channels", "4", "--epochs", "1"],
         capture_output=True, text=True, timeout=600,
     )

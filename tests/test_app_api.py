@@ -12,8 +12,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from brainseg import Segmenter
-from brainseg.data import read_image, read_mask
-from brainseg.metrics import dice_score, iou_score
+from brainseg.evaluation.metrics import dice_score, iou_score
+from brainseg.io.dataset import read_image, read_mask
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 MASK, STATS, OVERLAY, HEATMAP, TRUTH, AGREEMENT, PAIR, SUMMARY = range(8)
@@ -136,7 +136,7 @@ def test_ground_truth_metrics_match_brainseg_metrics(client: Client, tumor_slice
 
 
 def test_empty_slice_with_ground_truth(client: Client) -> None:
-    from brainseg.data import scan_dataset
+    from brainseg.io.dataset import scan_dataset
 
     records = [r for p in scan_dataset(require_test_data()) for r in p.slices]
     empty = next(r for r in records if r.mask_path and not read_mask(r.mask_path).any())

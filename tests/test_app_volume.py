@@ -1,6 +1,6 @@
 """The Volume tab through the HTTP API: ``/segment_volume`` and ``/volume_threshold`` on app.py (127.0.0.1),
 driven with gradio_client on NIfTI / DICOM volumes built at run time from a held-out LGG patient, checked
-against ``python -m brainseg.predict`` on the same files; bad inputs; a slice request while volumes queue."""
+against ``brainseg predict`` on the same files; bad inputs; a slice request while volumes queue."""
 from __future__ import annotations
 
 import gzip
@@ -23,13 +23,14 @@ from PIL import Image
 from volume_synth import affine_of, lgg_patient, ras_from_presented, rotation, save_nifti, write_dicom_series
 
 import app
-from brainseg import ModelConfig, Segmenter, volume_export
-from brainseg.hub import BUNDLED_MODEL_DIR
-from brainseg.metrics import dice_score
-from brainseg.model import build_model
-from brainseg.planes import DISPLAY_SIDE
-from brainseg.predict import main as predict_main
-from brainseg.volume import Geometry
+from brainseg import ModelConfig, Segmenter
+from brainseg.cli.predict import main as predict_main
+from brainseg.evaluation.metrics import dice_score
+from brainseg.inference.volume import Geometry
+from brainseg.io.hub import BUNDLED_MODEL_DIR
+from brainseg.models.unet import build_model
+from brainseg.views import volume_export
+from brainseg.views.planes import DISPLAY_SIDE
 
 PATIENT = "TCGA_HT_8114_19981030"  # 22 slices, a large tumor
 SPACING = (0.9, 0.9, 2.5)
@@ -88,7 +89,7 @@ def segment_volume(client: Client, flair: Path, t1ce: Path | None = None, thresh
 
 
 def run_cli(tmp_path: Path, flair: Path, *extra: str) -> tuple[dict, np.ndarray]:
-    """``python -m brainseg.predict`` (in process) on ``flair``: its JSON numbers and its mask."""
+    """``brainseg predict`` (in process) on ``flair``: its JSON numbers and its mask."""
     out, report = tmp_path / "cli", tmp_path / "cli.json"
     assert predict_main([str(flair), *extra, "--out", str(out), "--json", str(report), "--quiet"]) == 0
     numbers = json.loads(report.read_text())

@@ -11,11 +11,11 @@ import tifffile
 
 import app
 import brainseg
+from brainseg.app.gallery import DatasetIndex, curated_examples, largest_tumor_position, mask_areas
 from brainseg.config import ModelConfig
-from brainseg.gallery import DatasetIndex, curated_examples, largest_tumor_position, mask_areas
-from brainseg.imaging import decode_image
-from brainseg.inference import Segmenter
-from brainseg.model import build_model
+from brainseg.inference.segmenter import Segmenter
+from brainseg.io.slices import decode_image
+from brainseg.models.unet import build_model
 
 TUMOR_PX = {2: 40, 3: 300, 4: 120}  # slice number -> square tumor area (others empty)
 

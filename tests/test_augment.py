@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from brainseg.augment import (
+from brainseg.inference.preprocess import random_affine_gamma
+from brainseg.training.augment import (
     FLAIR,
     random_acquisition,
     random_missing_channels,
     random_quarter_turns,
     random_skull_strip,
 )
-from brainseg.training import TrainConfig, TrainingData, make_batch
-from brainseg.transforms import random_affine_gamma
+from brainseg.training.loop import TrainConfig, TrainingData, make_batch
 
 
 def generator(seed: int = 0) -> torch.Generator:

@@ -12,7 +12,9 @@ import pytest
 import torch
 from conftest import link_patient
 
-from brainseg.backends import (
+from brainseg.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
+from brainseg.cpu import parse_cpuinfo, read_cpu_info
+from brainseg.inference.backends import (
     AUTO_TOLERANCE,
     ONNX_FILE,
     WEIGHTS_SHA_KEY,
@@ -26,15 +28,13 @@ from brainseg.backends import (
     save_onnx,
     select_backend,
 )
-from brainseg.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
-from brainseg.cpu import parse_cpuinfo, read_cpu_info
-from brainseg.data import load_slices, read_mask, scan_dataset
-from brainseg.hub import UNET_MODEL_DIR
-from brainseg.inference import Segmenter, choose_backend
-from brainseg.model import build_model
-from brainseg.postprocess import binarize
-from brainseg.transforms import uint8_batch_to_input
-from brainseg.weights import load_weights, save_weights
+from brainseg.inference.postprocess import binarize
+from brainseg.inference.preprocess import uint8_batch_to_input
+from brainseg.inference.segmenter import Segmenter, choose_backend
+from brainseg.io.dataset import load_slices, read_mask, scan_dataset
+from brainseg.io.hub import UNET_MODEL_DIR
+from brainseg.io.weights import load_weights, save_weights
+from brainseg.models.unet import build_model
 
 
 def load_folder(folder: Path) -> tuple[ModelConfig, torch.nn.Module]:
@@ -373,7 +373,7 @@ def test_a_model_built_in_memory_runs_in_pytorch_unless_onnx_is_asked_for() -> N
 
 @pytest.mark.slow
 def test_evaluate_cli_takes_the_backend_and_records_it(lgg_test_dir, onnx_cache, tmp_path, capsys) -> None:
-    from train.evaluate import main as evaluate
+    from brainseg.cli.evaluate import main as evaluate
 
     data = tmp_path / "data"
     link_patient(lgg_test_dir / "TCGA_DU_5871_19941206", data / "TCGA_DU_5871_19941206", range(15, 25))
@@ -397,7 +397,7 @@ def test_evaluate_cli_takes_the_backend_and_records_it(lgg_test_dir, onnx_cache,
 
 @pytest.mark.slow
 def test_predict_cli_takes_the_backend_and_records_it(lgg_test_dir, onnx_cache, tmp_path, capsys) -> None:
-    from brainseg.predict import main as predict
+    from brainseg.cli.predict import main as predict
 
     patient = tmp_path / "TCGA_DU_5871_19941206"
     link_patient(lgg_test_dir / patient.name, patient, range(18, 24))

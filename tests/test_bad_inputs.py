@@ -1,6 +1,6 @@
 """Issue 5, bad inputs: every bad upload, mask or data folder gets a specific message.
 
-One table drives the package (``brainseg.imaging``), the app over HTTP (``gr.Error`` or a note, and the
+One table drives the package (``brainseg.io.slices``), the app over HTTP (``gr.Error`` or a note, and the
 server keeps serving) and the CLIs (non-zero exit, one line, no traceback). Every bad file is built in
 ``tmp_path`` from scratch or from a copy of a real test slice; nothing from the dataset is committed.
 """
@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from brainseg.data import read_image, read_mask, scan_dataset
-from brainseg.gallery import DatasetIndex
-from brainseg.imaging import ImageError, decode_image, inspect_mask, slice_notes
-from brainseg.transforms import preprocess
+from brainseg.app.gallery import DatasetIndex
+from brainseg.inference.preprocess import preprocess
+from brainseg.io.dataset import read_image, read_mask, scan_dataset
+from brainseg.io.slices import ImageError, decode_image, inspect_mask, slice_notes
 
 REPO = Path(__file__).resolve().parents[1]
 Builder = Callable[[Path, Path], Path]
@@ -218,10 +218,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def cli_extra_args(cli: str, tmp_path: Path) -> list[str]:
     """What each CLI needs besides --data-dir (tune gets a copy of the bundled model: it writes there)."""
-    if cli == "train.train":
+    if cli == "brainseg.cli.train":
         return ["--out-dir", str(tmp_path / "out")]
-    if cli == "train.tune":
-        from brainseg.hub import UNET_MODEL_DIR
+    if cli == "brainseg.cli.tune":
+        from brainseg.io.hub import UNET_MODEL_DIR
 
         return ["--model", shutil.copytree(UNET_MODEL_DIR, tmp_path / "model", dirs_exist_ok=True).as_posix()]
     return []
@@ -229,7 +229,7 @@ def cli_extra_args(cli: str, tmp_path: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.e2e
-@pytest.mark.parametrize("cli", ["train.train", "train.evaluate", "train.tune"])
+@pytest.mark.parametrize("cli", ["brainseg.cli.train", "brainseg.cli.evaluate", "brainseg.cli.tune"])
 def test_clis_report_bad_data_folders_in_one_line(cli: str, tmp_path: Path, real_slice: Path) -> None:
     (tmp_path / "empty").mkdir()
     extra = cli_extra_args(cli, tmp_path)

@@ -1,7 +1,7 @@
 """The heuristic brain mask: covers the tumor, leaves the scalp out, works on any slice it is given.
 
 The coverage numbers are measured on every slice of the held-out LGG patients (``lgg_test_dir``); the
-assertions sit a little below what was measured (see the module docstring of :mod:`brainseg.brainmask`).
+assertions sit a little below what was measured (see the module docstring of :mod:`brainseg.inference.brainmask`).
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from brainseg.brainmask import BrainMaskParams, brain_mask, brain_masks
-from brainseg.data import load_slices, scan_dataset
+from brainseg.inference.brainmask import BrainMaskParams, brain_mask, brain_masks
+from brainseg.io.dataset import load_slices, scan_dataset
 
 # One mid-level slice with tumor touching the brain surface, one at the skull base (orbits, temporal
 # lobes, cerebellum) and one near the top of the head (thick oblique scalp), all from held-out patients.

@@ -330,10 +330,10 @@ RUN_LIVE_JS = """([code, payload]) => {
 def test_live_overlay_script_draws_the_server_overlay(blank_page, tmp_path: Path, size: int) -> None:
     """assets/app/threshold.js alone (no Gradio) against the server's drawing of the same threshold."""
     from brainseg.config import ModelConfig
-    from brainseg.inference import Segmenter
-    from brainseg.model import build_model
-    from brainseg.overlay import PREDICTION_COLOUR, contour_thickness, fill_and_contour
-    from brainseg.planes import gray_slice
+    from brainseg.inference.segmenter import Segmenter
+    from brainseg.models.unet import build_model
+    from brainseg.views.overlay import PREDICTION_COLOUR, contour_thickness, fill_and_contour
+    from brainseg.views.planes import gray_slice
 
     config = ModelConfig(base_channels=2, depth=2, input_size=32, min_component_px=5)
     segmenter = Segmenter(build_model(config), config, source="test", device="cpu")

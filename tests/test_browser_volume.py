@@ -14,7 +14,7 @@ from test_browser import SCREENSHOTS, TIMEOUT_MS, chromium_page
 from volume_synth import affine_of, lgg_patient, ras_from_presented, save_nifti
 
 from brainseg import ModelConfig
-from brainseg.hub import BUNDLED_MODEL_DIR
+from brainseg.io.hub import BUNDLED_MODEL_DIR
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 PATIENT = "TCGA_HT_8114_19981030"  # 22 slices, a large tumor

@@ -19,9 +19,9 @@ from demo_server import DemoServer
 from PIL import Image
 from test_browser import chromium_page
 
-from brainseg import mesh, report
-from brainseg.planes import PLANES, PlaneGeometry, explained_by_overlays
-from brainseg.volume import Geometry
+from brainseg.inference.volume import Geometry
+from brainseg.views import mesh, report
+from brainseg.views.planes import PLANES, PlaneGeometry, explained_by_overlays
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""``python -m brainseg.calibrate``: leave-one-scan-out on synthetic scans with a known best threshold, the
+"""``brainseg calibrate``: leave-one-scan-out on synthetic scans with a known best threshold, the
 refusals, and a calibrated folder that loads wherever a model folder loads."""
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import torch
 from torch import nn
 from volume_synth import affine_of, save_nifti
 
-from brainseg.calibrate import NO_GAIN_STATUS, main
-from brainseg.calibration import (
+from brainseg.calibration.fit import (
     CalibrationError,
     Grid,
     calibrated_config,
@@ -25,13 +24,14 @@ from brainseg.calibration import (
     scan_tables,
     write_calibrated,
 )
-from brainseg.card import calibration_line
+from brainseg.cli.calibrate import NO_GAIN_STATUS, main
+from brainseg.cli.predict import main as predict_main
 from brainseg.config import ModelConfig
-from brainseg.inference import Segmenter
-from brainseg.model import build_model
-from brainseg.predict import main as predict_main
-from brainseg.volume import evaluate_volume
-from brainseg.weights import save_model
+from brainseg.evaluation.volumes import evaluate_volume
+from brainseg.inference.segmenter import Segmenter
+from brainseg.io.weights import save_model
+from brainseg.models.unet import build_model
+from brainseg.publishing.card import calibration_line
 
 AFFINE = affine_of(np.eye(3))
 BRAIN, RIM, CORE = 50.0, 75.0, 100.0  # intensities; the intensity rule maps CORE (the 99th percentile) to 160

@@ -1,4 +1,4 @@
-"""The model card (brainseg.card): the training recipe line, the input-form and external-check sections."""
+"""The model card (brainseg.publishing.card): the training recipe line, the input-form and external-check sections."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from brainseg.card import (
+from brainseg.cli.publish import public_evaluation
+from brainseg.cli.train import build_parser, config_from_args
+from brainseg.config import ModelConfig
+from brainseg.evaluation.external import ALL_CHANNELS, FLAIR_ONLY
+from brainseg.evaluation.forms import SELECTION_FORMS
+from brainseg.evaluation.metrics import Report, SliceCounts, summarize
+from brainseg.evaluation.scoring import forms_score
+from brainseg.io.dataset import bundled_test_patients
+from brainseg.publishing.card import (
     build_card,
     check_evaluation,
     metrics_summary,
@@ -17,15 +25,7 @@ from brainseg.card import (
     train_command,
     training_recipe,
 )
-from brainseg.config import ModelConfig
-from brainseg.data import bundled_test_patients
-from brainseg.evaluation import forms_score
-from brainseg.external import ALL_CHANNELS, FLAIR_ONLY
-from brainseg.forms import SELECTION_FORMS
-from brainseg.metrics import Report, SliceCounts, summarize
-from brainseg.training import TrainConfig
-from train.publish import public_evaluation
-from train.train import build_parser, config_from_args
+from brainseg.training.loop import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = dict(augment="affine_gamma", scale_min=0.5, scale_max=1.4, strip_prob=0.5, missing_channel_prob=0.45,
@@ -34,7 +34,7 @@ LOGGED_FORMS = ("as_is", "skull_stripped", "flair_only")  # a run validated on f
 
 
 def write_run(folder: Path, cfg: TrainConfig, log_columns: list[str], epochs: int = 3) -> Path:
-    """A run folder as train.train leaves it: train_config.json (with world_size) and log.csv."""
+    """A run folder as brainseg.cli.train leaves it: train_config.json (with world_size) and log.csv."""
     folder.mkdir(parents=True)
     (folder / "train_config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "world_size": 1}, indent=2))
     with open(folder / "log.csv", "w", newline="") as fh:
@@ -45,7 +45,7 @@ def write_run(folder: Path, cfg: TrainConfig, log_columns: list[str], epochs: in
 
 
 def forms_columns(forms: tuple[str, ...]) -> list[str]:
-    """log.csv's validation columns of a select_on=forms run (brainseg.training's log fields)."""
+    """log.csv's validation columns of a select_on=forms run (brainseg.training.loop's log fields)."""
     columns = ["val_slice_dice", "val_tumor_slice_dice", "val_volume_dice"]
     for form in forms:
         columns += [f"val_{form}_slice_dice", f"val_{form}_volume_dice"]
@@ -57,9 +57,9 @@ def training_section(card: str) -> str:
 
 
 def parsed_command(command: str, data_dir: str) -> TrainConfig:
-    """The TrainConfig that train.train builds from the card's command line."""
+    """The TrainConfig that brainseg.cli.train builds from the card's command line."""
     words = shlex.split(command.replace(" \\\n    ", " ").replace("$DATA", data_dir))
-    assert words[:3] == ["python", "-m", "train.train"], words[:3]
+    assert words[:2] == ["brainseg", "train"], words[:2]
     return config_from_args(build_parser().parse_args(words[3:]))
 
 
@@ -149,7 +149,7 @@ def evaluation(**extra) -> dict:
 
 
 def forms_result() -> dict:
-    """brainseg.evaluation.forms_result's shape: {"forms": {form: Report.to_dict()}, "forms_score": ...}."""
+    """brainseg.evaluation.scoring.forms_result's shape: {"forms": {form: Report.to_dict()}, "forms_score": ...}."""
     hits = {"as_is": (30, 20), "skull_stripped": (20, 20), "flair_only": (10, 0), "flair_t1c": (40, 40),
             "half_frame": (0, 0), "stripped_flair_only": (20, 0), "rotated_90": (0, 10)}
     reports = {form: report(h) for form, h in hits.items()}

@@ -1,4 +1,4 @@
-"""Cohorts (``brainseg.predict --manifest/--workers/--engine``): one results table, resumable, bad scans as rows.
+"""Cohorts (``brainseg.cli.predict --manifest/--workers/--engine``): one results table, resumable, bad scans as rows.
 
 The scans are synthetic heads (a noisy ellipsoid with one bright blob on the patient's left or right), written at
 run time; the bundled U-Net finds the blob, so volumes, laterality and Dice are real numbers read back from the
@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from brainseg.cohort import (
+from brainseg.cli.predict import build_parser, main
+from brainseg.cohort.runner import (
     ResultsTable,
     discover,
     lock,
@@ -31,9 +32,8 @@ from brainseg.cohort import (
     settings_from_args,
     unique_names,
 )
-from brainseg.cohort_worker import Scan
-from brainseg.predict import build_parser, main
-from brainseg.volume_io import VolumeError
+from brainseg.cohort.worker import Scan
+from brainseg.io.volumes import VolumeError
 
 SHAPE, SPACING = (64, 64, 8), (3.0, 3.0, 5.0)
 VOXEL_ML = float(np.prod(SPACING)) / 1000
@@ -163,7 +163,7 @@ def test_cohort_mistakes_end_in_one_error_line(tmp_path, capsys, monkeypatch):
         assert main(argv) == 2
         assert message in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the cluster extra were not installed
-    from brainseg.cohort_ray import import_ray
+    from brainseg.cohort.ray_engine import import_ray
 
     with pytest.raises(VolumeError, match=r"pip install 'brainseg\[cluster\]'"):
         import_ray()
@@ -260,7 +260,7 @@ def _assert_same_table(rows: list[dict], reference: list[dict]) -> None:
 @pytest.mark.e2e
 def test_a_killed_run_then_a_rerun_gives_every_scan_once_and_no_half_written_mask(cohort, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "brainseg.predict", "--manifest", str(cohort["manifest"]), "--out", str(out),
+    command = [sys.executable, "-m", "brainseg.cli.predict", "--manifest", str(cohort["manifest"]), "--out", str(out),
                "--model", "unet", "--workers", "2", "--quiet"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)

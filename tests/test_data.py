@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from conftest import link_patient
 
-from brainseg.data import (
+from brainseg.io.dataset import (
     Patient,
     SliceRecord,
     article_split,

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from brainseg.config import ModelConfig
-from brainseg.hub import BUNDLED_MODEL_DIR, bundled_models
-from brainseg.inference import describe_device, pick_device
+from brainseg.inference.segmenter import describe_device, pick_device
+from brainseg.io.hub import BUNDLED_MODEL_DIR, bundled_models
 
 pytestmark = pytest.mark.slow  # all 369 held-out slices through the bundled model, in a subprocess
 
@@ -22,7 +22,7 @@ def test_bundled_model_reproduces_its_recorded_metrics(lgg_test_dir, tmp_path) -
     recorded = json.loads(RECORDED.read_text())
     out = tmp_path / "eval.json"
     subprocess.run(
-        [sys.executable, "-m", "train.evaluate", "--data-dir", str(lgg_test_dir), "--json", str(out)],
+        [sys.executable, "-m", "brainseg.cli.evaluate", "--data-dir", str(lgg_test_dir), "--json", str(out)],
         check=True, capture_output=True, text=True,
     )
     result = json.loads(out.read_text())
@@ -41,7 +41,7 @@ def test_bundled_comparison_model_reproduces_its_recorded_metrics(name, lgg_test
     recorded = json.loads((folder / "metrics.json").read_text())
     out = tmp_path / "eval.json"
     subprocess.run(
-        [sys.executable, "-m", "train.evaluate", "--data-dir", str(lgg_test_dir), "--model", name,
+        [sys.executable, "-m", "brainseg.cli.evaluate", "--data-dir", str(lgg_test_dir), "--model", name,
          "--json", str(out)],
         check=True, capture_output=True, text=True,
     )
@@ -55,8 +55,8 @@ def test_the_default_beats_the_unet_on_skull_stripped_flair_half_frame_and_turne
     """What the one network was made for, on the held-out patients' tumor slices in the forms outside scans and
     odd uploads come in (docs/generalization.md has the numbers on all 369 slices)."""
     from brainseg import Segmenter
-    from brainseg.data import load_slices, scan_dataset
-    from brainseg.evaluation import evaluate_forms
+    from brainseg.evaluation.scoring import evaluate_forms
+    from brainseg.io.dataset import load_slices, scan_dataset
 
     records = [r for patient in scan_dataset(lgg_test_dir) for r in patient.slices]
     images, masks = load_slices(records)

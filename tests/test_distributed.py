@@ -1,6 +1,6 @@
 """Issue 19: training under torchrun with DistributedDataParallel (2 CPU processes, gloo).
 
-The slow tests run ``python -m torch.distributed.run --standalone --nproc_per_node=2 -m train.train`` on stand-in
+The slow tests run ``python -m torch.distributed.run --standalone --nproc_per_node=2 -m brainseg.cli.train`` on stand-in
 patients linked to held-out slices; the fast ones check the pieces (ranks, shards, refusals) in-process.
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ from conftest import ProcessOutput, link_standin_patients
 from torch import nn
 
 from brainseg import Segmenter
-from brainseg.data import make_split
-from brainseg.distributed import RankInfo, check_sync_bn, epoch_shard, rank_device
-from brainseg.training import (
+from brainseg.io.dataset import make_split
+from brainseg.training.distributed import RankInfo, check_sync_bn, epoch_shard, rank_device
+from brainseg.training.loop import (
     CHECKPOINT_FILE,
     LOG_FILE,
     SHARDS_FILE,
@@ -114,7 +114,7 @@ def test_a_checkpoint_resumes_only_with_the_world_size_that_wrote_it() -> None:
 def torchrun_command(data_dir: Path, out_dir: Path, epochs: int, batch_size: int) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD_SIZE}",
-        "-m", "train.train", "--data-dir", str(data_dir), "--out-dir", str(out_dir), "--base-channels", "4",
+        "-m", "brainseg.cli.train", "--data-dir", str(data_dir), "--out-dir", str(out_dir), "--base-channels", "4",
         "--depth", "2", "--epochs", str(epochs), "--batch-size", str(batch_size), "--lr", "0.01",
         "--no-tune-postprocessing", "--no-amp", "--seed", "3", "--dist-timeout-s", "120",
     ]

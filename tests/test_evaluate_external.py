@@ -1,4 +1,4 @@
-"""`python -m train.evaluate --external DIR` (brainseg.external): 3D whole-tumor Dice on labelled NIfTI subjects."""
+"""`brainseg evaluate --external DIR` (brainseg.evaluation.external): 3D whole-tumor Dice on labelled NIfTI subjects."""
 from __future__ import annotations
 
 import json
@@ -11,16 +11,17 @@ import pytest
 from volume_synth import affine_of, save_nifti
 
 from brainseg import Segmenter
-from brainseg.external import (
+from brainseg.cli.evaluate import main as evaluate_main
+from brainseg.evaluation.external import (
     ALL_CHANNELS,
     FLAIR_ONLY,
     evaluate_external,
     external_markdown_table,
     find_labelled_subjects,
 )
-from brainseg.volume import evaluate_volume, predict_volume
-from brainseg.volume_io import VolumeError, load_label_volume, load_volume
-from train.evaluate import main as evaluate_main
+from brainseg.evaluation.volumes import evaluate_volume
+from brainseg.inference.volume import predict_volume
+from brainseg.io.volumes import VolumeError, load_label_volume, load_volume
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (64, 64, 20)
@@ -126,12 +127,12 @@ def test_at_least_one_of_data_dir_and_external_is_required(capsys):
 def test_the_cli_reports_the_bundled_unet_on_the_external_brats_subjects(lgg_test_dir, tmp_path):
     external = lgg_test_dir.parent / "external-brats2013"
     out = tmp_path / "external.json"
-    done = subprocess.run([sys.executable, "-m", "train.evaluate", "--model", "unet", "--external", str(external),
+    done = subprocess.run([sys.executable, "-m", "brainseg.cli.evaluate", "--model", "unet", "--external", str(external),
                            "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())["external"]
     assert result["n_subjects"] == 5 and result["truth_glob"] == "OTMultiClass*.nii*"
-    # measured with the volume CLI (python -m brainseg.predict SUBJECT --truth-glob 'OTMultiClass*' [--flair-only])
+    # measured with the volume CLI (brainseg predict SUBJECT --truth-glob 'OTMultiClass*' [--flair-only])
     assert result["mean_dice"][ALL_CHANNELS] == pytest.approx(0.590, abs=0.01)
     assert result["mean_dice"][FLAIR_ONLY] == pytest.approx(0.577, abs=0.01)
     all_channels = [row["dice"][ALL_CHANNELS] for row in result["subjects"]]

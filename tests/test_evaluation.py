@@ -11,10 +11,16 @@ from conftest import link_patient
 
 from brainseg import Segmenter
 from brainseg.config import ModelConfig
-from brainseg.data import load_slices, make_split, scan_dataset
-from brainseg.evaluation import count_slices, evaluate_arrays, evaluate_model, select_slices, tune_postprocessing
-from brainseg.metrics import METRICS, summarize
-from brainseg.model import build_model
+from brainseg.evaluation.metrics import METRICS, summarize
+from brainseg.evaluation.scoring import (
+    count_slices,
+    evaluate_arrays,
+    evaluate_model,
+    select_slices,
+    tune_postprocessing,
+)
+from brainseg.io.dataset import load_slices, make_split, scan_dataset
+from brainseg.models.unet import build_model
 
 THRESHOLDS = (0.3, 0.5, 0.7)
 MIN_SIZES = (0, 40, 320)
@@ -123,7 +129,7 @@ def test_evaluate_model_scores_the_patients_its_split_seed_picks(lgg_test_dir, t
 def test_evaluate_cli_takes_the_split_seed_and_writes_the_same_table(lgg_test_dir, tmp_path) -> None:
     data = dataset_with_stand_ins(lgg_test_dir, tmp_path / "data")
     done = subprocess.run(
-        [sys.executable, "-m", "train.evaluate", "--data-dir", str(data), "--split", "val", "--split-seed", "5",
+        [sys.executable, "-m", "brainseg.cli.evaluate", "--data-dir", str(data), "--split", "val", "--split-seed", "5",
          "--json", str(tmp_path / "e.json"), "--markdown", str(tmp_path / "e.md")],
         capture_output=True, text=True, timeout=300,
     )
@@ -143,8 +149,8 @@ def test_evaluate_cli_takes_the_split_seed_and_writes_the_same_table(lgg_test_di
 def test_tuning_on_every_input_form_picks_what_the_forms_search_picks() -> None:
     """``forms=SELECTION_FORMS``: one threshold for home and outside slices, the forms search's choice; the report
     is the slices as they are at that choice."""
-    from brainseg.evaluation import search_postprocessing
-    from brainseg.forms import SELECTION_FORMS, present
+    from brainseg.evaluation.forms import SELECTION_FORMS, present
+    from brainseg.evaluation.scoring import search_postprocessing
 
     rng = np.random.default_rng(0)
     images = rng.integers(20, 90, (6, 64, 64, 3), dtype=np.uint8)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from brainseg import Segmenter
-from brainseg.data import load_slices, scan_dataset
-from brainseg.evaluation import evaluate_forms, forms_score
-from brainseg.forms import FLAIR, FORMS, REPORT_FORMS, SELECTION_FORMS, present
+from brainseg.evaluation.forms import FLAIR, FORMS, REPORT_FORMS, SELECTION_FORMS, present
+from brainseg.evaluation.scoring import evaluate_forms, forms_score
+from brainseg.io.dataset import load_slices, scan_dataset
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +82,8 @@ def test_forms_score_is_the_mean_of_slice_and_volume_dice_over_forms(slices) -> 
 
 
 def test_forms_table_takes_each_runs_best_epoch_by_forms_score(tmp_path) -> None:
-    from brainseg.training import LOG_FILE, TrainConfig, log_fields, write_log
-    from train.forms_table import main
+    from brainseg.cli.forms_table import main
+    from brainseg.training.loop import LOG_FILE, TrainConfig, log_fields, write_log
 
     cfg = TrainConfig(data_dir="d", out_dir=str(tmp_path), select_on="forms")
     run_dir = tmp_path / "run-a"
@@ -108,7 +108,7 @@ def test_evaluate_cli_scores_every_form_into_json(lgg_test_dir, tmp_path) -> Non
 
     from conftest import link_standin_patients
 
-    from train.evaluate import main
+    from brainseg.cli.evaluate import main
 
     data = tmp_path / "data"
     link_standin_patients(lgg_test_dir, data, [range(12, 26)])

@@ -21,11 +21,11 @@ from safetensors.torch import load_file
 
 from brainseg import ModelConfig, ModelLoadError, Segmenter
 from brainseg.config import CONFIG_FILE, WEIGHTS_FILE
-from brainseg.data import bundled_test_patients
-from brainseg.hub import UNET_MODEL_DIR, parse_repo_arg, resolve_model
-from brainseg.inference import load_model
-from brainseg.model import build_model
-from brainseg.weights import save_model
+from brainseg.inference.segmenter import load_model
+from brainseg.io.dataset import bundled_test_patients
+from brainseg.io.hub import UNET_MODEL_DIR, parse_repo_arg, resolve_model
+from brainseg.io.weights import save_model
+from brainseg.models.unet import build_model
 
 try:
     from hub_standin import FakeHub
@@ -193,7 +193,7 @@ def test_hub_load_equals_local_then_comes_from_cache(hub, tmp_path):
 
 
 def test_a_published_onnx_graph_is_downloaded_and_run_instead_of_exported(hub, tmp_path):
-    from brainseg.backends import save_onnx
+    from brainseg.inference.backends import save_onnx
 
     with_graph = make_model(tmp_path / "with", seed=3)
     config, model = load_model(resolve_model(with_graph))
@@ -347,7 +347,7 @@ print(json.dumps(out))
 # ------------------------------------------------------------------------------------ publish
 def make_run(tmp_path: Path, name: str = "run", split: str = "patient") -> Path:
     """A finished training run: RUN/best (the model), RUN/train_config.json, RUN/log.csv."""
-    from brainseg.training import TrainConfig
+    from brainseg.training.loop import TrainConfig
 
     run = tmp_path / name
     best = make_model(run / "best", threshold=0.6, extra={"best_epoch": 2, "val_slice_dice": 0.5})
@@ -378,7 +378,7 @@ def make_dataset(tmp_path: Path, patients: list[str]) -> Path:
 
 
 def publish(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return run_python(["-m", "train.publish", *args], env)
+    return run_python(["-m", "brainseg.cli.publish", *args], env)
 
 
 @pytest.mark.slow
@@ -414,7 +414,7 @@ def test_publish_dry_run_round_trips_and_push_sends_the_same_folder(hub, tmp_pat
     assert card.startswith("---\n") and "license: cc-by-nc-sa-4.0" in card and "library_name: brainseg" in card
     for text in ("Not for clinical use", "Intended use", "Buda", "Computers in Biology and Medicine", "TCGA-LGG",
                  "CC BY-NC-SA 4.0", "| Dice per slice (empty/empty = 1) | ", f"{evaluation['slice_dice']:.4f}",
-                 "python -m train.train", "--epochs 3", "3 of 3 planned", "epoch 2", "1 h 30 min", "test CPU",
+                 "brainseg train", "--epochs 3", "3 of 3 planned", "epoch 2", "1 h 30 min", "test CPU",
                  bundled_test_patients()[0]):
         assert text in card, text
 
@@ -443,7 +443,7 @@ def test_publish_dry_run_round_trips_and_push_sends_the_same_folder(hub, tmp_pat
 
 
 def test_card_names_the_epoch_of_last_epoch_weights(tmp_path):
-    from brainseg.card import _training, read_training_info
+    from brainseg.publishing.card import _training, read_training_info
 
     best = make_run(tmp_path)
     last = make_model(best.parent / "last", extra={"epoch": 3, "weights_note": "beat the best epoch on validation"})
@@ -462,7 +462,7 @@ def test_card_names_the_epoch_of_last_epoch_weights(tmp_path):
 
 
 def test_publish_cli_errors_are_one_line(tmp_path, capsys):
-    from train.publish import main
+    from brainseg.cli.publish import main
 
     best = make_run(tmp_path)
     leaky_run = make_run(tmp_path, "leaky-run", split="article")
@@ -497,7 +497,7 @@ def test_publish_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_missing_bundled_folder_says_how_to_get_it(monkeypatch, tmp_path):
     """A non-editable install has no assets/: the message says to install from a checkout or name a model."""
-    import brainseg.hub as hub
+    import brainseg.io.hub as hub
 
     monkeypatch.setattr(hub, "BUNDLED_MODEL_DIR", tmp_path / "absent")
     with pytest.raises(hub.ModelLoadError, match="pip install -e"):

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from brainseg.data import read_image, read_mask, scan_dataset
-from brainseg.imaging import MAX_SIDE, ImageError, decode_image, encode_png, inspect_mask, save_png
-from brainseg.pixels import as_rgb_uint8, binarize_mask, to_uint8
+from brainseg.io.dataset import read_image, read_mask, scan_dataset
+from brainseg.io.pixels import as_rgb_uint8, binarize_mask, to_uint8
+from brainseg.io.slices import MAX_SIDE, ImageError, decode_image, encode_png, inspect_mask, save_png
 
 
 def decode_mask(data: bytes, shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Imports inside ``brainseg`` go one way (no cycles), and ``import brainseg`` stays light (no gradio)."""
+"""Imports inside ``brainseg`` go one way, down the stages of docs/architecture.md (no cycles), and
+``import brainseg`` stays light (no gradio)."""
 from __future__ import annotations
 
 import ast
@@ -10,58 +11,100 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "brainseg"
+# bottom to top: a part may import its own kind and anything on a lower line, never a higher one
+LAYERS: list[set[str]] = [
+    {"fileio", "cpu"},
+    {"config", "registry"},
+    {"io"},
+    {"models"},
+    {"inference"},
+    {"evaluation"},
+    {"training", "views", "publishing"},
+    {"calibration", "cohort"},
+    {"app"},
+    {"cli", "__main__"},
+]
+RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 
 
-def imported_modules(path: Path) -> set[str]:
-    """The ``brainseg`` modules one file imports, anywhere in it (function bodies and TYPE_CHECKING too)."""
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
-    found = set()
+def module_name(path: Path) -> str:
+    """``brainseg/io/hub.py`` -> ``brainseg.io.hub``; a package's ``__init__.py`` -> the package."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def resolve(name: str) -> str | None:
+    """The longest known module that ``name`` (a module or a name inside one) lies in."""
+    while name:
+        if name in MODULES:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def imported_modules(module: str) -> set[str]:
+    """The ``brainseg`` modules one module imports, anywhere in it (function bodies and TYPE_CHECKING too)."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names if alias.name.startswith("brainseg")]
-            found.update(name.split(".")[1] if "." in name else "__init__" for name in names)
+            found.update(filter(None, (resolve(alias.name) for alias in node.names)))
         elif isinstance(node, ast.ImportFrom):
-            if node.level == 0 and not (node.module or "").startswith("brainseg"):
-                continue
-            parts = (node.module or "").split(".")[1:] if node.level == 0 else (node.module or "").split(".")
-            if parts and parts[0]:
-                found.add(parts[0])
-            else:  # from brainseg import x / from . import x
-                found.update(alias.name if alias.name in modules else "__init__" for alias in node.names)
-    found.discard(path.stem)
-    return found
+            base = node.module or ""
+            if node.level:
+                base = ".".join(filter(None, [package.rsplit(".", node.level - 1)[0], base]))
+            for alias in node.names:
+                target = resolve(f"{base}.{alias.name}") or resolve(base)
+                if target:
+                    found.add(target)
+    found.discard(module)
+    return {m for m in found if m.startswith("brainseg")}
 
 
-def import_graph() -> dict[str, set[str]]:
-    return {path.stem: imported_modules(path) for path in sorted(PACKAGE.glob("*.py"))}
+def part_of(module: str) -> str:
+    """The stage a module belongs to: its subpackage, or the base module's own name."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_every_part_has_a_layer() -> None:
+    parts = {part_of(m) for m in MODULES} - {"__init__", "splits"}
+    assert parts <= set(RANK), f"add to LAYERS (and docs/architecture.md): {sorted(parts - set(RANK))}"
 
 
 def test_the_graph_reads_real_imports() -> None:
-    graph = import_graph()
-    assert {"config", "hub", "inference"} <= graph["__init__"]
-    assert "pixels" in graph["imaging"] and "model" in graph["inference"]
+    assert "brainseg.io.pixels" in imported_modules("brainseg.io.slices")
+    assert "brainseg.models.unet" in imported_modules("brainseg.inference.segmenter")
+    assert "brainseg.inference.segmenter" in imported_modules("brainseg")
 
 
 def test_brainseg_has_no_import_cycle() -> None:
+    graph = {module: imported_modules(module) for module in MODULES}
     try:
-        order = list(TopologicalSorter(import_graph()).static_order())
+        order = list(TopologicalSorter(graph).static_order())
     except CycleError as exc:
         pytest.fail(f"import cycle inside brainseg: {' -> '.join(exc.args[1])}")
-    assert order.index("config") < order.index("model") < order.index("inference") < order.index("__init__")
+    assert order.index("brainseg.config") < order.index("brainseg.models.unet") < order.index("brainseg")
 
 
-@pytest.mark.parametrize(("module", "forbidden"), [
-    ("hub", {"inference", "model", "weights", "training"}),  # hub only finds files
-    ("imaging", {"inference", "model", "training"}),
-    ("pixels", {p.stem for p in PACKAGE.glob("*.py")}),
-    ("model", {"hub", "inference", "weights", "training"}),
-])
-def test_layers_import_downwards_only(module: str, forbidden: set[str]) -> None:
-    assert not imported_modules(PACKAGE / f"{module}.py") & forbidden
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if part_of(m) in RANK))
+def test_imports_go_down_the_stages_only(module: str) -> None:
+    upward = {target for target in imported_modules(module)
+              if part_of(target) in RANK and RANK[part_of(target)] > RANK[part_of(module)]}
+    assert not upward, f"{module} ({part_of(module)}) imports a later stage: {sorted(upward)}"
+
+
+def test_the_package_root_holds_only_base_modules() -> None:
+    root = {path.stem for path in PACKAGE.glob("*.py")}
+    assert root <= {"__init__", "__main__", "config", "cpu", "fileio", "registry"}
 
 
 def test_pixels_needs_only_numpy() -> None:
-    tree = ast.parse((PACKAGE / "pixels.py").read_text())
+    tree = ast.parse((PACKAGE / "io" / "pixels.py").read_text())
     nodes = list(ast.walk(tree))
     roots = {alias.name.split(".")[0] for node in nodes if isinstance(node, ast.Import) for alias in node.names}
     roots |= {node.module.split(".")[0] for node in nodes if isinstance(node, ast.ImportFrom) and node.module}

@@ -1,4 +1,4 @@
-"""Intensity standardisation (brainseg.intensity): landmarks, the rules' maps, robustness to a lesion, the record."""
+"""Intensity standardisation (brainseg.inference.intensity): landmarks, the rules' maps, robustness to a lesion, the record."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from brainseg.intensity import (
+from brainseg.cli.intensity import main
+from brainseg.inference.intensity import (
     CHANNELS,
     NYUL_PERCENTILES,
     RULES,
@@ -15,7 +16,6 @@ from brainseg.intensity import (
     Standardizer,
     channel_stats,
     head_mask,
-    main,
 )
 
 SHAPE = (40, 96, 96)  # presented (Z, R, C)
@@ -107,7 +107,7 @@ def test_the_old_percentile_rule_darkens_normal_tissue_under_the_same_lesion():
 
 def test_the_bundled_landmarks_come_from_the_training_patients_with_their_command():
     bundled = Landmarks.load()
-    assert bundled.patients == 89 and bundled.command.startswith("python -m brainseg.intensity fit --data-dir")
+    assert bundled.patients == 89 and bundled.command.startswith("brainseg intensity fit --data-dir")
     for name in CHANNELS:
         stats = bundled.channels[name]
         assert np.all(np.diff(stats.percentiles) > 0) and stats.percentiles[0] <= stats.mode <= stats.percentiles[-1]
@@ -142,7 +142,7 @@ def test_fit_without_a_data_folder_is_one_error_line(tmp_path, capsys):
 def test_the_rule_that_ran_is_recorded_in_the_predict_json(tmp_path):
     import nibabel as nib
 
-    from brainseg.predict import main as predict_main
+    from brainseg.cli.predict import main as predict_main
 
     inside = brain((8, 64, 64))
     rng = np.random.default_rng(3)

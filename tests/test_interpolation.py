@@ -9,8 +9,8 @@ import torch
 
 from brainseg import Segmenter
 from brainseg.config import ModelConfig
-from brainseg.interpolation import interpolate, interpolate_states
-from brainseg.model import build_model
+from brainseg.models.unet import build_model
+from brainseg.training.interpolation import interpolate, interpolate_states
 
 
 def two_networks(config: ModelConfig | None = None) -> list[tuple[ModelConfig, torch.nn.Module]]:
@@ -77,8 +77,8 @@ def test_networks_that_cannot_be_interpolated_are_refused_with_the_reason() -> N
 def test_cli_interpolates_the_bundled_unets_and_tunes_on_validation_only(lgg_test_dir, tmp_path, capsys) -> None:
     from conftest import link_standin_patients
 
-    from brainseg.data import load_slices, make_split
-    from train.interpolate import main
+    from brainseg.cli.interpolate import main
+    from brainseg.io.dataset import load_slices, make_split
 
     data = tmp_path / "data"
     link_standin_patients(lgg_test_dir, data, [range(14, 20), range(20, 26), range(26, 32), range(10, 16)])

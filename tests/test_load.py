@@ -26,8 +26,8 @@ import tifffile
 from demo_server import DemoServer, read_png, require_test_data
 from PIL import Image
 
-from brainseg.data import read_image, read_mask, scan_dataset
-from brainseg.imaging import decode_image
+from brainseg.io.dataset import read_image, read_mask, scan_dataset
+from brainseg.io.slices import decode_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 USERS = int(os.environ.get("BRAINSEG_LOAD_USERS", "8"))

@@ -3,8 +3,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from brainseg.metrics import METRICS, METRICS_BY_KEY, Report, SliceCounts, dice_score, iou_score, summarize
-from brainseg.postprocess import binarize, remove_small_components
+from brainseg.evaluation.metrics import METRICS, METRICS_BY_KEY, Report, SliceCounts, dice_score, iou_score, summarize
+from brainseg.inference.postprocess import binarize, remove_small_components
 
 
 def square(top: int, left: int, size: int, shape=(10, 10)) -> np.ndarray:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from brainseg.config import ARCHITECTURES, ModelConfig
-from brainseg.model import BUILDERS, UNet, build_model, count_parameters
+from brainseg.models.unet import BUILDERS, UNet, build_model, count_parameters
 
 
 @pytest.mark.parametrize("depth", [2, 3, 4, 5])

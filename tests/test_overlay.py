@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from brainseg.metrics import dice_score, iou_score
-from brainseg.overlay import (
+from brainseg.evaluation.metrics import dice_score, iou_score
+from brainseg.views.overlay import (
     FALSE_NEGATIVE_COLOUR,
     FALSE_POSITIVE_COLOUR,
     PREDICTION_COLOUR,

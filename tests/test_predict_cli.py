@@ -1,4 +1,4 @@
-"""``python -m brainseg.predict``: masks with the input's geometry, the JSON numbers, and clear refusals."""
+"""``brainseg predict``: masks with the input's geometry, the JSON numbers, and clear refusals."""
 from __future__ import annotations
 
 import json
@@ -13,8 +13,8 @@ from conftest import REPO, link_patient
 from PIL import Image
 from volume_synth import affine_of, lgg_patient, save_nifti
 
-from brainseg.predict import main
-from brainseg.volume import Geometry
+from brainseg.cli.predict import main
+from brainseg.inference.volume import Geometry
 
 PATIENT = "TCGA_HT_8114_19981030"
 AFFINE = affine_of(np.diag([-0.9, 0.9, 2.5]), origin=(115.0, -115.0, -20.0))  # LAS, as dcm2niix writes
@@ -115,7 +115,7 @@ def test_user_mistakes_exit_2_with_one_message_and_write_nothing(scans, tmp_path
 @pytest.mark.e2e
 def test_the_module_runs_as_a_command(tmp_path):
     (tmp_path / "notes.txt").write_text("not a scan")
-    result = subprocess.run([sys.executable, "-m", "brainseg.predict", str(tmp_path / "notes.txt"), "--out",
+    result = subprocess.run([sys.executable, "-m", "brainseg.cli.predict", str(tmp_path / "notes.txt"), "--out",
                              str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.startswith("error: notes.txt: not a volume") and "Traceback" not in result.stderr

@@ -1,4 +1,4 @@
-"""`python -m train.publish --dry-run` with --forms and --external: the numbers reach evaluation.json, config.json
+"""`brainseg publish --dry-run` with --forms and --external: the numbers reach evaluation.json, config.json
 and the card, and nothing written names a folder of this machine."""
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import torch
 from conftest import STANDIN_SOURCE, link_patient
 from volume_synth import affine_of, save_nifti
 
+from brainseg.cli.publish import main as publish_main
 from brainseg.config import ModelConfig
-from brainseg.evaluation import forms_score
-from brainseg.external import ALL_CHANNELS, FLAIR_ONLY
-from brainseg.forms import REPORT_FORMS, SELECTION_FORMS
-from brainseg.metrics import Report
-from brainseg.model import build_model
-from brainseg.training import TrainConfig
-from brainseg.weights import save_model
-from train.publish import main as publish_main
+from brainseg.evaluation.external import ALL_CHANNELS, FLAIR_ONLY
+from brainseg.evaluation.forms import REPORT_FORMS, SELECTION_FORMS
+from brainseg.evaluation.metrics import Report
+from brainseg.evaluation.scoring import forms_score
+from brainseg.io.weights import save_model
+from brainseg.models.unet import build_model
+from brainseg.training.loop import TrainConfig
 
 SLICES = range(17, 23)  # six slices of a held-out patient, with lesion
 SHAPE = (48, 48, 12)

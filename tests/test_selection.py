@@ -1,4 +1,4 @@
-"""Choosing among models and probability means on validation patients: the grid search and ``train.choose``."""
+"""Choosing among models and probability means on validation patients: the grid search and ``brainseg choose``."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from brainseg import Segmenter
-from brainseg.evaluation import count_slices, evaluate_forms, forms_score, search_postprocessing
-from brainseg.forms import SELECTION_FORMS
-from brainseg.metrics import summarize
-from brainseg.selection import parse_candidate
+from brainseg.evaluation.forms import SELECTION_FORMS
+from brainseg.evaluation.metrics import summarize
+from brainseg.evaluation.scoring import count_slices, evaluate_forms, forms_score, search_postprocessing
+from brainseg.evaluation.selection import parse_candidate
 
 
 def blobs(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -57,8 +57,8 @@ def test_parse_candidate_splits_members_and_refuses_empty_or_repeated_ones() -> 
 def test_choose_cli_ranks_models_and_means_on_validation_forms(lgg_test_dir, tmp_path, capsys) -> None:
     from conftest import link_standin_patients
 
-    from brainseg.data import load_slices, make_split
-    from train.choose import main
+    from brainseg.cli.choose import main
+    from brainseg.io.dataset import load_slices, make_split
 
     data = tmp_path / "data"
     link_standin_patients(lgg_test_dir, data, [range(14, 20), range(20, 26), range(26, 32), range(10, 16)])

@@ -1,4 +1,4 @@
-"""Issue 34: ``python -m brainseg.space export`` writes a Space repository the Hub accepts (checked by a local push
+"""Issue 34: ``brainseg space export`` writes a Space repository the Hub accepts (checked by a local push
 stand-in that refuses what the Hub refuses), this repository's own history is refused by it, and the export starts
 as a Space does (fresh venv, ``requirements.txt`` only) and answers ``/segment`` and ``/segment_volume``."""
 from __future__ import annotations
@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 from space_standin import PushStandin, cold_start, git_lfs_available, space_venv, write_test_scan
 
-from brainseg.hub import DEFAULT_MODEL_NAME, bundled_models
-from brainseg.space import SPACE_CONFIG_FILE, SpaceConfig, SpaceExportError, export_space, main, read_front_matter
+from brainseg.cli.space import main
+from brainseg.io.hub import DEFAULT_MODEL_NAME, bundled_models
+from brainseg.publishing.space import (
+    SPACE_CONFIG_FILE,
+    SpaceConfig,
+    SpaceExportError,
+    export_space,
+    read_front_matter,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 HUB_MODEL = "brainseg-test/space-model@v1"
@@ -45,7 +52,7 @@ def test_export_with_a_hub_model_ships_no_weights_and_pushes(tmp_path: Path) -> 
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
     assert git(space, "rev-list", "--count", "HEAD").strip() == "1" and result.commit == git(space, "rev-parse",
                                                                                                "HEAD").strip()
-    for name in ("requirements.txt", "app.py", "brainseg/space.py"):
+    for name in ("requirements.txt", "app.py", "brainseg/publishing/space.py"):
         assert (space / name).read_text() == git(REPO, "show", f"HEAD:{name}"), "the export holds what is committed"
     assert SpaceConfig.load(space).model == HUB_MODEL
     assert result.total_bytes <= 30 * 2**20 and max(result.committed_bytes.values()) < 2**20

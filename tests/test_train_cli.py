@@ -1,7 +1,7 @@
-"""train/cli.py: the one place the train.* commands turn a user's mistake into one `error:` line and status 2."""
+"""brainseg/cli/common.py: the one place the train.* commands turn a user's mistake into one `error:` line and status 2."""
 import pytest
 
-from train.cli import MAX_MESSAGE_CHARS, run
+from brainseg.cli.common import MAX_MESSAGE_CHARS, run
 
 
 def fail(exc: BaseException):
@@ -40,7 +40,7 @@ def test_the_model_running_commands_take_a_device_and_refuse_one_that_is_not_her
               "interpolate": ["--start", "unet", "--end", "unet-generalist", "--alpha", "0.5"],
               "tune": ["--model", "unet-generalist"]}[command]  # refused before anything is tuned or written
     out = [] if command in ("choose", "tune") else ["--out-dir", str(tmp_path / "out")]
-    main = importlib.import_module(f"train.{command}").main
+    main = importlib.import_module(f"brainseg.cli.{command}").main
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for device, message in (("cuda", "'cuda' is not available on this machine: use auto or cpu"),
                             ("gpu9", "unknown device 'gpu9': use auto, cpu, cuda or mps")):

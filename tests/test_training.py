@@ -10,9 +10,10 @@ from conftest import link_patient
 
 from brainseg import Segmenter
 from brainseg.config import ModelConfig
-from brainseg.forms import SELECTION_FORMS as FORMS
-from brainseg.model import build_model
-from brainseg.training import (
+from brainseg.evaluation.forms import SELECTION_FORMS as FORMS
+from brainseg.io.weights import save_model
+from brainseg.models.unet import build_model
+from brainseg.training.loop import (
     CHECKPOINT_FILE,
     CHOICES,
     LOG_FILE,
@@ -22,7 +23,6 @@ from brainseg.training import (
     make_scheduler,
     train,
 )
-from brainseg.weights import save_model
 
 
 def tiny_config(lgg_test_dir, out_dir, **overrides) -> TrainConfig:
@@ -77,7 +77,7 @@ def test_same_seed_gives_the_same_weights(lgg_test_dir, tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_cli_help_documents_the_article_preset() -> None:
-    result = subprocess.run([sys.executable, "-m", "train.train", "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-m", "brainseg.cli.train", "--help"], capture_output=True, text=True, check=True)
     assert "--preset" in result.stdout and "article" in result.stdout and "--empty-fraction" in result.stdout
 
 
@@ -85,7 +85,7 @@ def test_cli_help_documents_the_article_preset() -> None:
 @pytest.mark.e2e
 def test_cli_reports_a_missing_data_dir_in_one_line(tmp_path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "train.train", "--data-dir", str(tmp_path / "missing"),
+        [sys.executable, "-m", "brainseg.cli.train", "--data-dir", str(tmp_path / "missing"),
          "--out-dir", str(tmp_path / "o")],
         capture_output=True, text=True,
     )
@@ -229,13 +229,13 @@ def test_every_optimizer_and_schedule_choice_is_implemented() -> None:
 def test_cli_offers_the_choices_and_refuses_a_typo_before_writing(tmp_path) -> None:
     out = tmp_path / "o"
     result = subprocess.run(
-        [sys.executable, "-m", "train.train", "--data-dir", str(tmp_path), "--out-dir", str(out), "--loss", "bce_dce"],
+        [sys.executable, "-m", "brainseg.cli.train", "--data-dir", str(tmp_path), "--out-dir", str(out), "--loss", "bce_dce"],
         capture_output=True, text=True,
     )
     assert result.returncode == 2 and "invalid choice: 'bce_dce'" in result.stderr
     assert "'bce', 'bce_dice'" in result.stderr
     assert not out.exists()
-    help_text = subprocess.run([sys.executable, "-m", "train.train", "--help"], capture_output=True, text=True,
+    help_text = subprocess.run([sys.executable, "-m", "brainseg.cli.train", "--help"], capture_output=True, text=True,
                                check=True).stdout
     for option, values in CHOICES.items():
         assert f"--{option.replace('_', '-')} {{{','.join(values)}}}" in help_text, option

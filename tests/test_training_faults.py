@@ -1,6 +1,6 @@
 """Issue 5, training faults: SIGKILL mid-epoch, resume, and a log with every epoch exactly once.
 
-``python -m train.train`` runs as a subprocess on a few real test slices (tiny U-Net); it is killed
+``brainseg train`` runs as a subprocess on a few real test slices (tiny U-Net); it is killed
 once ``checkpoint.pt`` exists and the next epoch's progress bar has started, then resumed.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import ProcessOutput
 
-from brainseg.training import CHECKPOINT_FILE, LOG_FILE
+from brainseg.training.loop import CHECKPOINT_FILE, LOG_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # a real training process, SIGKILLed and resumed
 
@@ -29,7 +29,7 @@ TIMEOUT_S = 240
 
 def train_command(data_dir: Path, out_dir: Path) -> list[str]:
     return [
-        sys.executable, "-m", "train.train", "--data-dir", str(data_dir), "--out-dir", str(out_dir),
+        sys.executable, "-m", "brainseg.cli.train", "--data-dir", str(data_dir), "--out-dir", str(out_dir),
         "--base-channels", "4", "--depth", "2", "--epochs", str(EPOCHS), "--batch-size", "2", "--lr", "0.01",
         "--schedule", "constant", "--split", "article", "--max-train-slices", "48", "--max-val-slices", "4",
         "--no-tune-postprocessing", "--no-amp", "--seed", "3",

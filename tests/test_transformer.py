@@ -10,10 +10,10 @@ import torch
 
 from brainseg import Segmenter, bundled_models
 from brainseg.config import TRANSFORMER_ARCHITECTURES, ModelConfig
-from brainseg.hub import BUNDLED_LABEL, BUNDLED_MODEL_DIR, UNET_MODEL_DIR, ModelLoadError, resolve_model
-from brainseg.model import build_model, count_parameters
-from brainseg.training import TrainConfig
-from brainseg.transformer import STRIDE
+from brainseg.io.hub import BUNDLED_LABEL, BUNDLED_MODEL_DIR, UNET_MODEL_DIR, ModelLoadError, resolve_model
+from brainseg.models.transformer import STRIDE
+from brainseg.models.unet import build_model, count_parameters
+from brainseg.training.loop import TrainConfig
 
 TRANSFORMER_NAME = "segformer-b0"  # the bundled Transformer's name (assets/models/segformer-b0)
 KEYS = ["slice_dice", "slice_iou", "tumor_slice_dice", "tumor_slice_iou", "empty_fp_rate", "volume_dice"]
@@ -110,7 +110,7 @@ def test_bundled_transformer_reproduces_its_recorded_metrics(lgg_test_dir, tmp_p
     recorded = json.loads((folder / "metrics.json").read_text())
     out = tmp_path / "eval.json"
     subprocess.run(
-        [sys.executable, "-m", "train.evaluate", "--data-dir", str(lgg_test_dir), "--model", TRANSFORMER_NAME,
+        [sys.executable, "-m", "brainseg.cli.evaluate", "--data-dir", str(lgg_test_dir), "--model", TRANSFORMER_NAME,
          "--json", str(out)],
         check=True, capture_output=True, text=True,
     )

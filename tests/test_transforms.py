@@ -2,14 +2,14 @@ import numpy as np
 import torch
 from torchvision import transforms
 
-from brainseg.data import read_image, scan_dataset
-from brainseg.transforms import (
+from brainseg.inference.preprocess import (
     flip_dataset_offline,
     preprocess,
     random_affine_gamma,
     random_hflip,
     uint8_batch_to_input,
 )
+from brainseg.io.dataset import read_image, scan_dataset
 
 
 def article_preprocess(image: np.ndarray) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Orientation, framing and intensity rules of brainseg.volume (no model runs)."""
+"""Orientation, framing and intensity rules of brainseg.inference.volume (no model runs)."""
 from __future__ import annotations
 
 import itertools
@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 from volume_synth import affine_of, lgg_patient, ras_from_presented, rotation
 
-from brainseg.volume import (
+from brainseg.inference.intensity import HIGH_LEVEL, to_uint8_channel
+from brainseg.inference.volume import (
     HEAD_FRAME_FILL,
-    HIGH_LEVEL,
     CropBox,
     Geometry,
     crop_box,
     head_bounding_box,
     head_mask,
-    to_uint8_channel,
 )
 
 

@@ -1,4 +1,4 @@
-"""Reading NIfTI / DICOM series / subject folders and writing masks (brainseg.volume_io), no model runs."""
+"""Reading NIfTI / DICOM series / subject folders and writing masks (brainseg.io.volumes), no model runs."""
 from __future__ import annotations
 
 import gzip
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from volume_synth import affine_of, rotation, save_nifti, write_dicom_series
 
-from brainseg.volume_io import (
+from brainseg.io.volumes import (
     VolumeError,
     check_same_grid,
     find_subjects,

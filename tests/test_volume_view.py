@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from pypdf import PdfReader
 
-from brainseg import mesh, quality, report
-from brainseg.overlay import TRUTH_COLOUR
-from brainseg.planes import CROSSHAIR_COLOUR, PLANES, PlaneGeometry, explained_by_overlays, render_plane
-from brainseg.volume import CropBox, Geometry, VolumePrediction
-from brainseg.volume_export import area_plot
-from brainseg.volume_view import VolumeSession
+from brainseg.inference import quality
+from brainseg.inference.volume import CropBox, Geometry, VolumePrediction
+from brainseg.views import mesh, report
+from brainseg.views.overlay import TRUTH_COLOUR
+from brainseg.views.planes import CROSSHAIR_COLOUR, PLANES, PlaneGeometry, explained_by_overlays, render_plane
+from brainseg.views.volume_export import area_plot
+from brainseg.views.volume_view import VolumeSession
 
 SHAPE = (30, 64, 56)  # presented (Z, R, C)
 SPACING = (2.5, 0.9, 1.1)

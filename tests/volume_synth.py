@@ -8,7 +8,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from brainseg.data import load_slices, scan_patient
+from brainseg.io.dataset import load_slices, scan_patient
 
 # (N, R, C) presented stack <-> data[i, j, k] of an RAS affine with positive diagonal: i runs to the patient's
 # right (the presented columns reversed), j to anterior (the presented rows reversed), k = the slice.

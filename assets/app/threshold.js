@@ -7,9 +7,9 @@
 //   levels          PNG data URL (gray): per pixel, how many of `thresholds` its probability reaches,
 //                   so `levels > k` is exactly the server's `proba >= thresholds[k]`
 //   thresholds      the slider's steps
-//   min_component_px  8-connected components smaller than this are dropped (brainseg.postprocess)
-//   colour, tint    the contour colour and the 3 x 256 fill table (brainseg.overlay.tint_table)
-//   contour         [dy, dx] offsets painted around each boundary pixel (brainseg.overlay.contour_offsets)
+//   min_component_px  8-connected components smaller than this are dropped (brainseg.inference.postprocess)
+//   colour, tint    the contour colour and the 3 x 256 fill table (brainseg.views.overlay.tint_table)
+//   contour         [dy, dx] offsets painted around each boundary pixel (brainseg.views.overlay.contour_offsets)
 // On each `brainseg-threshold` document event (the slider's `input`, see app.py) this draws the prediction on
 // a canvas laid over the overlay image: the same mask as the server's at every slider step (threshold, then
 // small-component removal) and the same pixels at a 1-px contour. The server's image replaces it when the
@@ -103,7 +103,7 @@ function computeMask(k) {
 }
 
 // The slice, the mask filled through the tint table, its boundary (a 4-neighbour outside the mask or the
-// image) painted in the colour and widened by the contour offsets: brainseg.overlay.fill_and_contour.
+// image) painted in the colour and widened by the contour offsets: brainseg.views.overlay.fill_and_contour.
 function paint() {
   const { width: W, height: H, mask, base, frame, contour } = data;
   const [red, green, blue] = data.tint;

@@ -1,0 +1,1 @@
+"""The Gradio demo: model list, slice tab, volume tab, launcher."""

@@ -1,0 +1,1 @@
+"""Adapting a model to a new site from a few labelled scans."""

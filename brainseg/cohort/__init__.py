@@ -1,0 +1,1 @@
+"""Many scans into one resumable results table, on one machine's processes or on Ray."""

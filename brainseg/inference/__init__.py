@@ -1,0 +1,1 @@
+"""From pixels to masks: preprocessing, the Segmenter and its backends, post-processing, whole volumes."""

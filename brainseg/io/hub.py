@@ -1,0 +1,234 @@
+"""Turning a model argument (None, a bundled model's name, a folder, or ``ORG/NAME[@REVISION]``) into a folder of
+model files.
+
+This module only finds files (:class:`ResolvedModel`); :mod:`brainseg.inference.segmenter` builds models from them.
+
+Hub models are fetched with :func:`huggingface_hub.hf_hub_download` into the normal Hugging Face
+cache (``HF_HOME`` / ``HF_HUB_CACHE``), so ``HF_ENDPOINT``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE``
+work as everywhere else. The commit the files came from is pinned and reported.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from brainseg.config import CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE
+
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
+UNET_MODEL_NAME = "unet"
+UNET_MODEL_DIR = ASSETS_DIR / "model"  # the article's U-Net trained on the LGG slices as they are (for comparison)
+BUNDLED_MODELS_DIR = ASSETS_DIR / "models"  # the other bundled models, one folder per name
+# the default: one U-Net (the size of "unet") trained for every input form, at home and on other hospitals'
+# scans (docs/generalization.md)
+DEFAULT_MODEL_NAME = "unet-generalist"
+BUNDLED_MODEL_DIR = BUNDLED_MODELS_DIR / DEFAULT_MODEL_NAME  # the default model's folder
+BUNDLED_LABEL = "bundled default"
+MODEL_ENV_VAR = "BRAINSEG_MODEL"
+REPO_ARG = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w./-]+))?$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ModelLoadError(ValueError):
+    """A model could not be found, downloaded or loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model folder on disk and where it came from."""
+
+    folder: Path
+    source: str
+    repo_id: str | None = None
+    revision: str | None = None
+    requested_revision: str | None = None
+
+    def describe(self) -> str:
+        """One line for a UI: the repo, what was asked for and the commit it resolved to."""
+        if self.repo_id is None:
+            return self.source
+        asked = self.requested_revision or "main"
+        commit = self.revision[:12] if self.revision else "unknown commit"
+        return f"{self.repo_id} @ {asked} (commit {commit})"
+
+
+def parse_repo_arg(model_arg: str) -> tuple[str, str | None] | None:
+    """``"ORG/NAME@REV"`` -> ``("ORG/NAME", "REV")``; None when it is not a repo id."""
+    match = REPO_ARG.match(model_arg.strip())
+    if match is None:
+        return None
+    return match["repo"], match["rev"]
+
+
+def model_arg_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """The ``BRAINSEG_MODEL`` value, or None when unset or blank."""
+    value = (os.environ if environ is None else environ).get(MODEL_ENV_VAR, "").strip()
+    return value or None
+
+
+def bundled_models() -> dict[str, Path]:
+    """The models shipped in ``assets/``, by name: the default (:data:`DEFAULT_MODEL_NAME`) first, then
+    ``"unet"``, then each other folder of ``assets/models/`` holding a ``config.json`` (its folder name is its
+    name), sorted."""
+    models = {DEFAULT_MODEL_NAME: BUNDLED_MODEL_DIR, UNET_MODEL_NAME: UNET_MODEL_DIR}
+    if BUNDLED_MODELS_DIR.is_dir():
+        for folder in sorted(BUNDLED_MODELS_DIR.iterdir()):
+            if (folder / CONFIG_FILE).is_file() and folder.name not in models:
+                models[folder.name] = folder
+    return models
+
+
+def _bundled(folder: Path, label: str) -> ResolvedModel:
+    """A bundled model's folder; bundled weights live in the repository's ``assets/``, not in a wheel."""
+    if not (folder / CONFIG_FILE).is_file():
+        raise ModelLoadError(
+            f"the {label} model is not here ({folder}): bundled weights ship with the repository checkout, "
+            "so install with `pip install -e .` from a clone, or pass a model folder or ORG/NAME"
+        )
+    return ResolvedModel(folder, label)
+
+
+def resolve_model(model_arg: str | Path | None, *, cache_dir: str | Path | None = None,
+                  token: str | bool | None = None) -> ResolvedModel:
+    """Find the folder holding ``config.json`` + ``model.safetensors`` for ``model_arg``.
+
+    ``None`` (or ``"bundled"``) is the bundled default model, an existing folder is used as is, a name from
+    :func:`bundled_models` (``"unet"``, ...) is that bundled model, and ``ORG/NAME[@REVISION]`` is downloaded
+    from the Hub (or taken from the cache when offline). A folder wins over a bundled name it shadows (as
+    for ``"bundled"``): pass ``./NAME`` or ``NAME`` to mean the folder, and run from elsewhere to mean the name.
+    """
+    text = "" if model_arg is None else str(model_arg).strip()
+    if not text or (text == "bundled" and not Path(text).exists()):
+        return _bundled(BUNDLED_MODEL_DIR, BUNDLED_LABEL)
+    path = Path(model_arg).expanduser()
+    if path.is_dir():
+        return ResolvedModel(path, str(model_arg))
+    bundled = bundled_models()
+    if not isinstance(model_arg, Path) and text in bundled:
+        return _bundled(bundled[text], BUNDLED_LABEL if text == DEFAULT_MODEL_NAME else f"bundled {text}")
+    if path.exists():
+        raise ModelLoadError(f"{model_arg} is a file: pass the folder holding {CONFIG_FILE} and {WEIGHTS_FILE}")
+    parsed = None if isinstance(model_arg, Path) else parse_repo_arg(text)
+    if parsed is None:
+        raise ModelLoadError(
+            f"{text} is neither an existing model folder nor a Hub repo id (ORG/NAME or ORG/NAME@REVISION), nor "
+            f"the name of a bundled model ({', '.join(bundled)})"
+        )
+    return download_model(parsed[0], parsed[1], cache_dir=cache_dir, token=token)
+
+
+def download_model(repo_id: str, revision: str | None = None, *, cache_dir: str | Path | None = None,
+                   token: str | bool | None = None) -> ResolvedModel:
+    """Fetch config and weights of one commit of ``repo_id`` into the Hub cache, and its exported ONNX graph when
+    the repository has one (``brainseg publish`` pushes it: the CPU backend then needs no export at first load)."""
+    label = f"{repo_id}@{revision}" if revision else repo_id
+    options = {"cache_dir": cache_dir, "token": token, "library_name": "brainseg"}
+    config_path = _download(repo_id, CONFIG_FILE, revision, label, options)
+    commit = config_path.parent.name if COMMIT.match(config_path.parent.name) else None
+    pinned = commit or revision
+    if not _matches_etag(config_path):
+        config_path = _redownload_damaged(repo_id, CONFIG_FILE, pinned, label, options)
+    weights_path = _download(repo_id, WEIGHTS_FILE, pinned, label, options)
+    if not _matches_etag(weights_path):
+        weights_path = _redownload_damaged(repo_id, WEIGHTS_FILE, pinned, label, options)
+    if weights_path.parent != config_path.parent:
+        raise ModelLoadError(f"{label}: {CONFIG_FILE} and {WEIGHTS_FILE} came from different commits, try again")
+    _download_optional(repo_id, ONNX_FILE, pinned, options)
+    return ResolvedModel(config_path.parent, f"{repo_id}@{commit}" if commit else label, repo_id, commit, revision)
+
+
+def _download(repo_id: str, filename: str, revision: str | None, label: str, options: dict,
+              force: bool = False) -> Path:
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, force_download=force, **options))
+    except Exception as exc:  # every client failure becomes one clear message
+        raise ModelLoadError(explain_download_error(exc, repo_id, label, filename)) from exc
+
+
+def _download_optional(repo_id: str, filename: str, revision: str | None, options: dict) -> Path | None:
+    """A file the model does not need (absent from older repositories, not cached when offline): None when it
+    cannot be had. A graph that does not match the weights is ignored later (``brainseg.inference.backends.ensure_onnx``)."""
+    try:
+        path = Path(hf_hub_download(repo_id, filename, revision=revision, **options))
+    except Exception:  # noqa: BLE001 - missing, offline, unreachable: the backend exports the graph itself
+        return None
+    return path if _matches_etag(path) else None
+
+
+def _redownload_damaged(repo_id: str, filename: str, revision: str | None, label: str, options: dict) -> Path:
+    """Download a file again whose cached copy does not match the Hub's checksum; fail if it still differs."""
+    if hf_constants.HF_HUB_OFFLINE:
+        raise ModelLoadError(
+            f"the cached {filename} of {label} is damaged (checksum mismatch) and HF_HUB_OFFLINE is set: "
+            f"unset it to download the file again, or delete the repo folder from {hf_constants.HF_HUB_CACHE}"
+        )
+    path = _download(repo_id, filename, revision, label, options, force=True)
+    if not _matches_etag(path):
+        raise ModelLoadError(f"{filename} downloaded from {label} does not match the Hub's checksum: corrupted "
+                             "transfer or repository, try again later")
+    return path
+
+
+def _matches_etag(path: Path) -> bool:
+    """Check a cached file against the blob name the cache gives it (sha256 for LFS, git sha1 otherwise)."""
+    etag = path.resolve().name
+    if SHA256.match(etag):
+        digest = hashlib.sha256()
+    elif COMMIT.match(etag):
+        digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    else:
+        return True  # no symlinked blob (e.g. Windows without symlinks): nothing to compare
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest() == etag
+
+
+def explain_download_error(exc: Exception, repo_id: str, label: str, filename: str) -> str:
+    """A one-paragraph, human explanation of a failed Hub download."""
+    endpoint = hf_constants.ENDPOINT
+    if isinstance(exc, GatedRepoError):
+        return (f"{repo_id} is gated on the Hub: accept its conditions on {endpoint}/{repo_id} and log in "
+                "(hf auth login)")
+    if isinstance(exc, RepositoryNotFoundError):
+        return (f"model repo {repo_id} was not found on the Hub ({endpoint}) and there is no local folder of that "
+                "name: check the name; for a private repo log in with `hf auth login` or set HF_TOKEN")
+    if isinstance(exc, RevisionNotFoundError):
+        return (f"revision {label.partition('@')[2]!r} does not exist in {repo_id}: use an existing branch, tag "
+                "or commit")
+    if isinstance(exc, LocalEntryNotFoundError):
+        if hf_constants.HF_HUB_OFFLINE:
+            return (f"HF_HUB_OFFLINE is set and {label} is not in the local Hub cache ({hf_constants.HF_HUB_CACHE}): "
+                    "download it once while online, or unset HF_HUB_OFFLINE")
+        return (f"cannot reach the Hub ({endpoint}) and {label} is not in the local cache "
+                f"({hf_constants.HF_HUB_CACHE}): check the network connection")
+    if isinstance(exc, EntryNotFoundError):
+        return f"{label} has no {filename}: it is not a brainseg model repo (expected {CONFIG_FILE} + {WEIGHTS_FILE})"
+    if isinstance(exc, HFValidationError):
+        return f"{label} is not a valid Hub repo id or revision ({first_line(exc)})"
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else "an error"
+        return f"the Hub ({endpoint}) answered {status} for {filename} of {label}: {first_line(exc)}"
+    return f"downloading {filename} of {label} failed ({type(exc).__name__}: {first_line(exc)}): try again"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message (its type name when it has none)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,1 @@
+"""Hub model cards and a push-ready Space repository."""

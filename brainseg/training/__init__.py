@@ -1,0 +1,1 @@
+"""The training loop, its augmentations, several processes (torchrun) and weight interpolation."""
