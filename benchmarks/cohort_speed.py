@@ -57,7 +57,7 @@ def tree_rss(process: psutil.Process) -> int:
 
 
 def run(manifest: Path, out: Path, model: str, engine: str, workers: int) -> dict:
-    command = [sys.executable, "-m", "brainseg.cli.predict", "--manifest", str(manifest), "--out", str(out),
+    command = [sys.executable, "-m", "brainseg.cli.predict", "--manifest", str(manifest), "--out-dir", str(out),
                "--model", model, "--engine", engine, "--workers", str(workers), "--quiet"]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

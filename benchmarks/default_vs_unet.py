@@ -59,7 +59,7 @@ def per_slice_ms(names: list[str], batch: torch.Tensor, repeats: int, cache: Pat
 def predict_scan(name: str, scan: Path, out: Path) -> tuple[float, float]:
     """Seconds and peak RSS (MB) of ``brainseg predict SCAN --model NAME`` in its own process."""
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "brainseg.cli.predict", str(scan), "--out", str(out),
+    process = subprocess.Popen([sys.executable, "-m", "brainseg.cli.predict", str(scan), "--out-dir", str(out),
                                 "--model", name, "--quiet"], cwd=REPO, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start

@@ -1,7 +1,7 @@
 """Write Kaggle LGG patient folders as NIfTI subjects, to measure the whole-volume pipeline on them.
 
     python -m benchmarks.lgg_as_volumes --data-dir ../shared/data/lgg-test --out /tmp/lgg-nifti
-    brainseg predict /tmp/lgg-nifti --truth-glob 'truth*' --out /tmp/lgg-masks --json lgg.json
+    brainseg predict /tmp/lgg-nifti --truth-glob 'truth*' --out-dir /tmp/lgg-masks --json lgg.json
 
 Each patient becomes ``OUT/<patient>/{flair,t1,t1ce,truth}.nii.gz``: the slices' three channels
 (pre-contrast T1, FLAIR, post-contrast T1) and the mask as 256 x 256 x N volumes on an RAS grid of

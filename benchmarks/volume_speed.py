@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "numbers.json"
         started = time.perf_counter()
-        predict_main([str(args.volume), "--out", tmp, "--json", str(report), "--quiet"])
+        predict_main([str(args.volume), "--out-dir", tmp, "--json", str(report), "--quiet"])
         wall = time.perf_counter() - started
         numbers = json.loads(report.read_text())
     budget = numbers["n_slices"] * single / 1000

@@ -21,6 +21,7 @@ UNET = "unet"
 TRANSFORMER_ARCHITECTURES = ("segformer_mit_b0", "unet_mit_b0")
 TRAINABLE_ARCHITECTURES = (UNET, *TRANSFORMER_ARCHITECTURES)
 ARCHITECTURES = TRAINABLE_ARCHITECTURES
+PRECISIONS = ("fp32", "bf16")  # what a network computes in: float32, or bfloat16 autocast (``--precision``)
 
 
 @dataclass

@@ -91,7 +91,7 @@ def segment_volume(client: Client, flair: Path, t1ce: Path | None = None, thresh
 def run_cli(tmp_path: Path, flair: Path, *extra: str) -> tuple[dict, np.ndarray]:
     """``brainseg predict`` (in process) on ``flair``: its JSON numbers and its mask."""
     out, report = tmp_path / "cli", tmp_path / "cli.json"
-    assert predict_main([str(flair), *extra, "--out", str(out), "--json", str(report), "--quiet"]) == 0
+    assert predict_main([str(flair), *extra, "--out-dir", str(out), "--json", str(report), "--quiet"]) == 0
     numbers = json.loads(report.read_text())
     return numbers, np.asarray(nib.load(numbers["output"]).dataobj)
 

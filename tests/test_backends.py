@@ -32,9 +32,11 @@ from brainseg.inference.postprocess import binarize
 from brainseg.inference.preprocess import uint8_batch_to_input
 from brainseg.inference.segmenter import Segmenter, choose_backend
 from brainseg.io.dataset import load_slices, read_mask, scan_dataset
-from brainseg.io.hub import UNET_MODEL_DIR
+from brainseg.io.hub import bundled_models
 from brainseg.io.weights import load_weights, save_weights
 from brainseg.models.unet import build_model
+
+UNET_MODEL_DIR = bundled_models()["unet"]
 
 
 def load_folder(folder: Path) -> tuple[ModelConfig, torch.nn.Module]:
@@ -380,7 +382,7 @@ def test_evaluate_cli_takes_the_backend_and_records_it(lgg_test_dir, onnx_cache,
     results = {}
     for backend in ("torch", "onnx"):
         out = tmp_path / f"{backend}.json"
-        assert evaluate(["--data-dir", str(data), "--backend", backend, "--json", str(out)]) == 0
+        assert evaluate(["--test-dir", str(data), "--backend", backend, "--json", str(out)]) == 0
         results[backend] = json.loads(out.read_text())
         assert results[backend]["backend"] == backend and results[backend]["n_slices"] == 10
     assert results["onnx"]["backend_reason"] == "ONNX Runtime (asked for)"
@@ -388,9 +390,9 @@ def test_evaluate_cli_takes_the_backend_and_records_it(lgg_test_dir, onnx_cache,
         assert results["onnx"][key] == pytest.approx(results["torch"][key], abs=1e-3), key
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        evaluate(["--data-dir", str(data), "--backend", "tensorrt"])
+        evaluate(["--test-dir", str(data), "--backend", "tensorrt"])
     assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
-    assert evaluate(["--data-dir", str(data), "--backend", "onnx", "--bf16"]) == 2
+    assert evaluate(["--test-dir", str(data), "--backend", "onnx", "--precision", "bf16"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: backend 'onnx' runs on the CPU in fp32 only") and "Traceback" not in err
 
@@ -404,7 +406,7 @@ def test_predict_cli_takes_the_backend_and_records_it(lgg_test_dir, onnx_cache, 
     reports = {}
     for backend in ("torch", "onnx", "auto"):
         report = tmp_path / f"{backend}.json"
-        assert predict([str(patient), "--out", str(tmp_path / backend), "--json", str(report), "--quiet",
+        assert predict([str(patient), "--out-dir", str(tmp_path / backend), "--json", str(report), "--quiet",
                         "--device", "cpu", "--backend", backend]) == 0
         reports[backend] = json.loads(report.read_text())
     assert [reports[b]["backend"] for b in ("torch", "onnx", "auto")] == ["torch", "onnx", "onnx"]
@@ -412,7 +414,7 @@ def test_predict_cli_takes_the_backend_and_records_it(lgg_test_dir, onnx_cache, 
     assert reports["onnx"]["dice"] == pytest.approx(reports["torch"]["dice"], abs=1e-4)
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        predict([str(patient), "--out", str(tmp_path / "x"), "--backend", "gpu"])
+        predict([str(patient), "--out-dir", str(tmp_path / "x"), "--backend", "gpu"])
     assert "invalid choice: 'gpu'" in capsys.readouterr().err
 
 

@@ -221,9 +221,9 @@ def cli_extra_args(cli: str, tmp_path: Path) -> list[str]:
     if cli == "brainseg.cli.train":
         return ["--out-dir", str(tmp_path / "out")]
     if cli == "brainseg.cli.tune":
-        from brainseg.io.hub import UNET_MODEL_DIR
+        from brainseg.io.hub import bundled_models
 
-        return ["--model", shutil.copytree(UNET_MODEL_DIR, tmp_path / "model", dirs_exist_ok=True).as_posix()]
+        return ["--model", shutil.copytree(bundled_models()["unet"], tmp_path / "model", dirs_exist_ok=True).as_posix()]
     return []
 
 

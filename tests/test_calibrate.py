@@ -205,7 +205,7 @@ def test_a_calibrated_folder_loads_everywhere_a_model_folder_loads(site, site_ta
     assert app.bundled_label("site-model", out) == "site-model: bundled U-Net, calibrated"
     assert str(out) in app.ModelRegistry.around(loaded, requested=str(out)).sources
     report = tmp_path / "predict.json"
-    assert predict_main([str(site / "scan0"), "--truth-glob", "label*", "--model", str(out), "--out",
+    assert predict_main([str(site / "scan0"), "--truth-glob", "label*", "--model", str(out), "--out-dir",
                          str(tmp_path / "masks"), "--json", str(report), "--quiet", "--backend", "torch"]) == 0
     assert json.loads(report.read_text())["threshold"] == 0.4
     with pytest.raises(CalibrationError, match="already exists and is not empty"):

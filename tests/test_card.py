@@ -105,7 +105,7 @@ def test_forms_choice_is_not_claimed_for_last_epoch_weights_and_unlogged_forms_f
     assert "checkpoint chosen" not in training_recipe(last) and "MONAI" in training_recipe(last)
 
 
-@pytest.mark.parametrize("folder, rows", [("assets/model", 80)])
+@pytest.mark.parametrize("folder, rows", [("assets/models/unet", 80)])
 def test_old_train_config_says_only_what_it_recorded(folder, rows):
     """The default's run predates the recipe fields: flips and affine + gamma only, no scale range, no choice."""
     run = REPO / folder

@@ -154,11 +154,11 @@ def test_a_second_run_on_the_same_table_is_refused_and_stale_temporaries_are_rem
 
 def test_cohort_mistakes_end_in_one_error_line(tmp_path, capsys, monkeypatch):
     for argv, message in (
-        (["--out", str(tmp_path)], "give at least one input"),
-        (["x.nii", "--out", str(tmp_path), "--address", "auto"], "--address names a Ray cluster: add --engine ray"),
-        (["--manifest", str(tmp_path / "none.csv"), "--out", str(tmp_path)], "none.csv: cannot read it"),
-        ([str(tmp_path), "--out", str(tmp_path), "--workers", "0"], "--workers 0: give 1 or more"),
-        ([str(tmp_path), "--out", str(tmp_path), "--workers", "2", "--json", "a.json"], "--json goes with one scan"),
+        (["--out-dir", str(tmp_path)], "give at least one input"),
+        (["x.nii", "--out-dir", str(tmp_path), "--address", "auto"], "--address names a Ray cluster: add --engine ray"),
+        (["--manifest", str(tmp_path / "none.csv"), "--out-dir", str(tmp_path)], "none.csv: cannot read it"),
+        ([str(tmp_path), "--out-dir", str(tmp_path), "--workers", "0"], "--workers 0: give 1 or more"),
+        ([str(tmp_path), "--out-dir", str(tmp_path), "--workers", "2", "--json", "a.json"], "--json goes with one scan"),
     ):
         assert main(argv) == 2
         assert message in capsys.readouterr().err
@@ -176,7 +176,7 @@ def cohort(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cohort")
     manifest, sides = write_cohort(folder / "scans")
     out = folder / "out"
-    rc = main(["--manifest", str(manifest), "--out", str(out), "--model", "unet", "--workers", "1", "--quiet"])
+    rc = main(["--manifest", str(manifest), "--out-dir", str(out), "--model", "unet", "--workers", "1", "--quiet"])
     return {"rc": rc, "manifest": manifest, "out": out, "sides": sides, "rows": read_table(out / "results.csv")}
 
 
@@ -213,7 +213,7 @@ def test_twenty_scans_with_five_broken_give_fifteen_results_and_five_clear_error
 @pytest.mark.slow
 def test_a_rerun_skips_the_done_scans_and_retries_the_failed_ones(cohort, capsys):
     before = {row["name"]: row for row in cohort["rows"]}
-    rc = main(["--manifest", str(cohort["manifest"]), "--out", str(cohort["out"]), "--model", "unet", "--quiet"])
+    rc = main(["--manifest", str(cohort["manifest"]), "--out-dir", str(cohort["out"]), "--model", "unet", "--quiet"])
     assert rc == 2
     assert "15 done before (skipped), 5 to run" in capsys.readouterr().err
     after = {row["name"]: row for row in read_table(cohort["out"] / "results.csv")}
@@ -224,7 +224,7 @@ def test_a_rerun_skips_the_done_scans_and_retries_the_failed_ones(cohort, capsys
         assert row["status"] == before[name]["status"]
     assert all(after[name]["finished"] >= before[name]["finished"] for name in BROKEN)
     # another threshold, revision or input is another result; so is a row whose mask was deleted
-    args = build_parser().parse_args(["--manifest", str(cohort["manifest"]), "--out", str(cohort["out"]),
+    args = build_parser().parse_args(["--manifest", str(cohort["manifest"]), "--out-dir", str(cohort["out"]),
                                       "--model", "unet"])
     settings = settings_from_args(args, 1)
     table, scan = ResultsTable.open(cohort["out"] / "results.csv"), read_manifest(cohort["manifest"])[3]
@@ -239,7 +239,7 @@ def test_a_rerun_skips_the_done_scans_and_retries_the_failed_ones(cohort, capsys
 @pytest.mark.slow
 def test_two_worker_processes_write_the_same_table(cohort, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = main(["--manifest", str(cohort["manifest"]), "--out", str(out), "--model", "unet", "--workers", "2"])
+    rc = main(["--manifest", str(cohort["manifest"]), "--out-dir", str(out), "--model", "unet", "--workers", "2"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "done: 15 ok, 5 failed, 0 skipped" in err and "scans/hour" in err
@@ -260,7 +260,7 @@ def _assert_same_table(rows: list[dict], reference: list[dict]) -> None:
 @pytest.mark.e2e
 def test_a_killed_run_then_a_rerun_gives_every_scan_once_and_no_half_written_mask(cohort, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "brainseg.cli.predict", "--manifest", str(cohort["manifest"]), "--out", str(out),
+    command = [sys.executable, "-m", "brainseg.cli.predict", "--manifest", str(cohort["manifest"]), "--out-dir", str(out),
                "--model", "unet", "--workers", "2", "--quiet"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)
@@ -296,7 +296,7 @@ def test_a_killed_run_then_a_rerun_gives_every_scan_once_and_no_half_written_mas
 def test_the_ray_engine_on_two_local_workers_writes_the_same_table(cohort, tmp_path, capsys):
     pytest.importorskip("ray", reason="Ray is the optional extra brainseg[cluster] (installed by requirements-test)")
     out = tmp_path / "out"
-    rc = main(["--manifest", str(cohort["manifest"]), "--out", str(out), "--model", "unet", "--engine", "ray",
+    rc = main(["--manifest", str(cohort["manifest"]), "--out-dir", str(out), "--model", "unet", "--engine", "ray",
                "--workers", "2", "--quiet"])
     assert rc == 2
     assert "done: 15 ok, 5 failed, 0 skipped" in capsys.readouterr().err

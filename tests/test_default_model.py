@@ -22,7 +22,7 @@ def test_bundled_model_reproduces_its_recorded_metrics(lgg_test_dir, tmp_path) -
     recorded = json.loads(RECORDED.read_text())
     out = tmp_path / "eval.json"
     subprocess.run(
-        [sys.executable, "-m", "brainseg.cli.evaluate", "--data-dir", str(lgg_test_dir), "--json", str(out)],
+        [sys.executable, "-m", "brainseg.cli.evaluate", "--test-dir", str(lgg_test_dir), "--json", str(out)],
         check=True, capture_output=True, text=True,
     )
     result = json.loads(out.read_text())
@@ -41,7 +41,7 @@ def test_bundled_comparison_model_reproduces_its_recorded_metrics(name, lgg_test
     recorded = json.loads((folder / "metrics.json").read_text())
     out = tmp_path / "eval.json"
     subprocess.run(
-        [sys.executable, "-m", "brainseg.cli.evaluate", "--data-dir", str(lgg_test_dir), "--model", name,
+        [sys.executable, "-m", "brainseg.cli.evaluate", "--test-dir", str(lgg_test_dir), "--model", name,
          "--json", str(out)],
         check=True, capture_output=True, text=True,
     )

@@ -116,7 +116,7 @@ def torchrun_command(data_dir: Path, out_dir: Path, epochs: int, batch_size: int
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD_SIZE}",
         "-m", "brainseg.cli.train", "--data-dir", str(data_dir), "--out-dir", str(out_dir), "--base-channels", "4",
         "--depth", "2", "--epochs", str(epochs), "--batch-size", str(batch_size), "--lr", "0.01",
-        "--no-tune-postprocessing", "--no-amp", "--seed", "3", "--dist-timeout-s", "120",
+        "--no-tune-postprocessing", "--precision", "fp32", "--seed", "3", "--dist-timeout-s", "120",
     ]
 
 

@@ -114,12 +114,16 @@ def test_folders_without_labels_or_subjects_are_refused_in_one_line(tmp_path, ca
     assert len(lines) == 1 and lines[0].startswith("error: ") and "no label file found" in lines[0], lines
 
 
-def test_at_least_one_of_data_dir_and_external_is_required(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        evaluate_main([])
-    assert exit_info.value.code == 2
+def test_patients_or_external_are_required_and_held_out_folders_are_test_dir(capsys):
+    assert evaluate_main([]) == 2
     error = capsys.readouterr().err
-    assert "give --data-dir (Kaggle patient folders), --external (NIfTI subject folders) or both" in error
+    assert error.startswith("error: give --test-dir (held-out patient folders), --data-dir (the full dataset), "
+                            "--external") and error.count("\n") == 1, error
+    assert evaluate_main(["--external", "x", "--forms"]) == 2
+    assert "--forms uses the patients' slices: give --test-dir or --data-dir too" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate_main(["--test-dir", "a", "--data-dir", "b"])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 @pytest.mark.slow

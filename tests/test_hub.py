@@ -23,7 +23,7 @@ from brainseg import ModelConfig, ModelLoadError, Segmenter
 from brainseg.config import CONFIG_FILE, WEIGHTS_FILE
 from brainseg.inference.segmenter import load_model
 from brainseg.io.dataset import bundled_test_patients
-from brainseg.io.hub import UNET_MODEL_DIR, parse_repo_arg, resolve_model
+from brainseg.io.hub import bundled_models, parse_repo_arg, resolve_model
 from brainseg.io.weights import save_model
 from brainseg.models.unet import build_model
 
@@ -50,7 +50,7 @@ for arg, reference in zip(sys.argv[1::2], sys.argv[2::2]):
     ref = load_file(reference)
     state = seg.model.state_dict()
     equal = ref.keys() == state.keys() and all(torch.equal(ref[k], state[k].contiguous()) for k in ref)
-    results.append({"source": seg.source, "revision": seg.revision, "description": seg.description,
+    results.append({"source": seg.source, "name": seg.name, "revision": seg.revision, "description": seg.description,
                     "equal": equal, "config": seg.config.to_dict(), "backend": seg.backend,
                     "onnx_path": str(seg.onnx_path)})
 print(json.dumps(results))
@@ -123,9 +123,10 @@ def test_parse_repo_arg(arg, expected):
 
 def test_bundled_and_local_folders_load_as_before(tmp_path):
     bundled = Segmenter.from_pretrained(device="cpu")
-    assert (bundled.source, bundled.revision) == ("bundled default", None)
+    assert (bundled.source, bundled.name, bundled.revision) == ("bundled default", "unet-generalist", None)
     folder = make_model(tmp_path / "m", threshold=0.6)
     local = Segmenter.from_pretrained(folder, device="cpu")
+    assert local.name == "m"
     assert local.source == str(folder) and local.revision is None and local.config.threshold == 0.6
     assert Segmenter.from_pretrained(str(folder), device="cpu").source == str(folder)
 
@@ -159,8 +160,8 @@ def test_save_pretrained_round_trips_weights_and_config(tmp_path):
     assert original.keys() == again.keys() and all(torch.equal(original[k], again[k]) for k in original)
     # the one loader builds the configured network; the bundled weights load strictly into it
     config, model = load_model(resolve_model("unet"))
-    assert config == ModelConfig.load(UNET_MODEL_DIR) and config.arch == "unet"
-    bundled, state = load_file(UNET_MODEL_DIR / WEIGHTS_FILE), model.state_dict()
+    assert config == ModelConfig.load(bundled_models()["unet"]) and config.arch == "unet"
+    bundled, state = load_file(bundled_models()["unet"] / WEIGHTS_FILE), model.state_dict()
     assert bundled.keys() == state.keys() and all(torch.equal(bundled[k], state[k]) for k in bundled)
     wrong = make_model(tmp_path / "wrong")
     config_json = json.loads((wrong / CONFIG_FILE).read_text())
@@ -181,6 +182,7 @@ def test_hub_load_equals_local_then_comes_from_cache(hub, tmp_path):
     env = hf_env(tmp_path, hub.endpoint)
     [first] = load_all(env, ("org/tiny", folder / WEIGHTS_FILE))
     assert first["equal"] and first["revision"] == sha and first["source"] == f"org/tiny@{sha}"
+    assert first["name"] == "org/tiny"
     assert first["config"]["threshold"] == 0.55 and sha[:12] in first["description"]
     assert ("HEAD", "/org/tiny/resolve/main/config.json") in hub.requests
     assert ("HEAD", f"/org/tiny/resolve/{sha}/model.safetensors") in hub.requests  # pinned to the commit
@@ -388,7 +390,7 @@ def test_publish_dry_run_round_trips_and_push_sends_the_same_folder(hub, tmp_pat
     data = make_dataset(tmp_path, bundled_test_patients()[:2])
     env = hf_env(tmp_path, hub.endpoint)
     out = tmp_path / "dry"
-    proc = publish(env, "--repo-id", "org/brainseg-unet", "--model", str(best), "--data-dir", str(data),
+    proc = publish(env, "--repo-id", "org/brainseg-unet", "--model", str(best), "--test-dir", str(data),
                    "--dry-run", str(out), "--train-hardware", "test CPU")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "nothing was pushed" in proc.stdout and hub.requests == []
@@ -478,12 +480,12 @@ def test_publish_cli_errors_are_one_line(tmp_path, capsys):
     cases = [
         (["--repo-id", "not a repo", "--dry-run", str(tmp_path / "o1"), "--eval-json", str(leaky)], "ORG/NAME"),
         (["--repo-id", "org/x", "--dry-run", str(busy), "--eval-json", str(leaky)], "already holds other files"),
-        (["--repo-id", "org/x", "--dry-run", str(tmp_path / "o2")], "give --data-dir"),
+        (["--repo-id", "org/x", "--dry-run", str(tmp_path / "o2")], "give --test-dir (held-out patient folders)"),
         (["--repo-id", "org/x", "--model", str(best), "--dry-run", str(tmp_path / "o3"), "--eval-json", str(leaky)],
          "outside the held-out test split"),
         (["--repo-id", "org/x", "--model", str(tmp_path / "nope" / "x"), "--dry-run", str(tmp_path / "o4"),
           "--eval-json", str(leaky)], "neither an existing model folder"),
-        (["--repo-id", "org/x", "--model", str(best), "--dry-run", str(tmp_path / "o5"), "--data-dir",
+        (["--repo-id", "org/x", "--model", str(best), "--dry-run", str(tmp_path / "o5"), "--test-dir",
           str(tmp_path / "no-data")], "does not exist"),
         (["--repo-id", "org/x", "--model", str(leaky_run), "--dry-run", str(tmp_path / "o6"), "--eval-json",
           str(held_out)], "trained with the 'article' split"),
@@ -496,9 +498,10 @@ def test_publish_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_missing_bundled_folder_says_how_to_get_it(monkeypatch, tmp_path):
-    """A non-editable install has no assets/: the message says to install from a checkout or name a model."""
+    """A bundled folder without its files (e.g. a Space export that ships another model): the message says what
+    to do."""
     import brainseg.io.hub as hub
 
     monkeypatch.setattr(hub, "BUNDLED_MODEL_DIR", tmp_path / "absent")
-    with pytest.raises(hub.ModelLoadError, match="pip install -e"):
+    with pytest.raises(hub.ModelLoadError, match="is not here .*complete checkout or its wheel, or pass a model"):
         hub.resolve_model(None)

@@ -134,8 +134,8 @@ def test_a_constant_volume_maps_to_zeros_under_every_rule():
 
 
 def test_fit_without_a_data_folder_is_one_error_line(tmp_path, capsys):
-    assert main(["fit", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "l.json")]) == 2
-    assert "no such folder" in capsys.readouterr().err and not (tmp_path / "l.json").exists()
+    assert main(["fit", "--data-dir", str(tmp_path / "missing"), "--out-dir", str(tmp_path)]) == 2
+    assert "no such folder" in capsys.readouterr().err and not (tmp_path / "intensity_landmarks.json").exists()
 
 
 @pytest.mark.slow
@@ -152,6 +152,6 @@ def test_the_rule_that_ran_is_recorded_in_the_predict_json(tmp_path):
     for rule in ("whitestripe", None):
         report = tmp_path / f"{rule}.json"
         extra = ["--intensity", rule] if rule else []
-        assert predict_main([str(tmp_path / "flair.nii.gz"), "--out", str(tmp_path / "out"), "--json", str(report),
+        assert predict_main([str(tmp_path / "flair.nii.gz"), "--out-dir", str(tmp_path / "out"), "--json", str(report),
                              "--model", "unet", "--quiet", *extra]) == 0
         assert json.loads(report.read_text())["intensity"] == (rule or "percentile")

@@ -39,7 +39,7 @@ def scans(lgg_test_dir, tmp_path_factory):
 def test_one_volume_with_t1ce_and_truth_writes_the_mask_on_the_input_grid_and_the_numbers(scans, tmp_path):
     out, report = tmp_path / "out", tmp_path / "report.json"
     rc = main([str(scans["flair"]), "--t1ce", str(scans["t1ce"]), "--truth", str(scans["truth"]),
-               "--out", str(out), "--json", str(report), "--quiet"])
+               "--out-dir", str(out), "--json", str(report), "--quiet"])
     assert rc == 0
     flair, mask = nib.load(str(scans["flair"])), nib.load(str(out / "flair_mask.nii.gz"))
     assert mask.shape == flair.shape and np.array_equal(mask.affine, flair.affine)
@@ -69,7 +69,7 @@ def test_several_inputs_run_one_after_another(scans, lgg_test_dir, tmp_path):
     patient = tmp_path / PATIENT
     link_patient(lgg_test_dir / PATIENT, patient, range(10, 14))
     out, report = tmp_path / "out", tmp_path / "report.json"
-    assert main([str(subjects), str(patient), "--out", str(out), "--json", str(report), "--quiet",
+    assert main([str(subjects), str(patient), "--out-dir", str(out), "--json", str(report), "--quiet",
                  "--threshold", "0.5"]) == 0
     numbers = json.loads(report.read_text())
     assert numbers["n_subjects"] == 3 and [s["name"] for s in numbers["subjects"]] == ["a", "b", PATIENT]
@@ -103,7 +103,7 @@ def test_user_mistakes_exit_2_with_one_message_and_write_nothing(scans, tmp_path
     ]
     for argv, message in cases:
         out = tmp_path / "out"
-        rc = main(argv + ["--out", str(out), "--json", str(tmp_path / "r.json"), "--quiet"])
+        rc = main(argv + ["--out-dir", str(out), "--json", str(tmp_path / "r.json"), "--quiet"])
         err = capsys.readouterr().err
         assert rc == 2, argv
         assert message in err and "Traceback" not in err, (argv, err)
@@ -115,7 +115,7 @@ def test_user_mistakes_exit_2_with_one_message_and_write_nothing(scans, tmp_path
 @pytest.mark.e2e
 def test_the_module_runs_as_a_command(tmp_path):
     (tmp_path / "notes.txt").write_text("not a scan")
-    result = subprocess.run([sys.executable, "-m", "brainseg.cli.predict", str(tmp_path / "notes.txt"), "--out",
+    result = subprocess.run([sys.executable, "-m", "brainseg.cli.predict", str(tmp_path / "notes.txt"), "--out-dir",
                              str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.startswith("error: notes.txt: not a volume") and "Traceback" not in result.stderr
@@ -131,11 +131,11 @@ def test_the_bundled_unet_on_scans_points_to_the_default_once(scans, lgg_test_di
     link_patient(lgg_test_dir / PATIENT, patient, range(10, 13))
     hint = "the default model (unet-generalist, trained for every input form) segments better"
 
-    assert main([str(subjects), "--out", str(tmp_path / "o1"), "--quiet", "--model", "unet"]) == 0
+    assert main([str(subjects), "--out-dir", str(tmp_path / "o1"), "--quiet", "--model", "unet"]) == 0
     assert capsys.readouterr().err.count(hint) == 1, "one note for two scans"
-    assert main([str(patient), "--out", str(tmp_path / "o2"), "--quiet", "--model", "unet"]) == 0
+    assert main([str(patient), "--out-dir", str(tmp_path / "o2"), "--quiet", "--model", "unet"]) == 0
     assert hint not in capsys.readouterr().err, "Kaggle patient folders are what the U-Net learned"
-    assert main([str(subjects), "--out", str(tmp_path / "o4"), "--quiet"]) == 0
+    assert main([str(subjects), "--out-dir", str(tmp_path / "o4"), "--quiet"]) == 0
     assert hint not in capsys.readouterr().err, "the default was trained for such scans"
-    assert main([str(subjects), "--out", str(tmp_path / "o3"), "--quiet", "--model", "segformer-b0"]) == 0
+    assert main([str(subjects), "--out-dir", str(tmp_path / "o3"), "--quiet", "--model", "segformer-b0"]) == 0
     assert hint not in capsys.readouterr().err, "a model the user chose gets no note"

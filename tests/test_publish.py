@@ -57,7 +57,7 @@ def test_dry_run_with_forms_and_external_puts_their_numbers_in_every_published_f
     link_patient(lgg_test_dir / STANDIN_SOURCE, data / STANDIN_SOURCE, SLICES)
     external_subject(tmp_path / "outside-set" / "subject_1")
     out = tmp_path / "dry"
-    status = publish_main(["--repo-id", "org/robust", "--model", str(best), "--data-dir", str(data), "--forms",
+    status = publish_main(["--repo-id", "org/robust", "--model", str(best), "--test-dir", str(data), "--forms",
                            "--external", str(tmp_path / "outside-set"), "--dry-run", str(out)])
     assert status == 0, capsys.readouterr().err
     assert "external subject_1: Dice all channels" in capsys.readouterr().err
@@ -98,7 +98,7 @@ def test_forms_and_external_options_are_checked_first(tmp_path, capsys):
                "empty_fp_rate": 0.1, "volume_dice": 0.6, "n_slices": 3, "n_tumor_slices": 1, "n_patients": 1}
     eval_json.write_text(json.dumps({**metrics, "per_patient_dice": {STANDIN_SOURCE: 0.6}}))
     cases = [
-        (["--eval-json", str(eval_json), "--forms"], "--forms scores --data-dir's slices"),
+        (["--eval-json", str(eval_json), "--forms"], "--forms scores the held-out patients' slices"),
         (["--eval-json", str(eval_json), "--external-truth-glob", "seg*.nii.gz"], "give --external too"),
         (["--eval-json", str(eval_json), "--external", str(tmp_path / "missing")], "no such file or folder"),
     ]

@@ -59,7 +59,7 @@ def test_machine_path_pattern(text: str, found: list[str]) -> None:
 
 def test_no_machine_paths_in_committed_artifacts() -> None:
     files = [name for name in repo_files() if name.endswith(ARTIFACT_SUFFIXES)]
-    assert "assets/model/train_config.json" in files and "README.md" in files
+    assert "assets/models/unet/train_config.json" in files and "README.md" in files
     offenders = {name: hits for name in files
                  if (hits := machine_paths((REPO / name).read_text(encoding="utf-8", errors="replace")))}
     assert not offenders, ("absolute paths of the machine a run happened on; write a path relative to the run, "
@@ -98,9 +98,9 @@ def test_package_data_ships_every_non_python_file_of_the_package() -> None:
 def test_weights_go_through_git_lfs_for_the_hub() -> None:
     repo_files()  # skips outside a git checkout
     out = subprocess.run(["git", "check-attr", "filter", "diff", "merge", "text", "--",
-                          "assets/model/model.safetensors", "model.onnx"],
+                          "assets/models/unet/model.safetensors", "model.onnx"],
                          cwd=REPO, check=True, capture_output=True, text=True).stdout
-    for path in ("assets/model/model.safetensors", "model.onnx"):
+    for path in ("assets/models/unet/model.safetensors", "model.onnx"):
         for attribute, value in (("filter", "lfs"), ("diff", "lfs"), ("merge", "lfs"), ("text", "unset")):
             assert f"{path}: {attribute}: {value}" in out, out
 

@@ -94,9 +94,9 @@ def test_export_of_the_default_stores_its_weights_in_lfs_and_pushes(tmp_path: Pa
 def test_export_refuses_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    assert main(["export", str(tmp_path / "full"), "--model", HUB_MODEL]) == 2
+    assert main(["export", "--out-dir", str(tmp_path / "full"), "--model", HUB_MODEL]) == 2
     assert "not an empty folder" in capsys.readouterr().err
-    assert main(["export", str(tmp_path / "new"), "--model", "no such model"]) == 2
+    assert main(["export", "--out-dir", str(tmp_path / "new"), "--model", "no such model"]) == 2
     err = capsys.readouterr().err
     assert "neither a bundled model" in err and "ORG/NAME" in err and not (tmp_path / "new").exists()
     (tmp_path / SPACE_CONFIG_FILE).write_text("[1, 2]")

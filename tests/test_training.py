@@ -67,8 +67,8 @@ def test_loss_falls_and_a_killed_run_resumes_from_its_checkpoint(lgg_test_dir, t
 
 @pytest.mark.slow
 def test_same_seed_gives_the_same_weights(lgg_test_dir, tmp_path) -> None:
-    first = train(tiny_config(lgg_test_dir, tmp_path / "a", epochs=1, amp=False))
-    second = train(tiny_config(lgg_test_dir, tmp_path / "b", epochs=1, amp=False))
+    first = train(tiny_config(lgg_test_dir, tmp_path / "a", epochs=1, precision="fp32"))
+    second = train(tiny_config(lgg_test_dir, tmp_path / "b", epochs=1, precision="fp32"))
     a = Segmenter.from_pretrained(first).model.state_dict()
     b = Segmenter.from_pretrained(second).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -77,7 +77,8 @@ def test_same_seed_gives_the_same_weights(lgg_test_dir, tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_cli_help_documents_the_article_preset() -> None:
-    result = subprocess.run([sys.executable, "-m", "brainseg.cli.train", "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-m", "brainseg.cli.train", "--help"], capture_output=True, text=True,
+                            check=True)
     assert "--preset" in result.stdout and "article" in result.stdout and "--empty-fraction" in result.stdout
 
 
@@ -115,9 +116,9 @@ def test_init_from_refuses_a_different_architecture(lgg_test_dir, tmp_path) -> N
 
 @pytest.mark.slow
 def test_affine_gamma_augmentation_trains_reproducibly(lgg_test_dir, tmp_path) -> None:
-    first = train(tiny_config(lgg_test_dir, tmp_path / "a", epochs=1, amp=False, augment="affine_gamma"))
-    second = train(tiny_config(lgg_test_dir, tmp_path / "b", epochs=1, amp=False, augment="affine_gamma"))
-    plain = train(tiny_config(lgg_test_dir, tmp_path / "c", epochs=1, amp=False))
+    first = train(tiny_config(lgg_test_dir, tmp_path / "a", epochs=1, precision="fp32", augment="affine_gamma"))
+    second = train(tiny_config(lgg_test_dir, tmp_path / "b", epochs=1, precision="fp32", augment="affine_gamma"))
+    plain = train(tiny_config(lgg_test_dir, tmp_path / "c", epochs=1, precision="fp32"))
     a, b, c = (Segmenter.from_pretrained(p).model.state_dict() for p in (first, second, plain))
     assert all(torch.equal(a[k], b[k]) for k in a)  # seeded: the random warps repeat
     assert not all(torch.equal(a[k], c[k]) for k in a)  # and they do change what the model saw
@@ -126,7 +127,7 @@ def test_affine_gamma_augmentation_trains_reproducibly(lgg_test_dir, tmp_path) -
 @pytest.mark.slow
 def test_generalization_recipe_trains_reproducibly_and_chooses_on_every_input_form(lgg_test_dir, tmp_path) -> None:
     """Skull-strip, missing-channel, wide-scale and acquisition augmentation; best/ picked on the forms' mean."""
-    recipe = dict(epochs=2, amp=False, augment="affine_gamma", scale_min=0.5, scale_max=1.4, strip_prob=0.5,
+    recipe = dict(epochs=2, precision="fp32", augment="affine_gamma", scale_min=0.5, scale_max=1.4, strip_prob=0.5,
                   missing_channel_prob=0.45, acquisition=True, select_on="forms")
     first = train(tiny_config(lgg_test_dir, tmp_path / "a", **recipe))
     second = train(tiny_config(lgg_test_dir, tmp_path / "b", **recipe))
@@ -229,7 +230,8 @@ def test_every_optimizer_and_schedule_choice_is_implemented() -> None:
 def test_cli_offers_the_choices_and_refuses_a_typo_before_writing(tmp_path) -> None:
     out = tmp_path / "o"
     result = subprocess.run(
-        [sys.executable, "-m", "brainseg.cli.train", "--data-dir", str(tmp_path), "--out-dir", str(out), "--loss", "bce_dce"],
+        [sys.executable, "-m", "brainseg.cli.train", "--data-dir", str(tmp_path), "--out-dir", str(out), "--loss",
+         "bce_dce"],
         capture_output=True, text=True,
     )
     assert result.returncode == 2 and "invalid choice: 'bce_dce'" in result.stderr
@@ -252,7 +254,7 @@ def test_teacher_probability_is_one_half_exactly_at_its_threshold(tmp_path) -> N
     teacher = Teacher.load(str(tiny_teacher(tmp_path / "teacher", threshold=0.3)), torch.device("cpu"))
     x = torch.randn(2, 3, 32, 32)
     logits = teacher.network(x.contiguous(memory_format=torch.channels_last)).float()
-    proba = teacher.probability(x, torch.device("cpu"), amp=False)
+    proba = teacher.probability(x, torch.device("cpu"), bf16=False)
     assert not any(p.requires_grad for p in teacher.network.parameters())
     assert torch.allclose(proba, torch.sigmoid(logits - torch.logit(torch.tensor(0.3))), atol=1e-6)
     assert torch.equal(proba > 0.5, torch.sigmoid(logits) > 0.3)
@@ -262,7 +264,7 @@ def test_teacher_probability_is_one_half_exactly_at_its_threshold(tmp_path) -> N
 def test_distillation_and_quarter_turns_train_reproducibly(lgg_test_dir, tmp_path) -> None:
     """Soft targets change what is learned (weight 0 leaves the run as without a teacher); seeded runs repeat."""
     teacher = str(tiny_teacher(tmp_path / "teacher"))
-    recipe = dict(epochs=1, amp=False, quarter_turn_prob=0.5)
+    recipe = dict(epochs=1, precision="fp32", quarter_turn_prob=0.5)
     runs = {
         name: train(tiny_config(lgg_test_dir, tmp_path / name, **recipe, **extra))
         for name, extra in {

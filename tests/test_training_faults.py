@@ -32,7 +32,7 @@ def train_command(data_dir: Path, out_dir: Path) -> list[str]:
         sys.executable, "-m", "brainseg.cli.train", "--data-dir", str(data_dir), "--out-dir", str(out_dir),
         "--base-channels", "4", "--depth", "2", "--epochs", str(EPOCHS), "--batch-size", "2", "--lr", "0.01",
         "--schedule", "constant", "--split", "article", "--max-train-slices", "48", "--max-val-slices", "4",
-        "--no-tune-postprocessing", "--no-amp", "--seed", "3",
+        "--no-tune-postprocessing", "--precision", "fp32", "--seed", "3",
     ]
 
 

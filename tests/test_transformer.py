@@ -10,7 +10,7 @@ import torch
 
 from brainseg import Segmenter, bundled_models
 from brainseg.config import TRANSFORMER_ARCHITECTURES, ModelConfig
-from brainseg.io.hub import BUNDLED_LABEL, BUNDLED_MODEL_DIR, UNET_MODEL_DIR, ModelLoadError, resolve_model
+from brainseg.io.hub import BUNDLED_LABEL, BUNDLED_MODEL_DIR, BUNDLED_MODELS_DIR, ModelLoadError, resolve_model
 from brainseg.models.transformer import STRIDE
 from brainseg.models.unet import build_model, count_parameters
 from brainseg.training.loop import TrainConfig
@@ -76,7 +76,7 @@ def test_save_and_load_round_trip_gives_the_same_probabilities(arch: str, tmp_pa
 def test_bundled_models_are_listed_by_name_and_each_loads(no_network) -> None:
     models = bundled_models()
     assert list(models)[:2] == ["unet-generalist", "unet"], "the default first, then the U-Net"
-    assert models["unet-generalist"] == BUNDLED_MODEL_DIR and models["unet"] == UNET_MODEL_DIR
+    assert models["unet-generalist"] == BUNDLED_MODEL_DIR and models["unet"] == BUNDLED_MODELS_DIR / "unet"
     assert TRANSFORMER_NAME in models, f"the bundled Transformer is missing: {models}"
     image = np.random.default_rng(2).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     archs = {}
@@ -91,6 +91,8 @@ def test_bundled_models_are_listed_by_name_and_each_loads(no_network) -> None:
     assert resolve_model("unet-generalist").source == BUNDLED_LABEL == resolve_model(None).source
     assert resolve_model("unet").source == "bundled unet"
     assert resolve_model(TRANSFORMER_NAME).source == f"bundled {TRANSFORMER_NAME}"
+    assert [resolve_model(name).name for name in (None, "unet", TRANSFORMER_NAME)] == [
+        "unet-generalist", "unet", TRANSFORMER_NAME]
 
 
 def test_a_local_folder_wins_over_a_bundled_name(tmp_path, monkeypatch) -> None:
@@ -110,7 +112,7 @@ def test_bundled_transformer_reproduces_its_recorded_metrics(lgg_test_dir, tmp_p
     recorded = json.loads((folder / "metrics.json").read_text())
     out = tmp_path / "eval.json"
     subprocess.run(
-        [sys.executable, "-m", "brainseg.cli.evaluate", "--data-dir", str(lgg_test_dir), "--model", TRANSFORMER_NAME,
+        [sys.executable, "-m", "brainseg.cli.evaluate", "--test-dir", str(lgg_test_dir), "--model", TRANSFORMER_NAME,
          "--json", str(out)],
         check=True, capture_output=True, text=True,
     )

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brainseg import Segmenter
-from brainseg.cli.common import run
+from brainseg.cli.common import add_device_argument, add_seed_arguments, parse_and_run
 from brainseg.evaluation.metrics import METRICS_BY_KEY
 from brainseg.evaluation.scoring import evaluate_arrays
-from brainseg.io.dataset import load_slices, make_split
+from brainseg.io.dataset import DEFAULT_SPLIT_SEED, load_slices, make_split
 from brainseg.training.loop import TrainConfig, train
 
 STUDIES: dict[str, list[tuple[str, dict]]] = {
@@ -39,7 +39,10 @@ class Budget:
     base_channels: int = 8
     epochs: int = 4
     empty_fraction: float = 0.3
-    seed: int = 2026  # initialisation, sampling and the validation patients
+    seed: int = 2026  # initialisation, sampling order, augmentation
+    split_seed: int = DEFAULT_SPLIT_SEED  # the validation patients
+    device: str = "auto"
+    precision: str = "bf16"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,13 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-channels", type=int, default=Budget.base_channels)
     parser.add_argument("--epochs", type=int, default=Budget.epochs)
     parser.add_argument("--empty-fraction", type=float, default=Budget.empty_fraction)
-    parser.add_argument("--seed", type=int, default=Budget.seed)
+    add_seed_arguments(parser, Budget.seed, Budget.split_seed)
+    add_device_argument(parser, precision=Budget.precision)
     return parser
 
 
 def run_study(study: str, data_dir: str, out_dir: str | Path, budget: Budget) -> list[dict]:
     """Train every variant of ``study`` into ``out_dir/<study>/<variant>``; one row of held-out metrics each."""
-    split = make_split(data_dir, seed=budget.seed)
+    split = make_split(data_dir, seed=budget.split_seed)
     test_images, test_masks = load_slices(list(split.test))
     test_patients = [r.patient for r in split.test]
     rows = []
@@ -67,12 +71,14 @@ def run_study(study: str, data_dir: str, out_dir: str | Path, budget: Budget) ->
         cfg = TrainConfig(
             data_dir=data_dir, out_dir=str(Path(out_dir) / study / name),
             base_channels=budget.base_channels, epochs=budget.epochs, empty_fraction=budget.empty_fraction,
-            tune_postprocessing=False, seed=budget.seed, split_seed=budget.seed, **overrides,
+            tune_postprocessing=False, seed=budget.seed, split_seed=budget.split_seed, device=budget.device,
+            precision=budget.precision, **overrides,
         )
         started = time.time()
         best = train(cfg)
         minutes = (time.time() - started) / 60
-        report = evaluate_arrays(Segmenter.from_pretrained(best), test_images, test_masks, test_patients)
+        segmenter = Segmenter.from_pretrained(best, device=budget.device)
+        report = evaluate_arrays(segmenter, test_images, test_masks, test_patients)
         rows.append({"variant": label, "minutes": round(minutes, 1), **overrides,
                      **{k: v for k, v in report.to_dict().items() if k != "per_patient_dice"}})
     return rows
@@ -81,8 +87,8 @@ def run_study(study: str, data_dir: str, out_dir: str | Path, budget: Budget) ->
 def markdown(study: str, budget: Budget, rows: list[dict]) -> str:
     """The study's rows as a Markdown table under a line that states the budget."""
     description = (f"width {budget.base_channels}, {budget.epochs} epochs, {budget.empty_fraction:.0%} of tumor-free "
-                   "slices per epoch, bf16 CPU; best epoch on validation; scored on the 11 held-out patients at "
-                   "threshold 0.5")
+                   f"slices per epoch, {budget.precision}; best epoch on validation; scored on the 11 held-out "
+                   "patients at threshold 0.5")
     headers = [METRICS_BY_KEY[key].short for key in TABLE_METRICS]
     lines = [f"**{study}** ({description})", "", "| variant | " + " | ".join(headers) + " | train min |",
              "|---" * (len(headers) + 2) + "|"]
@@ -93,7 +99,8 @@ def markdown(study: str, budget: Budget, rows: list[dict]) -> str:
 
 
 def ablate(args: argparse.Namespace) -> int:
-    budget = Budget(args.base_channels, args.epochs, args.empty_fraction, args.seed)
+    budget = Budget(args.base_channels, args.epochs, args.empty_fraction, args.seed, args.split_seed, args.device,
+                    args.precision)
     rows = run_study(args.study, args.data_dir, args.out_dir, budget)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,8 +112,7 @@ def ablate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run(lambda: ablate(args))
+    return parse_and_run(build_parser(), ablate, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from brainseg.cli.common import USER_ERRORS, add_device_argument, add_validation_patient_arguments, run
+from brainseg.cli.common import USER_ERRORS, add_device_argument, add_validation_patient_arguments, parse_and_run
 from brainseg.evaluation.selection import candidates_markdown_table, compare_candidates, parse_candidate
 from brainseg.fileio import atomic_write_text
 from brainseg.inference.backends import BACKENDS, BackendError
@@ -51,8 +51,7 @@ def choose(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run(lambda: choose(args), (*USER_ERRORS, BackendError))
+    return parse_and_run(build_parser(), choose, argv, (*USER_ERRORS, BackendError))
 
 
 if __name__ == "__main__":

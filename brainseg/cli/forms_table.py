@@ -12,7 +12,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from brainseg.cli.common import run
+from brainseg.cli.common import parse_and_run
 from brainseg.evaluation.forms import SELECTION_FORMS
 from brainseg.fileio import atomic_write_text
 from brainseg.training.loop import LOG_FILE
@@ -45,22 +45,25 @@ def markdown(run_dirs: list[Path], metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brainseg forms-table", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="training run folders (each with log.csv)")
     parser.add_argument("--metric", choices=METRICS, default="volume_dice")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
-    args = parser.parse_args(argv)
+    return parser
 
-    def report() -> int:
-        table = markdown(args.runs, args.metric)
-        print(table, end="")
-        if args.markdown:
-            atomic_write_text(args.markdown, table)
-        return 0
 
-    return run(report)
+def report(args: argparse.Namespace) -> int:
+    table = markdown(args.runs, args.metric)
+    print(table, end="")
+    if args.markdown:
+        atomic_write_text(args.markdown, table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return parse_and_run(build_parser(), report, argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import argparse
 import json
 
 from brainseg import Segmenter
-from brainseg.cli.common import add_device_argument, add_validation_patient_arguments, run
+from brainseg.cli.common import add_device_argument, add_validation_patient_arguments, parse_and_run
 from brainseg.cli.tune import FLIP_TTA_OPTIONS
 from brainseg.evaluation.scoring import tune_on_validation_patients
 from brainseg.io.weights import save_model
@@ -58,8 +58,7 @@ def make_interpolation(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run(lambda: make_interpolation(args))
+    return parse_and_run(build_parser(), make_interpolation, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Segment whole scans from the command line: ``brainseg predict FLAIR [FLAIR ...] --out DIR``.
+"""Segment whole scans from the command line: ``brainseg predict FLAIR [FLAIR ...] --out-dir DIR``.
 
 Each input is a NIfTI file, a DICOM series (folder or ``.zip``), a Kaggle patient folder, or a folder of
 those (one subject per entry). Writes ``DIR/<subject>_mask.nii.gz`` (uint8 0/1, the input's exact shape and
@@ -16,15 +16,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from brainseg.cli.common import add_device_argument, one_line, parse_and_run
 from brainseg.evaluation.volumes import evaluate_volume
 from brainseg.fileio import atomic_write_text
 from brainseg.inference.backends import BACKENDS, BackendError
 from brainseg.inference.intensity import DEFAULT_RULE, RULES
 from brainseg.inference.segmenter import Segmenter
 from brainseg.inference.volume import VolumePrediction, is_patient_folder_input, predict_subject, save_mask
-from brainseg.io.hub import DEFAULT_MODEL_NAME, UNET_MODEL_NAME, ModelLoadError
+from brainseg.io.hub import ModelLoadError
 from brainseg.io.volumes import SubjectInputs, VolumeError, find_subjects
+from brainseg.registry import DEFAULT_MODEL_NAME
 
+UNET_MODEL_NAME = "unet"  # the registry's U-Net for whole-head LGG slices only
 USER_ERRORS = (VolumeError, ModelLoadError, BackendError, OSError)
 
 
@@ -35,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="*", metavar="FLAIR",
                         help="NIfTI file, DICOM series folder or .zip, Kaggle patient folder, or a folder of these "
                         "(with a cohort option also a BIDS tree)")
-    parser.add_argument("--out", required=True, type=Path, help="folder for the masks")
+    parser.add_argument("--out-dir", required=True, type=Path, help="folder for the masks")
     parser.add_argument("--t1", type=Path, help="pre-contrast T1 on the FLAIR's grid (one input only)")
     parser.add_argument("--t1ce", type=Path, help="post-contrast T1 on the FLAIR's grid (one input only)")
     parser.add_argument("--json", type=Path, help="write the numbers here")
@@ -47,21 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flair-only", action="store_true",
                         help="use the FLAIR alone even where T1/T1ce are found or given (for comparisons)")
     parser.add_argument("--intensity", choices=RULES, default=DEFAULT_RULE,
-                        help="how each channel's intensities become the model's 8-bit slices (brainseg.inference.intensity; "
-                        "docs/volumes.md): percentile = 99th inside the head -> 160, nyul = tissue percentiles, "
-                        "whitestripe = the tissue mode, zscore = mean and std inside the head, each onto the LGG "
-                        "training slices' landmarks")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+                        help="how each channel's intensities become the model's 8-bit slices "
+                        "(brainseg.inference.intensity; docs/volumes.md): percentile = 99th inside the head -> 160, "
+                        "nyul = tissue percentiles, whitestripe = the tissue mode, zscore = mean and std inside the "
+                        "head, each onto the LGG training slices' landmarks")
+    add_device_argument(parser)
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="what runs the network: onnx = ONNX Runtime (CPU, fp32), torch = PyTorch, auto = ONNX "
                         "Runtime on the CPU when installed and equal to PyTorch within 1e-4, else PyTorch")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     cohort = parser.add_argument_group(
-        "cohorts", "any of these runs the inputs as a cohort (brainseg.cohort.runner, docs/cohorts.md): one row per scan in "
-        "a results table, a rerun skips the scans done with the same model/revision/threshold and retries failed ones")
+        "cohorts", "any of these runs the inputs as a cohort (brainseg.cohort.runner, docs/cohorts.md): one row per "
+        "scan in a results table, a rerun skips the scans done with the same model/revision/threshold and retries "
+        "failed ones")
     cohort.add_argument("--manifest", type=Path, help="CSV (header) or JSON lines listing the scans: 'flair' "
                         "(or 'input'/'path'), optional 'name', 't1', 't1ce', 'truth'")
-    cohort.add_argument("--table", type=Path, help="the results table (CSV; default OUT/results.csv)")
+    cohort.add_argument("--table", type=Path, help="the results table (CSV; default OUT_DIR/results.csv)")
     cohort.add_argument("--workers", type=int, help="scans at a time: processes on this machine, or Ray actors")
     cohort.add_argument("--threads", type=int, help="torch / ONNX Runtime threads per worker (default: this "
                         "machine's cores // --workers; on Ray also the CPUs each actor reserves)")
@@ -72,16 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except USER_ERRORS as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return parse_and_run(build_parser(), _run, argv, USER_ERRORS)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -109,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
     hint = outside_scan_hint(segmenter, subjects)
     if hint:
         print(hint, file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     results, failed, used_names = [], 0, set()
     subject_bar = tqdm(subjects, desc="subjects", unit="subject", disable=args.quiet or len(subjects) < 2)
     for subject in subject_bar:
@@ -119,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
         except VolumeError as exc:
             failed += 1
             prefix = f"{name}: " if len(subjects) > 1 else ""
-            tqdm.write(f"error: {prefix}{_one_line(exc)}", file=sys.stderr)
+            tqdm.write(f"error: {prefix}{one_line(exc)}", file=sys.stderr)
             continue
         results.append(result)
         tqdm.write(_describe(result))
@@ -132,7 +127,7 @@ def outside_scan_hint(segmenter: Segmenter, subjects: list[SubjectInputs]) -> st
     """A note when the bundled U-Net alone (trained on whole-head LGG slices) is about to segment scans (NIfTI,
     DICOM) rather than Kaggle patient folders: the default model was trained for such scans."""
     scans = [s for s in subjects if not is_patient_folder_input(s)]
-    if segmenter.source != f"bundled {UNET_MODEL_NAME}" or not scans:
+    if segmenter.name != UNET_MODEL_NAME or not scans:
         return None
     return (f"note: the {UNET_MODEL_NAME} model learned whole-head LGG slices; for skull-stripped or FLAIR-only scans "
             f"from other hospitals, the default model ({DEFAULT_MODEL_NAME}, trained for every input form) segments "
@@ -165,7 +160,7 @@ def _run_subject(segmenter: Segmenter, subject: SubjectInputs, name: str, args: 
                               intensity=args.intensity, progress=progress)
         prediction, truth = run.prediction, run.truth
         mask_name = name if run.flair is None else f"{name}_mask.nii.gz"
-        written = save_mask(prediction, str(args.out / mask_name), args.threshold)
+        written = save_mask(prediction, str(args.out_dir / mask_name), args.threshold)
     finally:
         for bar in bars:
             bar.close()

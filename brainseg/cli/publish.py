@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from brainseg.cli.common import run
+from brainseg.cli.common import add_device_argument, add_test_dir_argument, parse_and_run
 from brainseg.config import CONFIG_FILE, UNET, WEIGHTS_FILE, ModelConfig
 from brainseg.evaluation.external import DEFAULT_TRUTH_GLOBS, evaluate_external
 from brainseg.evaluation.forms import REPORT_FORMS
@@ -26,7 +26,7 @@ from brainseg.inference.backends import (
     synthetic_probe,
 )
 from brainseg.inference.segmenter import Segmenter, load_model
-from brainseg.io.dataset import bundled_test_patients, scan_dataset
+from brainseg.io.dataset import bundled_test_patients
 from brainseg.io.hub import ModelLoadError, ResolvedModel, parse_repo_arg, resolve_model
 from brainseg.models.unet import count_parameters
 from brainseg.publishing.card import (
@@ -53,15 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repo-id", required=True, help="target model repo, ORG/NAME (created if missing)")
     parser.add_argument("--model", default=None, help="model folder or Hub repo id[@revision]; default: bundled")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--data-dir", help="Kaggle-layout folder to evaluate on (e.g. ../shared/data/lgg-test)")
+    add_test_dir_argument(source)
+    source.add_argument("--data-dir", help="the full dataset (kaggle_3m layout): its held-out test patients are scored")
     source.add_argument("--eval-json", help="use this `brainseg evaluate --json` output instead")
-    parser.add_argument("--split", choices=["auto", "all", "test"], default="auto",
-                        help="patients of --data-dir to evaluate: auto = all when the folder holds only held-out "
-                        "patients, else the held-out test split")
     parser.add_argument("--forms", action="store_true",
                         help="also score those slices in every input form (skull-stripped, FLAIR only, FLAIR + "
-                        "T1c, half frame, ...; brainseg.evaluation.forms) and put the table in the card (needs --data-dir; "
-                        "an --eval-json written by `brainseg.cli.evaluate --forms` brings its own)")
+                        "T1c, half frame, ...; brainseg.evaluation.forms) and put the table in the card (needs "
+                        "--test-dir or --data-dir; an --eval-json written by `brainseg evaluate --forms` brings its "
+                        "own)")
     parser.add_argument("--external", metavar="DIR",
                         help="also measure 3D whole-tumor Dice on the labelled NIfTI subject folders under DIR "
                         "(all channels and FLAIR only) and put the table in the card; never used for choosing")
@@ -76,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "train_config.json)")
     parser.add_argument("--private", action="store_true", help="create the repo as private")
     parser.add_argument("--commit-message", default="Publish brainseg model", help="commit message on the Hub")
+    add_device_argument(parser)
     return parser
 
 
@@ -90,18 +90,11 @@ def check_output_dir(folder: Path) -> None:
                              "use a new or empty folder")
 
 
-def pick_split(data_dir: str, split: str) -> str:
-    if split != "auto":
-        return split
-    held_out = set(bundled_test_patients())
-    return "all" if all(p.folder in held_out for p in scan_dataset(data_dir)) else "test"
-
-
-def run_evaluation(data_dir: str, segmenter: Segmenter, split: str, forms: bool = False) -> dict[str, Any]:
-    """Metrics of ``segmenter`` on the held-out patients of ``data_dir`` (what ``brainseg.cli.evaluate --json`` writes),
-    with ``forms`` also on those slices in every input form (``brainseg.cli.evaluate --forms``)."""
-    split = pick_split(data_dir, split)
-    return evaluate_model(segmenter, data_dir, split, forms=REPORT_FORMS if forms else ())
+def run_evaluation(args: argparse.Namespace, segmenter: Segmenter) -> dict[str, Any]:
+    """Metrics of ``segmenter`` on the held-out patients (what ``brainseg evaluate --json`` writes): every patient of
+    ``--test-dir``, or the test split of ``--data-dir``; with ``--forms`` also in every input form."""
+    folder, split = (args.test_dir, "all") if args.test_dir else (args.data_dir, "test")
+    return evaluate_model(segmenter, folder, split, forms=REPORT_FORMS if args.forms else ())
 
 
 def print_subject(row: dict[str, Any]) -> None:
@@ -117,7 +110,8 @@ def check_held_out(evaluation: dict[str, Any]) -> None:
     leaked = sorted(patients - set(bundled_test_patients()))
     if leaked:
         raise ValueError(f"the evaluation includes {len(leaked)} patients outside the held-out test split "
-                         f"(e.g. {leaked[0]}): evaluate on the held-out patients only (--split test)")
+                         f"(e.g. {leaked[0]}): evaluate on the held-out patients only (--test-dir of held-out "
+                         "patient folders, or --data-dir: its test split)")
 
 
 def published_config(config: ModelConfig, evaluation: dict[str, Any], training: dict[str, Any]) -> ModelConfig:
@@ -211,11 +205,13 @@ def publish(args: argparse.Namespace, workdir: Path) -> int:
 
         if get_token() is None:
             raise ValueError("not logged in to the Hub: run `hf auth login` or set HF_TOKEN (or use --dry-run DIR)")
-    if not (args.data_dir or args.eval_json):
-        raise ValueError("give --data-dir to evaluate the model, or --eval-json with an existing evaluation")
-    if args.forms and not args.data_dir:
-        raise ValueError("--forms scores --data-dir's slices: give --data-dir (or an --eval-json written by "
-                         "`brainseg evaluate --forms`, without --forms)")
+    patients = args.test_dir or args.data_dir
+    if not (patients or args.eval_json):
+        raise ValueError("give --test-dir (held-out patient folders) or --data-dir (the full dataset) to evaluate the "
+                         "model, or --eval-json with an existing evaluation")
+    if args.forms and not patients:
+        raise ValueError("--forms scores the held-out patients' slices: give --test-dir or --data-dir (or an "
+                         "--eval-json written by `brainseg evaluate --forms`, without --forms)")
     if args.external_truth_glob and not args.external:
         raise ValueError("--external-truth-glob names the label files of --external DIR: give --external too")
 
@@ -223,11 +219,12 @@ def publish(args: argparse.Namespace, workdir: Path) -> int:
     config, model = load_model(source)
     segmenter = None  # made only when something runs the model
     if not args.eval_json or args.external:
-        segmenter = Segmenter(model, config, source=source.source, revision=source.revision)
+        segmenter = Segmenter(model, config, source=source.source, device=args.device, revision=source.revision,
+                              name=source.name)
     if args.eval_json:
         evaluation = json.loads(Path(args.eval_json).read_text())
     else:
-        evaluation = run_evaluation(args.data_dir, segmenter, args.split, args.forms)
+        evaluation = run_evaluation(args, segmenter)
     check_evaluation(evaluation, config)
     check_held_out(evaluation)
     if args.external:
@@ -258,15 +255,14 @@ def publish(args: argparse.Namespace, workdir: Path) -> int:
     return 0
 
 
+def publish_in_workdir(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="brainseg-publish-") as tmp:
+        return publish(args, Path(tmp))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-
-    def publish_in_workdir() -> int:
-        with tempfile.TemporaryDirectory(prefix="brainseg-publish-") as tmp:
-            return publish(args, Path(tmp))
-
     # HfHubHTTPError is an OSError
-    return run(publish_in_workdir, errors=(ModelLoadError, ValueError, OSError, ImportError))
+    return parse_and_run(build_parser(), publish_in_workdir, argv, (ModelLoadError, ValueError, OSError, ImportError))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from brainseg.cli.common import run
+from brainseg.cli.common import parse_and_run
 from brainseg.training.distributed import RankInfo
 from brainseg.training.loop import CHOICES, PRESETS, TrainConfig, train
 
@@ -58,8 +58,7 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run(lambda: train_command(args))
+    return parse_and_run(build_parser(), train_command, argv)
 
 
 if __name__ == "__main__":

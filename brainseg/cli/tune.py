@@ -9,7 +9,7 @@ import argparse
 import json
 
 from brainseg import Segmenter
-from brainseg.cli.common import add_device_argument, add_validation_patient_arguments, run
+from brainseg.cli.common import add_device_argument, add_validation_patient_arguments, parse_and_run
 from brainseg.evaluation.forms import SELECTION_FORMS
 from brainseg.evaluation.scoring import tune_on_validation_patients
 
@@ -19,9 +19,8 @@ FLIP_TTA_OPTIONS = {"search": (False, True), "off": (False,), "on": (True,)}
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brainseg tune", description=__doc__)
     parser.add_argument("--model", required=True, help="model folder to tune (its config.json is updated)")
-    add_validation_patient_arguments(parser, "--seed")
-    add_device_argument(parser)
-    parser.add_argument("--bf16", action="store_true", help="bf16 inference while tuning")
+    add_validation_patient_arguments(parser)
+    add_device_argument(parser, precision="fp32")
     parser.add_argument("--flip-tta", choices=list(FLIP_TTA_OPTIONS), default="search",
                         help="'search' tries both; 'off' keeps inference single-pass (half the latency)")
     parser.add_argument("--forms", action="store_true",
@@ -32,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def tune(args: argparse.Namespace) -> int:
-    segmenter = Segmenter.from_pretrained(args.model, device=args.device, bf16=args.bf16)
+    segmenter = Segmenter.from_pretrained(args.model, device=args.device, bf16=args.precision == "bf16")
     tuned, report = tune_on_validation_patients(  # the training run's own split
         segmenter, args.data_dir, split_seed=args.split_seed, val_fraction=args.val_fraction,
         flip_tta_options=FLIP_TTA_OPTIONS[args.flip_tta], forms=SELECTION_FORMS if args.forms else ("as_is",))
@@ -43,8 +42,7 @@ def tune(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run(lambda: tune(args))
+    return parse_and_run(build_parser(), tune, argv)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Imported only when ``--engine ray`` is asked for; Ray is the optional extra ``pi
 Each actor reserves ``settings.threads`` CPUs (the torch / ONNX Runtime threads it runs). Without ``--address``
 the command starts a local Ray with ``workers * threads`` CPUs (``ray.init(num_cpus=...)``) and stops it at the
 end; with ``--address`` (``auto`` or ``HOST:6379``) it joins a running cluster and leaves it up.
-The actors write the masks themselves (so on a cluster, ``--out`` and the inputs must be on storage every node
+The actors write the masks themselves (so on a cluster, ``--out-dir`` and the inputs must be on storage every node
 sees at the same path) and send back only the table's row; the driver writes the table (docs/cohorts.md).
 """
 from __future__ import annotations

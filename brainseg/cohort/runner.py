@@ -1,6 +1,6 @@
 """Cohorts: many scans into one results table, resumable, on one machine's processes or on Ray.
 
-``brainseg predict [INPUTS] --out DIR (--manifest FILE | --workers N | --engine ray | --table FILE)``:
+``brainseg predict [INPUTS] --out-dir DIR (--manifest FILE | --workers N | --engine ray | --table FILE)``:
 
 - the scans come from a manifest (CSV with a header, or JSON lines: ``flair`` (or ``input``/``path``), optional
   ``name``, ``t1``, ``t1ce``, ``truth``; relative paths are relative to the manifest) and/or the inputs (anything
@@ -183,7 +183,7 @@ def lock(path: Path) -> int:
     except BlockingIOError:
         os.close(handle)
         raise VolumeError(f"another run is writing {path.with_suffix('')}: wait for it to end, or give this run "
-                          "another --out / --table") from None
+                          "another --out-dir / --table") from None
     return handle
 
 
@@ -202,8 +202,8 @@ def settings_from_args(args: argparse.Namespace, workers: int) -> WorkerSettings
     threshold = args.threshold if args.threshold is not None else ModelConfig.load(resolved.folder).threshold
     revision = resolved.revision or "sha256:" + file_sha256(resolved.folder / WEIGHTS_FILE)[:12]
     threads = args.threads or max(1, len(os.sched_getaffinity(0)) // max(1, workers))  # the cores this run may use
-    return WorkerSettings(resolved, os.path.abspath(args.out), float(threshold), revision, args.device, args.backend,
-                          not args.no_crop, args.flair_only, args.intensity, threads)
+    return WorkerSettings(resolved, os.path.abspath(args.out_dir), float(threshold), revision, args.device,
+                          args.backend, not args.no_crop, args.flair_only, args.intensity, threads)
 
 
 def run_cohort(args: argparse.Namespace) -> int:
@@ -219,11 +219,11 @@ def run_cohort(args: argparse.Namespace) -> int:
     if not scans:
         raise VolumeError("no scans: give a --manifest or inputs")
     scans = unique_names(scans)
-    table_path = args.table or args.out / "results.csv"
-    args.out.mkdir(parents=True, exist_ok=True)
+    table_path = args.table or args.out_dir / "results.csv"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     held = lock(table_path.with_name(table_path.name + ".lock"))
     try:
-        remove_stale_temporaries(args.out, table_path)
+        remove_stale_temporaries(args.out_dir, table_path)
         settings = settings_from_args(args, args.workers)
         table = ResultsTable.open(table_path)
         todo = [scan for scan in scans if not table.is_done(scan, settings)]

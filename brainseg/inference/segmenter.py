@@ -87,7 +87,8 @@ class Segmenter:
 
     ``source`` says where the weights came from (``"bundled default"``, a folder, or
     ``"ORG/NAME@<commit>"``), ``revision`` is the Hub commit they were pinned to (None when
-    not from the Hub) and ``description`` is a one-line summary for a UI.
+    not from the Hub), ``name`` what the model is called (its bundled name, folder name or repo id; ``source``
+    when not given) and ``description`` is a one-line summary for a UI.
 
     ``backend`` (``"torch"``, ``"onnx"`` or ``"auto"``, :mod:`brainseg.inference.backends`) says what runs the network's
     forward; ``onnx``/``auto`` export the graph from ``folder/model.safetensors`` (``folder``: where ``model``'s
@@ -98,13 +99,14 @@ class Segmenter:
 
     def __init__(self, model: nn.Module, config: ModelConfig, source: str = "", device: str = "auto",
                  bf16: bool = False, revision: str | None = None, description: str | None = None,
-                 backend: str = "torch", folder: str | Path | None = None):
+                 backend: str = "torch", folder: str | Path | None = None, name: str | None = None):
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.config = config
         self.source = source
+        self.name = source if name is None else name
         self.revision = revision
         self.description = description or source
         self.bf16 = bf16
@@ -135,7 +137,7 @@ class Segmenter:
         config, model = load_model(resolved)
         return cls(model, config, source=resolved.source, device=device, bf16=bf16,
                    revision=resolved.revision, description=resolved.describe(), backend=backend,
-                   folder=resolved.folder)
+                   folder=resolved.folder, name=resolved.name)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into ``folder``."""

@@ -29,20 +29,26 @@ from huggingface_hub.errors import (
 )
 
 from brainseg.config import CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE
+from brainseg.registry import DEFAULT_MODEL_NAME, bundled_names
 
-ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
-UNET_MODEL_NAME = "unet"
-UNET_MODEL_DIR = ASSETS_DIR / "model"  # the article's U-Net trained on the LGG slices as they are (for comparison)
-BUNDLED_MODELS_DIR = ASSETS_DIR / "models"  # the other bundled models, one folder per name
-# the default: one U-Net (the size of "unet") trained for every input form, at home and on other hospitals'
-# scans (docs/generalization.md)
-DEFAULT_MODEL_NAME = "unet-generalist"
-BUNDLED_MODEL_DIR = BUNDLED_MODELS_DIR / DEFAULT_MODEL_NAME  # the default model's folder
 BUNDLED_LABEL = "bundled default"
 MODEL_ENV_VAR = "BRAINSEG_MODEL"
 REPO_ARG = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w./-]+))?$")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+
+
+def find_bundled_root(package_dir: Path = Path(__file__).resolve().parents[1]) -> Path:
+    """The folder holding the bundled models (one sub-folder per name): ``brainseg/_bundled`` in an installed
+    wheel (``pyproject.toml`` maps it onto ``assets/models``), else the checkout's ``assets/models``."""
+    installed = package_dir / "_bundled"
+    return installed if installed.is_dir() else package_dir.parent / "assets" / "models"
+
+
+BUNDLED_MODELS_DIR = find_bundled_root()
+BUNDLED_MODEL_DIR = BUNDLED_MODELS_DIR / DEFAULT_MODEL_NAME  # the default model's folder
 
 
 class ModelLoadError(ValueError):
@@ -51,10 +57,12 @@ class ModelLoadError(ValueError):
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """A model folder on disk and where it came from."""
+    """A model folder on disk and where it came from; ``name`` is what the model is called: its bundled name
+    (:mod:`brainseg.registry`), its folder's name, or its Hub repo id."""
 
     folder: Path
     source: str
+    name: str
     repo_id: str | None = None
     revision: str | None = None
     requested_revision: str | None = None
@@ -83,25 +91,19 @@ def model_arg_from_env(environ: Mapping[str, str] | None = None) -> str | None:
 
 
 def bundled_models() -> dict[str, Path]:
-    """The models shipped in ``assets/``, by name: the default (:data:`DEFAULT_MODEL_NAME`) first, then
-    ``"unet"``, then each other folder of ``assets/models/`` holding a ``config.json`` (its folder name is its
-    name), sorted."""
-    models = {DEFAULT_MODEL_NAME: BUNDLED_MODEL_DIR, UNET_MODEL_NAME: UNET_MODEL_DIR}
-    if BUNDLED_MODELS_DIR.is_dir():
-        for folder in sorted(BUNDLED_MODELS_DIR.iterdir()):
-            if (folder / CONFIG_FILE).is_file() and folder.name not in models:
-                models[folder.name] = folder
-    return models
+    """The bundled models of :mod:`brainseg.registry` by name, the default (:data:`DEFAULT_MODEL_NAME`) first,
+    each with its folder (which holds no files where a Space export left it out)."""
+    return {name: BUNDLED_MODELS_DIR / name for name in bundled_names()}
 
 
-def _bundled(folder: Path, label: str) -> ResolvedModel:
-    """A bundled model's folder; bundled weights live in the repository's ``assets/``, not in a wheel."""
+def _bundled(name: str, folder: Path) -> ResolvedModel:
+    """A bundled model's folder; it must hold the model's files (a checkout or an installed wheel has them)."""
     if not (folder / CONFIG_FILE).is_file():
         raise ModelLoadError(
-            f"the {label} model is not here ({folder}): bundled weights ship with the repository checkout, "
-            "so install with `pip install -e .` from a clone, or pass a model folder or ORG/NAME"
+            f"the bundled model {name} is not here ({folder}): install brainseg from a complete checkout or its "
+            "wheel, or pass a model folder or ORG/NAME"
         )
-    return ResolvedModel(folder, label)
+    return ResolvedModel(folder, BUNDLED_LABEL if name == DEFAULT_MODEL_NAME else f"bundled {name}", name)
 
 
 def resolve_model(model_arg: str | Path | None, *, cache_dir: str | Path | None = None,
@@ -115,13 +117,13 @@ def resolve_model(model_arg: str | Path | None, *, cache_dir: str | Path | None 
     """
     text = "" if model_arg is None else str(model_arg).strip()
     if not text or (text == "bundled" and not Path(text).exists()):
-        return _bundled(BUNDLED_MODEL_DIR, BUNDLED_LABEL)
+        return _bundled(DEFAULT_MODEL_NAME, BUNDLED_MODEL_DIR)
     path = Path(model_arg).expanduser()
     if path.is_dir():
-        return ResolvedModel(path, str(model_arg))
+        return ResolvedModel(path, str(model_arg), path.resolve().name)
     bundled = bundled_models()
     if not isinstance(model_arg, Path) and text in bundled:
-        return _bundled(bundled[text], BUNDLED_LABEL if text == DEFAULT_MODEL_NAME else f"bundled {text}")
+        return _bundled(text, bundled[text])
     if path.exists():
         raise ModelLoadError(f"{model_arg} is a file: pass the folder holding {CONFIG_FILE} and {WEIGHTS_FILE}")
     parsed = None if isinstance(model_arg, Path) else parse_repo_arg(text)
@@ -150,7 +152,8 @@ def download_model(repo_id: str, revision: str | None = None, *, cache_dir: str 
     if weights_path.parent != config_path.parent:
         raise ModelLoadError(f"{label}: {CONFIG_FILE} and {WEIGHTS_FILE} came from different commits, try again")
     _download_optional(repo_id, ONNX_FILE, pinned, options)
-    return ResolvedModel(config_path.parent, f"{repo_id}@{commit}" if commit else label, repo_id, commit, revision)
+    return ResolvedModel(config_path.parent, f"{repo_id}@{commit}" if commit else label, repo_id, repo_id, commit,
+                         revision)
 
 
 def _download(repo_id: str, filename: str, revision: str | None, label: str, options: dict,
@@ -163,7 +166,8 @@ def _download(repo_id: str, filename: str, revision: str | None, label: str, opt
 
 def _download_optional(repo_id: str, filename: str, revision: str | None, options: dict) -> Path | None:
     """A file the model does not need (absent from older repositories, not cached when offline): None when it
-    cannot be had. A graph that does not match the weights is ignored later (``brainseg.inference.backends.ensure_onnx``)."""
+    cannot be had. A graph that does not match the weights is ignored later
+    (``brainseg.inference.backends.ensure_onnx``)."""
     try:
         path = Path(hf_hub_download(repo_id, filename, revision=revision, **options))
     except Exception:  # noqa: BLE001 - missing, offline, unreachable: the backend exports the graph itself

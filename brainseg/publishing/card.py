@@ -112,6 +112,8 @@ def train_command(train_config: dict[str, Any]) -> str:
             continue
         if value == "":
             continue
+        if name == "amp":  # recorded before --precision replaced --amp / --no-amp
+            name, value = "precision", "bf16" if value else "fp32"
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             parts.append(flag if value else "--no-" + flag[2:])

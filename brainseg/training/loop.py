@@ -29,7 +29,7 @@ from torch.nn import functional as TF
 from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
-from brainseg.config import TRAINABLE_ARCHITECTURES, ModelConfig
+from brainseg.config import PRECISIONS, TRAINABLE_ARCHITECTURES, ModelConfig
 from brainseg.evaluation.forms import SELECTION_FORMS
 from brainseg.evaluation.metrics import Report
 from brainseg.evaluation.scoring import evaluate_arrays, evaluate_forms, forms_score, tune_postprocessing
@@ -95,7 +95,7 @@ SELECT_ON = ("as_is", "forms")
 # The valid values of TrainConfig's string options: checked there, offered as choices by brainseg/cli/train.py.
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": tuple(OPTIMIZERS), "schedule": SCHEDULES, "loss": LOSSES, "flip": FLIPS, "augment": AUGMENTS,
-    "split": SPLIT_PROTOCOLS, "arch": TRAINABLE_ARCHITECTURES, "select_on": SELECT_ON,
+    "split": SPLIT_PROTOCOLS, "arch": TRAINABLE_ARCHITECTURES, "select_on": SELECT_ON, "precision": PRECISIONS,
 }
 AT_LEAST_ONE = ("base_channels", "epochs", "batch_size", "checkpoint_every", "dist_timeout_s")
 NOT_NEGATIVE = (
@@ -145,7 +145,7 @@ class TrainConfig:
     seed: int = 2026  # weight init, sampling order, augmentation
     split_seed: int = DEFAULT_SPLIT_SEED  # validation patients; apart from seed, so a fine-tune keeps its start's split
     device: str = "auto"
-    amp: bool = True
+    precision: str = "bf16"  # fp32 | bf16 (autocast, where the device supports it)
     max_train_slices: int = 0  # 0 = all; small values for smoke tests
     max_val_slices: int = 0
     stop_after_epochs: int = 0  # stop early (still resumable), 0 = run to the end
@@ -177,6 +177,11 @@ class TrainConfig:
         if not 0.0 < self.scale_min <= self.scale_max:
             raise ValueError(f"need 0 < scale_min <= scale_max, got {self.scale_min} and {self.scale_max}")
 
+    @property
+    def bf16(self) -> bool:
+        """Whether the network computes in bfloat16 autocast (``precision`` bf16)."""
+        return self.precision == "bf16"
+
     def model_config(self) -> ModelConfig:
         return ModelConfig(arch=self.arch, base_channels=self.base_channels, depth=self.depth,
                            normalize=self.normalize)
@@ -190,7 +195,7 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "article": dict(
         base_channels=64, depth=4, epochs=30, batch_size=16, lr=1e-4, optimizer="adam", weight_decay=0.0,
-        schedule="constant", loss="bce", flip="none", checkpoint_every=2, amp=False, tune_postprocessing=False,
+        schedule="constant", loss="bce", flip="none", checkpoint_every=2, precision="fp32", tune_postprocessing=False,
     ),
     "default": {},
 }
@@ -233,9 +238,9 @@ class Teacher:
         return cls(network, math.log(config.threshold / (1 - config.threshold)))
 
     @torch.no_grad()
-    def probability(self, inputs: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
+    def probability(self, inputs: torch.Tensor, device: torch.device, bf16: bool) -> torch.Tensor:
         """float32 (N, 1, H, W) soft targets for model inputs ``inputs``."""
-        with autocast(device, amp):
+        with autocast(device, bf16):
             logits = self.network(inputs)
         return torch.sigmoid(logits.float() - self.offset)
 
@@ -513,12 +518,12 @@ def train_epoch(cfg: TrainConfig, state: TrainingState, data: TrainingData, epoc
     for start in bar:
         inputs, masks = make_batch(cfg, data, order[start : start + cfg.batch_size], generator, device)
         # the teacher sees the slice before any quarter turn (it may not know turned slices); its targets turn along
-        soft = None if state.teacher is None else state.teacher.probability(inputs, device, cfg.amp)
+        soft = None if state.teacher is None else state.teacher.probability(inputs, device, cfg.bf16)
         if cfg.quarter_turn_prob > 0:
             batch = [inputs, masks] if soft is None else [inputs, masks, soft]
             batch = random_quarter_turns(batch, cfg.quarter_turn_prob, generator)
             inputs, masks, soft = _channels_last_on_cpu(batch[0], device), batch[1], (batch[2:] or [None])[0]
-        with autocast(device, cfg.amp):
+        with autocast(device, cfg.bf16):
             logits = network(inputs).float()
         loss = bce_dice_loss(logits, masks, use_dice=cfg.loss == "bce_dice")
         if soft is not None:
@@ -550,7 +555,7 @@ class Validation:
 def validate(cfg: TrainConfig, model: nn.Module, data: TrainingData, device: torch.device) -> Validation:
     """Metrics of ``model`` on the validation slices (threshold 0.5, no post-processing), in every input form
     of :data:`brainseg.evaluation.forms.SELECTION_FORMS` when ``cfg.select_on`` is ``forms``."""
-    segmenter = Segmenter(model, cfg.model_config(), device=str(device), bf16=cfg.amp)
+    segmenter = Segmenter(model, cfg.model_config(), device=str(device), bf16=cfg.bf16)
     if cfg.select_on == "forms":
         forms = evaluate_forms(segmenter, data.val_images, data.val_masks, data.val_patients, SELECTION_FORMS)
         result = Validation(forms["as_is"], forms)
@@ -662,7 +667,7 @@ def save_final_models(
         return
     swa_model = _save_average(averaged, data.images, cfg, device, state.epoch, out / "swa")
     swa_report = evaluate_arrays(
-        Segmenter(swa_model, cfg.model_config(), device=str(device), bf16=cfg.amp), data.val_images, data.val_masks,
+        Segmenter(swa_model, cfg.model_config(), device=str(device), bf16=cfg.bf16), data.val_images, data.val_masks,
         data.val_patients,
     )
     print(f"swa/ ({int(averaged.n_averaged)} epochs averaged) on validation: slice Dice "
@@ -672,7 +677,7 @@ def save_final_models(
 def tune_best_model(cfg: TrainConfig, state: TrainingState, data: TrainingData, device: torch.device,
                     best_dir: Path) -> None:
     """Choose ``best/``'s threshold, minimum component size and flip TTA on validation; store them in its config."""
-    best = Segmenter.from_pretrained(best_dir, device=str(device), bf16=cfg.amp)
+    best = Segmenter.from_pretrained(best_dir, device=str(device), bf16=cfg.bf16)
     best.config, _ = tune_postprocessing(best, data.val_images, data.val_masks, data.val_patients)
     score_name = "val_forms_score" if cfg.select_on == "forms" else "val_slice_dice"
     best.config.extra.update({"best_epoch": state.best_epoch, score_name: state.best_score})
