@@ -15,7 +15,8 @@ ONNX_FILE = "model.onnx"  # optional: the exported graph, stamped with the weigh
 CONFIG_VERSION = 1
 # Network architectures :func:`brainseg.models.unet.build_model` can build; configs without ``arch`` are U-Nets.
 # "unet": the article's U-Net, sized by ``base_channels`` and ``depth``. The others are Transformers of fixed size
-# (:mod:`brainseg.models.transformer`, built with segmentation-models-pytorch), which ignore ``base_channels`` and ``depth``.
+# (:mod:`brainseg.models.transformer`, built with segmentation-models-pytorch), which ignore ``base_channels`` and
+# ``depth``.
 # (Ensembles and routed pairs of networks were removed: every model is one network, one forward per slice.)
 UNET = "unet"
 TRANSFORMER_ARCHITECTURES = ("segformer_mit_b0", "unet_mit_b0")

@@ -158,7 +158,8 @@ def test_cohort_mistakes_end_in_one_error_line(tmp_path, capsys, monkeypatch):
         (["x.nii", "--out-dir", str(tmp_path), "--address", "auto"], "--address names a Ray cluster: add --engine ray"),
         (["--manifest", str(tmp_path / "none.csv"), "--out-dir", str(tmp_path)], "none.csv: cannot read it"),
         ([str(tmp_path), "--out-dir", str(tmp_path), "--workers", "0"], "--workers 0: give 1 or more"),
-        ([str(tmp_path), "--out-dir", str(tmp_path), "--workers", "2", "--json", "a.json"], "--json goes with one scan"),
+        ([str(tmp_path), "--out-dir", str(tmp_path), "--workers", "2", "--json", "a.json"],
+         "--json goes with one scan"),
     ):
         assert main(argv) == 2
         assert message in capsys.readouterr().err
@@ -260,8 +261,8 @@ def _assert_same_table(rows: list[dict], reference: list[dict]) -> None:
 @pytest.mark.e2e
 def test_a_killed_run_then_a_rerun_gives_every_scan_once_and_no_half_written_mask(cohort, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "brainseg.cli.predict", "--manifest", str(cohort["manifest"]), "--out-dir", str(out),
-               "--model", "unet", "--workers", "2", "--quiet"]
+    command = [sys.executable, "-m", "brainseg.cli.predict", "--manifest", str(cohort["manifest"]), "--out-dir",
+               str(out), "--model", "unet", "--workers", "2", "--quiet"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)
     kill_after = int(np.random.default_rng().integers(2, 15))

@@ -131,8 +131,8 @@ def test_patients_or_external_are_required_and_held_out_folders_are_test_dir(cap
 def test_the_cli_reports_the_bundled_unet_on_the_external_brats_subjects(lgg_test_dir, tmp_path):
     external = lgg_test_dir.parent / "external-brats2013"
     out = tmp_path / "external.json"
-    done = subprocess.run([sys.executable, "-m", "brainseg.cli.evaluate", "--model", "unet", "--external", str(external),
-                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run([sys.executable, "-m", "brainseg.cli.evaluate", "--model", "unet", "--external",
+                           str(external), "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())["external"]
     assert result["n_subjects"] == 5 and result["truth_glob"] == "OTMultiClass*.nii*"

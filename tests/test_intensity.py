@@ -1,4 +1,5 @@
-"""Intensity standardisation (brainseg.inference.intensity): landmarks, the rules' maps, robustness to a lesion, the record."""
+"""Intensity standardisation (brainseg.inference.intensity): landmarks, the rules' maps, robustness to a lesion, the
+record."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""brainseg/cli/common.py: the one place the train.* commands turn a user's mistake into one `error:` line and status 2."""
+"""brainseg/cli/common.py: the one place the subcommands turn a user's mistake into one `error:` line and status 2."""
 import pytest
 
 from brainseg.cli.common import MAX_MESSAGE_CHARS, run

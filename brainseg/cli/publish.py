@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="model folder or Hub repo id[@revision]; default: bundled")
     source = parser.add_mutually_exclusive_group()
     add_test_dir_argument(source)
-    source.add_argument("--data-dir", help="the full dataset (kaggle_3m layout): its held-out test patients are scored")
+    source.add_argument("--data-dir", help="the full dataset (kaggle_3m layout): its test split is scored")
     source.add_argument("--eval-json", help="use this `brainseg evaluate --json` output instead")
     parser.add_argument("--forms", action="store_true",
                         help="also score those slices in every input form (skull-stripped, FLAIR only, FLAIR + "

@@ -1,5 +1,5 @@
-"""``brainseg space export --out-dir DIR [--model NAME|ORG/NAME[@REV]]``: write a push-ready Hugging Face Space repository
-from this checkout (:mod:`brainseg.publishing.space`)."""
+"""``brainseg space export --out-dir DIR [--model NAME|ORG/NAME[@REV]]``: write a push-ready Hugging Face Space
+repository from this checkout (:mod:`brainseg.publishing.space`)."""
 from __future__ import annotations
 
 import argparse

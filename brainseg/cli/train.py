@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         "per process, --lr is used as given (docs/distributed.md).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--data-dir", required=True, help="folder with TCGA_* patient folders (or its parent)")
+    parser.add_argument("--data-dir", required=True, help="the full dataset: folder with TCGA_* patient folders "
+                        "(kaggle_3m layout, or its parent)")
     parser.add_argument("--out-dir", required=True, help="where checkpoints, log.csv and best/ are written")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="'article' = width 64, BCE, Adam 1e-4, 30 epochs, checkpoint every 2 epochs; "

@@ -187,7 +187,8 @@ def _percent(share: float) -> str:
 
 
 def _form_text(form: str) -> tuple[str, str]:
-    """(title, what the model is given) of an input form; a form added to brainseg.evaluation.forms later gets its name."""
+    """(title, what the model is given) of an input form; a form added to brainseg.evaluation.forms later gets its
+    name."""
     return FORM_TEXT.get(form, (form.replace("_", " "), "see `brainseg.evaluation.forms`"))
 
 
