@@ -9,7 +9,7 @@ folder's ``metrics.json`` (written by ``brainseg evaluate --json``) when it has 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "unet-generalist"
@@ -35,13 +35,14 @@ class Headline:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One known model. ``repo_id`` is None for a bundled model (its folder is ``assets/models/<name>``)."""
+    """One known model: its name, architecture and purpose; ``repo_id`` is its Hub repo, None for a bundled model
+    (its folder is ``assets/models/<name>``)."""
 
     name: str
     architecture: str
     purpose: str
     repo_id: str | None = None
-    stated: Headline = Headline()  # the numbers when the model's folder has no metrics.json
+    stated: Headline = field(default_factory=Headline)  # the numbers when the model's folder has no metrics.json
 
     @property
     def bundled(self) -> bool:

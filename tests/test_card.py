@@ -89,6 +89,8 @@ def test_recipe_line_names_every_recorded_augmentation_and_the_forms_choice(tmp_
     command = train_command({**dataclasses.asdict(off), "world_size": 1})
     assert "--no-acquisition" in command and "--init-from" not in command  # "" is the default: left out
     assert parsed_command(command, "$DATA") == off
+    recorded = {k: v for k, v in dataclasses.asdict(off).items() if k != "precision"}  # before --precision
+    assert "--precision fp32" in train_command({**recorded, "amp": False}) and "amp" not in train_command(recorded)
 
 
 def test_forms_choice_is_not_claimed_for_last_epoch_weights_and_unlogged_forms_fall_back(tmp_path):
