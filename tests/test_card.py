@@ -60,7 +60,7 @@ def parsed_command(command: str, data_dir: str) -> TrainConfig:
     """The TrainConfig that brainseg.cli.train builds from the card's command line."""
     words = shlex.split(command.replace(" \\\n    ", " ").replace("$DATA", data_dir))
     assert words[:2] == ["brainseg", "train"], words[:2]
-    return config_from_args(build_parser().parse_args(words[3:]))
+    return config_from_args(build_parser().parse_args(words[2:]))
 
 
 def test_recipe_line_names_every_recorded_augmentation_and_the_forms_choice(tmp_path):
