@@ -113,7 +113,7 @@ def test_evaluate_cli_scores_every_form_into_json(lgg_test_dir, tmp_path) -> Non
     data = tmp_path / "data"
     link_standin_patients(lgg_test_dir, data, [range(12, 26)])
     out = tmp_path / "m.json"
-    assert main(["--data-dir", str(data), "--forms", "--backend", "torch", "--json", str(out)]) == 0
+    assert main(["--test-dir", str(data), "--forms", "--backend", "torch", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert list(result["forms"]) == list(REPORT_FORMS)
     assert result["forms"]["as_is"]["slice_dice"] == pytest.approx(result["slice_dice"])

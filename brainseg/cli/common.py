@@ -69,11 +69,11 @@ def add_device_argument(parser: argparse.ArgumentParser, precision: str | None =
                             help="fp32, or bf16 autocast (PyTorch backend only; faster on recent CPUs and GPUs)")
 
 
-def add_test_dir_argument(parser: argparse.ArgumentParser, **options) -> None:
+def add_test_dir_argument(parser: argparse.ArgumentParser) -> None:
     """``--test-dir`` (``args.test_dir``): a folder of held-out patient folders (Kaggle layout, e.g. lgg-test),
     every one of which is scored."""
     parser.add_argument("--test-dir", help="folder of held-out patient folders (Kaggle layout, e.g. "
-                        "../shared/data/lgg-test): every patient in it is scored", **options)
+                        "../shared/data/lgg-test): every patient in it is scored")
 
 
 def add_seed_arguments(parser: argparse.ArgumentParser, seed: int, split_seed: int = DEFAULT_SPLIT_SEED) -> None:
