@@ -1,12 +1,12 @@
 """A push-ready Hugging Face Space repository, written from this checkout in one command.
 
-    brainseg space export DIR [--model NAME|ORG/NAME[@REV]]
+    brainseg space export --out-dir DIR [--model NAME|ORG/NAME[@REV]]
 
 ``DIR`` becomes a fresh git repository with one commit of what this checkout has committed (HEAD, never work in
 progress or caches): ``app.py``, the ``brainseg`` package,
 ``requirements.txt``, ``assets/app/``, a README with the Space front matter and card, and either
 
-* a bundled model (the app's default, or ``--model NAME``): its folder under ``assets/``, its weights
+* a bundled model (the app's default, or ``--model NAME``): its folder under ``assets/models/``, its weights
   (``*.safetensors``, ``*.onnx``) stored as Git LFS pointers (git-lfs must be installed), or
 * ``--model ORG/NAME[@REV]``: no weights at all; ``space_config.json`` names the Hub model, which the app downloads
   at start (a Space variable ``BRAINSEG_MODEL`` still wins over it).
