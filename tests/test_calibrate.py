@@ -279,7 +279,7 @@ def test_fine_tune_leave_one_out_scores_each_scan_untrained_on(site, random_unet
     assert [row["uncalibrated"] for row in loo["per_scan"]] == [round(float(t.dice()[home]), 4) for t in tables]
     tuned, choice = fine_tune_and_choose(random_unet.model, scans[1:], FineTuneSettings(steps=3), grid, (0.5, 10))
     held = tuned_tables(tuned, scans[:1], "head", grid)[0].dice()
-    assert loo["per_scan"][0]["fine_tuned"] == round(float(held[grid.index(choice.threshold,
+    assert loo["per_scan"][0]["calibrated"] == round(float(held[grid.index(choice.threshold,
                                                                              choice.min_component_px)]), 4)
 
 

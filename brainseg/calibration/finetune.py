@@ -89,9 +89,10 @@ class Tail(nn.Module):
 
 @dataclass
 class ScanFeatures:
-    """One scan: its pipeline prediction and truth (input grid), the tail's inputs for every slice the model ran
-    (in run order; ``flipped``: those of the mirrored slices when the model uses flip TTA), the truth on the
-    model-input grid (N, 1, S, S) in [0, 1], and which run slices were constant (the pipeline gives them 0)."""
+    """One scan (``name``: its folder): its pipeline prediction and truth (input grid), the tail's inputs for
+    every slice the model ran (in run order; ``flipped``: those of the mirrored slices when the model uses flip
+    TTA), the truth on the model-input grid (N, 1, S, S) in [0, 1], and which run slices were constant (the
+    pipeline gives them 0)."""
 
     prediction: VolumePrediction
     truth: np.ndarray
@@ -99,10 +100,7 @@ class ScanFeatures:
     flipped: tuple[torch.Tensor, ...] | None
     target: torch.Tensor
     constant: np.ndarray
-
-    @property
-    def name(self) -> str:
-        return self.prediction.name
+    name: str
 
 
 @contextmanager
@@ -140,7 +138,8 @@ def scan_features(segmenter: Segmenter, subject: SubjectInputs, part: str, *,
     framed = prediction.box.extract(prediction.images[run])
     target = prediction.box.extract(presented[run][..., None]).reshape(len(run), 1, *framed.shape[1:3])
     constant = framed.reshape(len(run), -1).min(axis=1) == framed.reshape(len(run), -1).max(axis=1)
-    return ScanFeatures(prediction, truth, inputs, flipped, torch.from_numpy(target / 255.0).float(), constant)
+    return ScanFeatures(prediction, truth, inputs, flipped, torch.from_numpy(target / 255.0).float(), constant,
+                        subject.name)
 
 
 def tail_proba(tail: Tail, inputs: Sequence[torch.Tensor], flipped: Sequence[torch.Tensor] | None) -> np.ndarray:
@@ -248,8 +247,8 @@ def fine_tune_leave_one_out(model: nn.Module, scans: Sequence[ScanFeatures], set
     """For each scan: fine-tune on the others only, choose the threshold / minimum size on them, score it.
 
     Per scan: 3D Dice uncalibrated, fine-tuned at the model's own values (``fine_tuned_own``) and with the values
-    chosen on the others (``fine_tuned``), the values, and the fold's seconds; the means and ``gain`` (fine_tuned
-    mean minus uncalibrated mean)."""
+    chosen on the others (``calibrated``), the values, and the fold's seconds; the means and ``gain`` (calibrated
+    mean minus uncalibrated mean), as :func:`brainseg.calibration.fit.leave_one_out` has them."""
     if len(scans) < 2:
         raise CalibrationError("leave-one-out needs at least two scans")
     home = grid.index(*start)
@@ -261,17 +260,17 @@ def fine_tune_leave_one_out(model: nn.Module, scans: Sequence[ScanFeatures], set
         before = scan_table(held.prediction, held.truth, Grid((start[0],), (start[1],)))
         rows.append({"name": held.name, "uncalibrated": round(float(before.dice()[0, 0]), 4),
                      "fine_tuned_own": round(float(dice[home]), 4),
-                     "fine_tuned": round(float(dice[grid.index(choice.threshold, choice.min_component_px)]), 4),
+                     "calibrated": round(float(dice[grid.index(choice.threshold, choice.min_component_px)]), 4),
                      "threshold": choice.threshold, "min_component_px": choice.min_component_px,
                      "seconds": round(time.perf_counter() - began, 1)})
         if on_fold:
             on_fold(rows[-1])
     means = {key: round(float(np.mean([row[key] for row in rows])), 4)
-             for key in ("uncalibrated", "fine_tuned_own", "fine_tuned")}
+             for key in ("uncalibrated", "fine_tuned_own", "calibrated")}
     return {"per_scan": rows, "uncalibrated_mean": means["uncalibrated"],
-            "fine_tuned_own_mean": means["fine_tuned_own"], "calibrated_mean": means["fine_tuned"],
-            "gain": round(means["fine_tuned"] - means["uncalibrated"], 4),
-            "scans_worse": sum(row["fine_tuned"] < row["uncalibrated"] - 0.005 for row in rows)}
+            "fine_tuned_own_mean": means["fine_tuned_own"], "calibrated_mean": means["calibrated"],
+            "gain": round(means["calibrated"] - means["uncalibrated"], 4),
+            "scans_worse": sum(row["calibrated"] < row["uncalibrated"] - 0.005 for row in rows)}
 
 
 def features_and_tables(segmenter: Segmenter, subjects: Sequence[SubjectInputs], part: str, grid: Grid, *,

@@ -159,7 +159,7 @@ def _fine_tune(segmenter: Segmenter, scans: list, settings: FineTuneSettings, gr
 
 
 def _print_fold(row: dict[str, Any]) -> None:
-    print(f"  without {row['name']}: 3D Dice {row['uncalibrated']:.4f} -> {row['fine_tuned']:.4f} (fine-tuned, "
+    print(f"  without {row['name']}: 3D Dice {row['uncalibrated']:.4f} -> {row['calibrated']:.4f} (fine-tuned, "
           f"threshold {row['threshold']:g} / {row['min_component_px']} px; {row['fine_tuned_own']:.4f} at the "
           f"model's own; {row['seconds']:.0f} s)", file=sys.stderr)
 
