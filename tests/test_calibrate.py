@@ -301,3 +301,5 @@ def test_a_fine_tuned_folder_has_the_tuned_weights_and_says_how(site, tiny_folde
     assert all(torch.equal(value, loaded.model.state_dict()[name]) for name, value in expected.state_dict().items())
     assert not torch.equal(loaded.model.state_dict()["outc.weight"], source.model.state_dict()["outc.weight"])
     assert json.loads(report.read_text())["written"] == str(out)
+    assert "from `" in calibration_line(loaded.config) and "its last-block fine-tuned (4 steps), threshold 0.5 -> " \
+        in calibration_line(loaded.config)
