@@ -147,6 +147,11 @@ def _fine_tune(segmenter: Segmenter, scans: list, settings: FineTuneSettings, gr
     print(f"fine-tuning the {settings.part} ({settings.steps} steps) by leave-one-scan-out:", file=sys.stderr)
     loo = fine_tune_leave_one_out(segmenter.model, scans, settings, grid, start, on_fold=_print_fold)
     loo_seconds = time.perf_counter() - began
+    alone = report["record"]["leave_one_out"]
+    if loo["calibrated_mean"] < alone["calibrated_mean"]:
+        print(f"note: by leave-one-scan-out the fine-tune does worse than the threshold alone (mean 3D Dice "
+              f"{loo['calibrated_mean']:.4f} vs {alone['calibrated_mean']:.4f}): consider calibrating without "
+              "--fine-tune", file=sys.stderr)
     tuned, choice = fine_tune_and_choose(segmenter.model, scans, settings, grid, start)
     record = report["record"]
     record["threshold_only_leave_one_out"] = record["leave_one_out"]
