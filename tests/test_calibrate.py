@@ -12,6 +12,18 @@ import torch
 from torch import nn
 from volume_synth import affine_of, save_nifti
 
+from brainseg.calibration.finetune import (
+    PARTS,
+    FineTuneSettings,
+    Tail,
+    features_and_tables,
+    fine_tune,
+    fine_tune_and_choose,
+    fine_tune_leave_one_out,
+    repredicted,
+    trained_parameters,
+    tuned_tables,
+)
 from brainseg.calibration.fit import (
     CalibrationError,
     Grid,
@@ -210,3 +222,84 @@ def test_a_calibrated_folder_loads_everywhere_a_model_folder_loads(site, site_ta
     assert json.loads(report.read_text())["threshold"] == 0.4
     with pytest.raises(CalibrationError, match="already exists and is not empty"):
         write_calibrated(tiny_folder, out, config, {"record": record})
+
+
+# ------------------------------------------------------------------------------------------------ --fine-tune
+@pytest.fixture
+def one_thread():
+    """Small tensors on a busy CPU: one thread is many times faster than two fighting over the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def random_unet() -> Segmenter:
+    """A tiny untrained U-Net: far off on the site's scans (3D Dice about 0.08 at its threshold)."""
+    torch.manual_seed(0)
+    config = ModelConfig(base_channels=4, depth=2, input_size=64, threshold=0.5, min_component_px=10)
+    return Segmenter(build_model(config), config, source="tiny", device="cpu", backend="torch")
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_fine_tune_changes_only_what_it_trains_and_is_seeded(site, random_unet, part, one_thread):
+    grid = Grid().including(0.5, 10)
+    scans, tables = features_and_tables(random_unet, find_scans(site, "label*"), part, grid)
+    untouched = repredicted(scans[0], Tail(random_unet.model, part))
+    assert np.array_equal(untouched.proba, scans[0].prediction.proba)  # the cached tail is the pipeline's model
+    settings = FineTuneSettings(part=part, steps=5, lr=1e-2)
+    tuned, again = fine_tune(random_unet.model, scans, settings), fine_tune(random_unet.model, scans, settings)
+    before, after = random_unet.model.state_dict(), tuned.state_dict()
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    trained = trained_parameters(random_unet.model, part)
+    assert changed == trained and trained[-2:] == ["outc.weight", "outc.bias"]
+    assert (len(trained) == 2) == (part == "head")
+    assert all(torch.equal(value, again.state_dict()[name]) for name, value in after.items())
+    other = fine_tune(random_unet.model, scans, dataclasses.replace(settings, seed=1))
+    assert not torch.equal(other.state_dict()["outc.weight"], after["outc.weight"])
+
+
+def test_fine_tuning_the_last_block_fixes_a_model_that_is_off(site, random_unet, one_thread):
+    """Trained on three scans, scored on the fourth at the model's own threshold: 0.08 -> above 0.8."""
+    grid = Grid().including(0.5, 10)
+    scans, tables = features_and_tables(random_unet, find_scans(site, "label*"), "last-block", grid)
+    tuned = fine_tune(random_unet.model, scans[:3], FineTuneSettings(part="last-block", steps=200, lr=3e-2))
+    before = tables[3].dice()[grid.index(0.5, 10)]
+    after = tuned_tables(tuned, scans[3:], "last-block", grid)[0].dice()[grid.index(0.5, 10)]
+    assert before < 0.1 and after > 0.8
+
+
+def test_fine_tune_leave_one_out_scores_each_scan_untrained_on(site, random_unet, one_thread):
+    grid = Grid().including(0.5, 10)
+    scans, tables = features_and_tables(random_unet, find_scans(site, "label*"), "head", grid)
+    loo = fine_tune_leave_one_out(random_unet.model, scans, FineTuneSettings(steps=3), grid, (0.5, 10))
+    assert [row["name"] for row in loo["per_scan"]] == [t.name for t in tables]
+    home = grid.index(0.5, 10)
+    assert [row["uncalibrated"] for row in loo["per_scan"]] == [round(float(t.dice()[home]), 4) for t in tables]
+    tuned, choice = fine_tune_and_choose(random_unet.model, scans[1:], FineTuneSettings(steps=3), grid, (0.5, 10))
+    held = tuned_tables(tuned, scans[:1], "head", grid)[0].dice()
+    assert loo["per_scan"][0]["calibrated"] == round(float(held[grid.index(choice.threshold,
+                                                                             choice.min_component_px)]), 4)
+
+
+def test_a_fine_tuned_folder_has_the_tuned_weights_and_says_how(site, tiny_folder, tmp_path, one_thread):
+    out, report = tmp_path / "tuned", tmp_path / "report.json"
+    assert main(["--model", str(tiny_folder), "--scans", str(site), "--truth-glob", "label*", "--out-dir", str(out),
+                 "--fine-tune", "last-block", "--fine-tune-steps", "4", "--min-gain", "-1", "--device", "cpu",
+                 "--json", str(report)]) == 0
+    loaded = Segmenter.from_pretrained(out, backend="torch", device="cpu")
+    record = loaded.config.extra["calibration"]
+    assert record["fine_tune"]["part"] == "last-block" and record["fine_tune"]["steps"] == 4
+    assert record["fine_tune"]["modules"] == ["ups.1", "outc"] and "--fine-tune last-block" in record["command"]
+    assert len(record["leave_one_out"]["per_scan"]) == 4 and "fine_tuned_own" in record["leave_one_out"]["per_scan"][0]
+    assert len(record["threshold_only_leave_one_out"]["per_scan"]) == 4
+    source = Segmenter.from_pretrained(tiny_folder, backend="torch", device="cpu")
+    grid = Grid().including(0.5, 10)
+    scans, _ = features_and_tables(source, find_scans(site, "label*"), "last-block", grid)
+    expected = fine_tune(source.model, scans, FineTuneSettings(part="last-block", steps=4))
+    assert all(torch.equal(value, loaded.model.state_dict()[name]) for name, value in expected.state_dict().items())
+    assert not torch.equal(loaded.model.state_dict()["outc.weight"], source.model.state_dict()["outc.weight"])
+    assert json.loads(report.read_text())["written"] == str(out)
+    assert "from `" in calibration_line(loaded.config) and "its last-block fine-tuned (4 steps), threshold 0.5 -> " \
+        in calibration_line(loaded.config)

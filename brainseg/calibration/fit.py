@@ -19,12 +19,14 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from brainseg.config import ModelConfig
 from brainseg.evaluation.external import DEFAULT_TRUTH_GLOBS
 from brainseg.fileio import atomic_write_text
 from brainseg.inference.volume import VolumePrediction, is_patient_folder_input, predict_subject
 from brainseg.io.volumes import SubjectInputs, VolumeError, find_subjects
+from brainseg.io.weights import save_weights
 from brainseg.publishing.card import CALIBRATION_KEY, calibration_line
 
 MIN_SCANS = 3  # labelled scans below which leave-one-out cannot say anything
@@ -200,12 +202,17 @@ def scan_tables(segmenter, subjects: Sequence[SubjectInputs], grid: Grid, *, fla
         del prediction
         if on_scan:
             on_scan(tables[-1])
+    check_labelled(tables)
+    return tables
+
+
+def check_labelled(tables: Sequence[ScanTable]) -> None:
+    """Refuses when fewer than :data:`MIN_SCANS` of the scans hold any labelled voxel."""
     labelled = sum(table.truth_voxels > 0 for table in tables)
     if labelled < MIN_SCANS:
         empty = [t.name for t in tables if t.truth_voxels == 0]
         raise CalibrationError(f"only {labelled} of {len(tables)} scans have any labelled voxel (empty labels: "
                                f"{', '.join(empty)}): calibration needs at least {MIN_SCANS} scans with tumor labelled")
-    return tables
 
 
 # ------------------------------------------------------------------------------------------------ the folder
@@ -217,9 +224,11 @@ def calibrated_config(config: ModelConfig, choice: Choice, record: dict[str, Any
     return ModelConfig.from_dict(data)
 
 
-def write_calibrated(source: Path, out_dir: Path, config: ModelConfig, report: dict[str, Any]) -> Path:
+def write_calibrated(source: Path, out_dir: Path, config: ModelConfig, report: dict[str, Any],
+                     model: torch.nn.Module | None = None) -> Path:
     """Copy the model folder ``source`` to ``out_dir`` (new or empty) with ``config`` as its ``config.json``,
-    the report as ``calibration.json`` and a calibration line added to its card (``README.md``)."""
+    the report as ``calibration.json``, a calibration line added to its card (``README.md``) and, when ``model``
+    is given (a fine-tuned network), its weights as ``model.safetensors``."""
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise CalibrationError(f"--out-dir {out_dir} already exists and is not empty: name a new folder")
@@ -228,6 +237,8 @@ def write_calibrated(source: Path, out_dir: Path, config: ModelConfig, report: d
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source, staging, ignore=shutil.ignore_patterns(*SKIPPED_FILES, ".*"))
     config.save(staging)
+    if model is not None:
+        save_weights(model, staging)
     atomic_write_text(staging / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     card = staging / "README.md"
     line = calibration_line(config)

@@ -18,6 +18,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from brainseg.calibration.finetune import (
+    PARTS,
+    FineTuneSettings,
+    features_and_tables,
+    fine_tune_and_choose,
+    fine_tune_leave_one_out,
+    settings_record,
+)
 from brainseg.calibration.fit import (
     DEFAULT_MIN_GAIN,
     CalibrationError,
@@ -60,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="calibrate for FLAIR alone (T1/T1c ignored), as predict --flair-only runs")
     parser.add_argument("--min-gain", type=float, default=DEFAULT_MIN_GAIN,
                         help=f"leave-one-out mean 3D Dice gain needed to write the folder (default {DEFAULT_MIN_GAIN})")
+    parser.add_argument("--fine-tune", nargs="?", const=FineTuneSettings.part, choices=PARTS,
+                        help="also train the network's last part on the scans' slices before choosing the threshold "
+                        f"(head: the 1x1 head; last-block: the last decoder block + head; default "
+                        f"{FineTuneSettings.part}); leave-one-out fine-tunes without the held-out scan")
+    parser.add_argument("--fine-tune-steps", type=int, default=FineTuneSettings.steps,
+                        help=f"Adam steps of the fine-tune (default {FineTuneSettings.steps}; seeded)")
     parser.add_argument("--json", type=Path, help="write the report here (also when calibration is refused)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the network (as predict)")
@@ -81,17 +95,27 @@ def run(args: argparse.Namespace, command: str) -> int:
     started = time.perf_counter()
     subjects = find_scans(args.scans, args.truth_glob)
     resolved = resolve_model(args.model)
-    segmenter = Segmenter.from_resolved(resolved, device=args.device, backend=args.backend)
+    settings = FineTuneSettings(args.fine_tune, args.fine_tune_steps) if args.fine_tune else None
+    segmenter = Segmenter.from_resolved(resolved, device=args.device, backend="torch" if settings else args.backend)
     start = (segmenter.config.threshold, segmenter.config.min_component_px)
     grid = Grid().including(*start)
     print(f"calibrating {segmenter.description} (threshold {start[0]:g}, min. component {start[1]} px) on "
           f"{len(subjects)} scans of {args.scans}", file=sys.stderr)
-    tables = scan_tables(segmenter, subjects, grid, flair_only=args.flair_only, on_scan=_print_scan(grid, start))
+    if settings:
+        scans, tables = features_and_tables(segmenter, subjects, settings.part, grid, flair_only=args.flair_only,
+                                            on_scan=_print_scan(grid, start))
+    else:
+        tables = scan_tables(segmenter, subjects, grid, flair_only=args.flair_only, on_scan=_print_scan(grid, start))
     searched = time.perf_counter()
     loo = leave_one_out(tables, grid, start)
     choice = choose(tables, grid, start)
     predict_seconds = sum(table.predict_seconds for table in tables)
     report = _report(args, command, segmenter, tables, loo, choice, start, grid)
+    tuned = None
+    if settings:
+        print(loo_table(loo), file=sys.stderr)
+        tuned, choice = _fine_tune(segmenter, scans, settings, grid, start, report)
+        loo = report["record"]["leave_one_out"]
     total = time.perf_counter() - started
     report["seconds"] = {"predict": round(predict_seconds, 2), "total": round(total, 2),
                          "choice_and_leave_one_out": round(time.perf_counter() - searched, 3),
@@ -101,7 +125,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     report["written"] = str(args.out_dir) if helps else None
     if helps:
         config = calibrated_config(segmenter.config, choice, report["record"])
-        write_calibrated(resolved.folder, args.out_dir, config, report)
+        write_calibrated(resolved.folder, args.out_dir, config, report, tuned)
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     if not helps:
@@ -113,6 +137,36 @@ def run(args: argparse.Namespace, command: str) -> int:
           f"px; wrote {args.out_dir} ({report['seconds']['total']:.1f} s, of which {predict_seconds:.1f} s "
           "running the model)", file=sys.stderr)
     return 0
+
+
+def _fine_tune(segmenter: Segmenter, scans: list, settings: FineTuneSettings, grid: Grid, start: tuple[float, int],
+               report: dict[str, Any]):
+    """Leave-one-out of fine-tune + threshold, then both on all scans; the report's record says what was done
+    (its ``leave_one_out`` becomes the fine-tune's, the threshold-only one is kept beside it)."""
+    began = time.perf_counter()
+    print(f"fine-tuning the {settings.part} ({settings.steps} steps) by leave-one-scan-out:", file=sys.stderr)
+    loo = fine_tune_leave_one_out(segmenter.model, scans, settings, grid, start, on_fold=_print_fold)
+    loo_seconds = time.perf_counter() - began
+    alone = report["record"]["leave_one_out"]
+    if loo["calibrated_mean"] < alone["calibrated_mean"]:
+        print(f"note: by leave-one-scan-out the fine-tune does worse than the threshold alone (mean 3D Dice "
+              f"{loo['calibrated_mean']:.4f} vs {alone['calibrated_mean']:.4f}): consider calibrating without "
+              "--fine-tune", file=sys.stderr)
+    tuned, choice = fine_tune_and_choose(segmenter.model, scans, settings, grid, start)
+    record = report["record"]
+    record["threshold_only_leave_one_out"] = record["leave_one_out"]
+    record["leave_one_out"] = loo
+    record["chosen_on_all"] = choice_dict(choice)
+    record["fine_tune"] = {**settings_record(segmenter.model, settings),
+                           "seconds": round(time.perf_counter() - began - loo_seconds, 1),
+                           "leave_one_out_seconds": round(loo_seconds, 1)}
+    return tuned, choice
+
+
+def _print_fold(row: dict[str, Any]) -> None:
+    print(f"  without {row['name']}: 3D Dice {row['uncalibrated']:.4f} -> {row['calibrated']:.4f} (fine-tuned, "
+          f"threshold {row['threshold']:g} / {row['min_component_px']} px; {row['fine_tuned_own']:.4f} at the "
+          f"model's own; {row['seconds']:.0f} s)", file=sys.stderr)
 
 
 def _print_scan(grid: Grid, start: tuple[float, int]):

@@ -177,6 +177,7 @@ class VolumePrediction:
     slice_names: tuple[str, ...] | None = None  # Kaggle patient folders: the slice files' names
     notes: tuple[str, ...] = ()
     intensity: str = "none"  # the intensity rule that made ``images`` ("none": 8-bit slices used as they are)
+    run: np.ndarray | None = None  # (Z,) bool: the presented slices that went through the model, in this order
 
     @property
     def n_slices(self) -> int:
@@ -334,7 +335,7 @@ def predict_volume(segmenter, flair: Volume, t1: Volume | None = None, t1ce: Vol
         name=flair.name, images=images, proba=proba, geometry=geometry, threshold=segmenter.config.threshold,
         min_component_px=segmenter.config.min_component_px, box=box, channels=channels, model=model,
         revision=revision, seconds=time.perf_counter() - started, slices_run=int(run.sum()),
-        voxel_volume_ml=flair.voxel_volume_ml, notes=tuple(notes), intensity=standardizer.rule)
+        voxel_volume_ml=flair.voxel_volume_ml, notes=tuple(notes), intensity=standardizer.rule, run=run)
 
 
 def predict_patient_folder(segmenter, patient: PatientSlices, *, flair_only: bool = False,
@@ -356,7 +357,7 @@ def predict_patient_folder(segmenter, patient: PatientSlices, *, flair_only: boo
         name=patient.name, images=images, proba=proba, geometry=Geometry((n, rows, cols)),
         threshold=segmenter.config.threshold, min_component_px=segmenter.config.min_component_px, box=box,
         channels=("flair",) * 3 if flair_only else ("t1", "flair", "t1ce"), model=model, revision=revision,
-        seconds=time.perf_counter() - started, slices_run=int(run.sum()), slice_names=patient.slice_names)
+        seconds=time.perf_counter() - started, slices_run=int(run.sum()), slice_names=patient.slice_names, run=run)
 
 
 @dataclass(frozen=True)

@@ -334,9 +334,12 @@ def calibration_line(config: ModelConfig) -> str | None:
     measured = (f"; leave-one-scan-out mean 3D Dice {before:.3f} -> {after:.3f}"
                 if isinstance(before, (int, float)) and isinstance(after, (int, float)) else "")
     was = record.get("source_threshold"), record.get("source_min_component_px")
+    tune = record.get("fine_tune")
+    tuned = (f"its {tune.get('part', '?')} fine-tuned ({tune.get('steps', '?')} steps), "
+             if isinstance(tune, dict) else "")
     return (f"Calibrated on {record.get('n_scans', '?')} labelled scans of `{record.get('scans_folder', '?')}` "
             f"({record.get('channels', '?')}, {str(record.get('date', '?'))[:10]}) from `{record.get('source', '?')}`: "
-            f"threshold {was[0]} -> {config.threshold}, min. component {was[1]} -> {config.min_component_px} px"
+            f"{tuned}threshold {was[0]} -> {config.threshold}, min. component {was[1]} -> {config.min_component_px} px"
             f"{measured}")
 
 
