@@ -3,4 +3,4 @@ the same as ``brainseg app``. The app itself is the package ``brainseg.app`` (``
 from brainseg.app.launch import main
 
 if __name__ == "__main__":
-    main()
+    main(prog="app.py")

@@ -101,8 +101,8 @@ def resolve_data_dir(arg: str | None) -> str | None:
     return arg or os.environ.get(DATA_DIR_ENV) or None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="brainseg Gradio demo")
+def build_parser(prog: str = "brainseg app") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="brainseg Gradio demo")
     parser.add_argument("--host", default=None, help="address to bind (default 127.0.0.1 or $GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=None, help="port (default 7860 or $GRADIO_SERVER_PORT)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
@@ -119,9 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Start the demo (``brainseg app``, or ``python app.py`` in a checkout or a Space)."""
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "brainseg app") -> None:
+    """Start the demo (``brainseg app``, or ``python app.py`` in a checkout or a Space: ``prog`` names it in the
+    help and in the one-line error)."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     data_dir = resolve_data_dir(args.data_dir)
     try:
