@@ -3,7 +3,7 @@
     python -m benchmarks.app_latency --data-dir ../shared/data/lgg-test [--url http://127.0.0.1:7860] [-n 30]
         [--moves 40] [--gradio-client] [--json out.json]
 
-(from the repository root: it imports ``app`` and the tests' launcher). Without ``--url`` it starts ``app.py`` on
+(from the repository root: it imports the tests' launcher). Without ``--url`` it starts ``app.py`` on
 127.0.0.1 itself, with the tests' :class:`DemoServer`. One "upload -> overlay" request is what the browser does
 after a file is chosen: POST the file to ``/gradio_api/upload``, join the queue for ``segment``, read the
 server-sent events until it completes, GET the overlay PNG. One "threshold change" is the same for ``threshold``
@@ -284,7 +284,7 @@ def measure_app(data_dir: str | Path, url: str | None = None, repeats: int = 30,
     else:
         run(url)
     if in_process_steps:
-        from app import DEFAULT_PRECISION
+        from brainseg.app.models import DEFAULT_PRECISION
 
         result["in_process"] = in_process(slices, precision or DEFAULT_PRECISION, model)
     if "browser" in result:

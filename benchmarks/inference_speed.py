@@ -217,12 +217,12 @@ BROWSER_MOVE_TARGET_MS = 30.0
 def app_backend(model: str) -> tuple[str, str, int]:
     """(backend name, its one-line reason, network passes per slice) of ``app.py`` started with its defaults.
 
-    The same choice the app makes at start-up (:func:`app.load_segmenter`, same cache and probe): ``auto``
-    is decided by measurement, so it is made here again rather than assumed.
+    The same choice the app makes at start-up (:func:`brainseg.app.models.load_started_model`, same cache and
+    probe): ``auto`` is decided by measurement, so it is made here again rather than assumed.
     """
-    from app import DEFAULT_BACKEND, DEFAULT_PRECISION, load_segmenter
+    from brainseg.app.models import DEFAULT_BACKEND, DEFAULT_PRECISION, load_started_model
 
-    segmenter, _ = load_segmenter(model, DEFAULT_PRECISION, DEFAULT_BACKEND)
+    segmenter, _ = load_started_model(model, DEFAULT_PRECISION, DEFAULT_BACKEND)
     return segmenter.backend, segmenter.backend_reason, 2 if segmenter.config.flip_tta else 1
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-import app
+from brainseg.app.models import ModelRegistry, load_started_model
+from brainseg.app.volume_handlers import VolumeHandlers
 from brainseg.inference.volume import save_mask
 from brainseg.views import volume_export
 
@@ -49,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="unet", help="a bundled model's name or a folder (default: unet)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    segmenter, _ = app.load_segmenter(args.model)
+    segmenter, _ = load_started_model(args.model)
     threshold = segmenter.config.threshold
     with tempfile.TemporaryDirectory() as cache:
-        handlers = app.VolumeHandlers(app.ModelRegistry.around(segmenter, args.model), cache)
+        handlers = VolumeHandlers(ModelRegistry.around(segmenter, args.model), cache)
         started = time.perf_counter()
         out = handlers.segment_volume(str(args.subject / "Flair_subtrMeanDivStd.nii.gz"), None,
                                       str(args.subject / "T1c_subtrMeanDivStd.nii.gz"), threshold,

@@ -22,8 +22,10 @@ from gradio_client.utils import Status
 from PIL import Image
 from volume_synth import affine_of, lgg_patient, ras_from_presented, rotation, save_nifti, write_dicom_series
 
-import app
 from brainseg import ModelConfig, Segmenter
+from brainseg.app.launch import build_demo
+from brainseg.app.models import ModelRegistry, model_description
+from brainseg.app.volume_handlers import VolumeHandlers
 from brainseg.cli.predict import main as predict_main
 from brainseg.evaluation.metrics import dice_score
 from brainseg.inference.volume import Geometry
@@ -128,13 +130,13 @@ def tiny_segmenter() -> Segmenter:
 
 
 def test_volume_tab_wiring_and_both_sliders_start_at_the_tuned_threshold(tiny_segmenter: Segmenter) -> None:
-    demo = app.build_demo(tiny_segmenter, None, "Model: tiny test model")
+    demo = build_demo(tiny_segmenter, None, "Model: tiny test model")
     config = demo.get_config_file()
     props = {c["props"]["elem_id"]: c["props"] for c in config["components"] if c.get("props", {}).get("elem_id")}
     assert props["threshold"]["value"] == props["volume-threshold"]["value"] == 0.3
     assert props["model-info"]["value"].count("tiny test model") == 1, "the model line is shown once"
     fallback = "Could not load org/missing (404); using the bundled default model instead."
-    assert fallback in app.model_description(tiny_segmenter, fallback), "a fallback note is still shown"
+    assert fallback in model_description(tiny_segmenter, fallback), "a fallback note is still shown"
     elem = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
     dep = next(d for d in config["dependencies"] if d["api_name"] == "segment_volume")
     assert [elem[i] for i in dep["inputs"]] == ["volume-flair", "volume-t1", "volume-t1ce", "volume-threshold",
@@ -160,7 +162,7 @@ def test_volume_handlers_segment_redraw_score_and_refuse(tiny_segmenter: Segment
     flair = save_nifti(np.transpose(head * 400 + lesion * 600, (2, 1, 0)), affine, tmp_path / "flair.nii.gz",
                        np.int16)
     truth = save_nifti(np.transpose(lesion, (2, 1, 0)), affine, tmp_path / "truth.nii.gz", np.uint8)
-    handlers = app.VolumeHandlers(app.ModelRegistry.around(tiny_segmenter), str(tmp_path / "cache"))
+    handlers = VolumeHandlers(ModelRegistry.around(tiny_segmenter), str(tmp_path / "cache"))
     out = handlers.segment_volume(str(flair), None, None, 0.3, str(truth))
     mask = check_mask_file(out.mask_file, flair)
     numbers = out.numbers

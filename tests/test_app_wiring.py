@@ -9,9 +9,21 @@ import numpy as np
 import pytest
 import tifffile
 
-import app
 import brainseg
 from brainseg.app.gallery import DatasetIndex, curated_examples, largest_tumor_position, mask_areas
+from brainseg.app.launch import build_demo, build_parser, resolve_data_dir
+from brainseg.app.models import DEFAULT_PRECISION, ModelRegistry, external_cell, load_started_model
+from brainseg.app.shared import slider_steps
+from brainseg.app.slice_handlers import (
+    START_TEXT,
+    DatasetBrowser,
+    LiveOutputs,
+    SliceHandlers,
+    SliceOutputs,
+    SliceState,
+    clear_all,
+)
+from brainseg.app.slice_tab import DATA_DIR_ENV
 from brainseg.config import ModelConfig
 from brainseg.inference.segmenter import Segmenter
 from brainseg.io.slices import decode_image
@@ -69,24 +81,25 @@ def test_curated_examples_have_tumor_and_empty_slices(dataset: Path) -> None:
 
 
 def test_data_dir_comes_from_the_flag_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(app.DATA_DIR_ENV, raising=False)
-    assert app.resolve_data_dir(None) is None
-    monkeypatch.setenv(app.DATA_DIR_ENV, "/data/lgg")
-    assert app.resolve_data_dir(None) == "/data/lgg"
-    assert app.resolve_data_dir("/other") == "/other"
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    assert resolve_data_dir(None) is None
+    monkeypatch.setenv(DATA_DIR_ENV, "/data/lgg")
+    assert resolve_data_dir(None) == "/data/lgg"
+    assert resolve_data_dir("/other") == "/other"
 
 
 def test_cli_defaults_are_loopback_friendly() -> None:
-    args = app.parse_args([])
+    args = build_parser().parse_args([])
     assert args.host is None and args.port is None and not args.share and args.model is None
-    assert args.precision == app.DEFAULT_PRECISION
-    args = app.parse_args(["--host", "0.0.0.0", "--port", "7000", "--share", "--model", "m", "--data-dir", "d"])
+    assert args.precision == DEFAULT_PRECISION
+    args = build_parser().parse_args(["--host", "0.0.0.0", "--port", "7000", "--share", "--model", "m",
+                                      "--data-dir", "d"])
     assert (args.host, args.port, args.share, args.model, args.data_dir) == ("0.0.0.0", 7000, True, "m", "d")
 
 
 def test_bundled_model_loads_in_the_chosen_precision() -> None:
-    assert app.load_segmenter(None, "fp32")[0].bf16 is False
-    assert app.load_segmenter(None, "bf16")[0].bf16 is True
+    assert load_started_model(None, "fp32")[0].bf16 is False
+    assert load_started_model(None, "bf16")[0].bf16 is True
 
 
 def endpoints(demo) -> set[str]:
@@ -94,7 +107,7 @@ def endpoints(demo) -> set[str]:
 
 
 def test_ui_with_dataset_has_browser_examples_and_public_api(tiny_segmenter: Segmenter, dataset: Path) -> None:
-    demo = app.build_demo(tiny_segmenter, dataset)
+    demo = build_demo(tiny_segmenter, dataset)
     assert endpoints(demo) == {"segment", "threshold", "segment_volume", "volume_threshold"}
     config = demo.get_config_file()
     ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
@@ -107,10 +120,10 @@ def test_ui_with_dataset_has_browser_examples_and_public_api(tiny_segmenter: Seg
 
 
 def test_ui_without_dataset_explains_how_to_get_examples(tiny_segmenter: Segmenter) -> None:
-    demo = app.build_demo(tiny_segmenter, None)
+    demo = build_demo(tiny_segmenter, None)
     config = demo.get_config_file()
     hint = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "no-data-hint")
-    assert "--data-dir" in hint["props"]["value"] and app.DATA_DIR_ENV in hint["props"]["value"]
+    assert "--data-dir" in hint["props"]["value"] and DATA_DIR_ENV in hint["props"]["value"]
     disclaimer = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "disclaimer")
     assert "not a medical device" in disclaimer["props"]["value"]
 
@@ -124,19 +137,19 @@ def wired(demo, api_name: str) -> tuple[list[str | None], list[str | None]]:
 
 
 def test_outputs_are_wired_in_the_order_of_the_named_fields(tiny_segmenter: Segmenter) -> None:
-    demo = app.build_demo(tiny_segmenter, None)
+    demo = build_demo(tiny_segmenter, None)
     inputs, outputs = wired(demo, "segment")
     assert inputs == ["slice-file", "threshold", "normalize", "truth-file", "model-choice"]
     api_order = ["mask", "stats", "overlay", "heatmap", "truth", "agreement", "compare", "summary"]
-    assert outputs == [*api_order, None] and list(app.SliceOutputs._fields) == [*api_order, "state"]
+    assert outputs == [*api_order, None] and list(SliceOutputs._fields) == [*api_order, "state"]
     inputs, outputs = wired(demo, "threshold")
     assert inputs == [None, "threshold"]
     assert outputs == ["mask", "stats", "overlay", "agreement", "compare", "summary"]
-    assert outputs == list(app.LiveOutputs._fields)
+    assert outputs == list(LiveOutputs._fields)
 
 
 def test_dragging_the_threshold_runs_only_in_the_browser(tiny_segmenter: Segmenter) -> None:
-    config = app.build_demo(tiny_segmenter, None).get_config_file()
+    config = build_demo(tiny_segmenter, None).get_config_file()
     elem = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
     triggers = {dep["id"]: [(elem.get(target), event) for target, event in dep["targets"]]
                 for dep in config["dependencies"]}
@@ -161,15 +174,15 @@ def data_url_pixels(url: str) -> np.ndarray:
 
 
 def test_live_view_data_gives_the_server_threshold_masks(tiny_segmenter: Segmenter, tmp_path: Path) -> None:
-    steps = app.slider_steps()
+    steps = slider_steps()
     assert len(steps) == 91 and (steps[0], steps[32], steps[-1]) == (0.05, 0.37, 0.95)
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
     # every slider step itself (the >= boundary), the values just below it, and random values
     exact = np.array(steps, np.float32)
     proba = np.concatenate([exact, np.nextafter(exact, np.float32(0)), rng.random(1200 - 2 * len(steps))])
-    state = app.SliceState(image, proba.astype(np.float32).reshape(30, 40), True)
-    handlers = app.SliceHandlers(app.ModelRegistry.around(tiny_segmenter), str(tmp_path / "cache"))
+    state = SliceState(image, proba.astype(np.float32).reshape(30, 40), True)
+    handlers = SliceHandlers(ModelRegistry.around(tiny_segmenter), str(tmp_path / "cache"))
 
     view = handlers.live_view(state)
     assert (view["width"], view["height"]) == (40, 30) and view["thresholds"] == list(steps)
@@ -199,7 +212,7 @@ def test_handlers_segment_and_redraw_without_a_server(tiny_segmenter: Segmenter,
     truth = np.zeros((40, 48), np.uint8)
     truth[5:20, 10:30] = 255
     tifffile.imwrite(truth_file, truth)
-    handlers = app.SliceHandlers(app.ModelRegistry.around(tiny_segmenter), str(tmp_path / "cache"))
+    handlers = SliceHandlers(ModelRegistry.around(tiny_segmenter), str(tmp_path / "cache"))
 
     first = handlers.segment(str(image_file), 0.5, True, str(truth_file))
     state = first.state
@@ -221,16 +234,16 @@ def test_handlers_segment_and_redraw_without_a_server(tiny_segmenter: Segmenter,
 
     assert all(isinstance(v, type(gr.skip())) for v in handlers.rethreshold(None, 0.5))
     assert all(isinstance(v, type(gr.skip())) for v in handlers.change_truth(None, str(truth_file), 0.5))
-    cleared = app.clear_all()
-    assert len(cleared) == len(app.SliceOutputs._fields) + 1 and cleared[app.SliceOutputs._fields.index("summary")]
-    assert [v for v in cleared if v is not None] == [app.START_TEXT]
+    cleared = clear_all()
+    assert len(cleared) == len(SliceOutputs._fields) + 1 and cleared[SliceOutputs._fields.index("summary")]
+    assert [v for v in cleared if v is not None] == [START_TEXT]
     with pytest.raises(gr.Error, match="Upload a slice first"):
         handlers.segment(None, 0.5, True, None)
 
 
 def test_dataset_browser_picks_the_largest_tumor_slice(dataset: Path) -> None:
     index = DatasetIndex(dataset)
-    browser = app.DatasetBrowser(index)
+    browser = DatasetBrowser(index)
     name = index.names[0]
     slider = browser.choose_patient(name)
     assert (slider.value, slider.maximum) == (3, 6)
@@ -241,7 +254,7 @@ def test_dataset_browser_picks_the_largest_tumor_slice(dataset: Path) -> None:
 
 
 def test_model_selector_lists_the_bundled_models_and_their_held_out_numbers(tiny_segmenter: Segmenter) -> None:
-    config = app.build_demo(tiny_segmenter, None).get_config_file()
+    config = build_demo(tiny_segmenter, None).get_config_file()
     props = {c["props"]["elem_id"]: c["props"] for c in config["components"] if c.get("props", {}).get("elem_id")}
     choices = [value for _, value in props["model-choice"]["choices"]]
     assert choices == ["unet-generalist", "unet", "segformer-b0", "tiny test model"]
@@ -254,8 +267,8 @@ def test_model_selector_lists_the_bundled_models_and_their_held_out_numbers(tiny
         assert row.split(" | ")[1:] == [f"{metrics['slice_dice']:.3f}", f"{metrics['volume_dice']:.3f}",
                                         f"{metrics['tumor_slice_dice']:.3f}", f"{metrics['empty_fp_rate']:.3f}",
                                         f"{external['all channels']:.3f} / {external['flair only']:.3f} |"]
-    assert app.external_cell({"slice_dice": 0.9}) == "not measured"
-    bundled = app.ModelRegistry.around(Segmenter.from_pretrained("unet", backend="torch"), backend="torch")
+    assert external_cell({"slice_dice": 0.9}) == "not measured"
+    bundled = ModelRegistry.around(Segmenter.from_pretrained("unet", backend="torch"), backend="torch")
     assert bundled.started == "unet"
     assert list(bundled.sources) == ["unet-generalist", "unet", "segformer-b0"], \
         "no duplicate entry"
@@ -266,8 +279,8 @@ def test_switching_models_reruns_the_slice_with_the_chosen_models_threshold(tmp_
 
     image_file, truth_file = largest_tumor_slice()
     unet = Segmenter.from_pretrained("unet", backend="torch")
-    models = app.ModelRegistry.around(unet, backend="torch")
-    handlers = app.SliceHandlers(models, str(tmp_path / "cache"))
+    models = ModelRegistry.around(unet, backend="torch")
+    handlers = SliceHandlers(models, str(tmp_path / "cache"))
     first = handlers.segment(str(image_file), unet.config.threshold, True, str(truth_file))
     assert first.state.model == "unet"
 

@@ -419,10 +419,11 @@ def test_predict_cli_takes_the_backend_and_records_it(lgg_test_dir, onnx_cache, 
 
 
 def test_app_takes_the_backend_and_shows_it_in_the_model_line(onnx_cache) -> None:
-    import app
+    from brainseg.app.launch import build_parser
+    from brainseg.app.models import DEFAULT_BACKEND, load_started_model, model_description
 
-    assert app.parse_args([]).backend == app.DEFAULT_BACKEND == "auto"
-    assert app.parse_args(["--backend", "torch"]).backend == "torch"
-    segmenter, note = app.load_segmenter(None, "fp32", "torch")
+    assert build_parser().parse_args([]).backend == DEFAULT_BACKEND == "auto"
+    assert build_parser().parse_args(["--backend", "torch"]).backend == "torch"
+    segmenter, note = load_started_model(None, "fp32", "torch")
     assert segmenter.backend == "torch"
-    assert "PyTorch (asked for)" in app.model_description(segmenter, note)
+    assert "PyTorch (asked for)" in model_description(segmenter, note)

@@ -18,7 +18,9 @@ import pytest
 from demo_server import REPO, DemoServer, demo_server, largest_tumor_slice
 from PIL import Image
 
-import app
+from brainseg.app.models import ModelRegistry
+from brainseg.app.slice_handlers import SliceHandlers, SliceState
+from brainseg.app.slice_tab import LIVE_JS
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 CHROMIUM = os.environ.get("BRAINSEG_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -300,7 +302,7 @@ def test_threshold_drag_redraws_in_the_browser_as_the_server_would(page) -> None
     assert area_px(keyed) == keyed_area
 
 
-def synthetic_state(size: int) -> app.SliceState:
+def synthetic_state(size: int) -> SliceState:
     """A noisy slice with a smooth blob of probability and small islands for the small-component removal:
     isolated specks, a 2x2 square (4 px: dropped at 5 px) and a 2x2 square with one diagonal neighbour (5 px
     when 8-connected: kept)."""
@@ -312,7 +314,7 @@ def synthetic_state(size: int) -> app.SliceState:
     proba[2:4, 2:4] = 0.7
     proba[size - 5:size - 3, 2:4] = 0.7
     proba[size - 3, 4] = 0.7
-    return app.SliceState(image, np.clip(proba, 0, 1).astype(np.float32), True)
+    return SliceState(image, np.clip(proba, 0, 1).astype(np.float32), True)
 
 
 LIVE_PAGE = """<div id="overlay"><div class="frame"><img alt="" src="{src}"></div></div>
@@ -338,9 +340,9 @@ def test_live_overlay_script_draws_the_server_overlay(blank_page, tmp_path: Path
     config = ModelConfig(base_channels=2, depth=2, input_size=32, min_component_px=5)
     segmenter = Segmenter(build_model(config), config, source="test", device="cpu")
     state = synthetic_state(size)
-    payload = app.SliceHandlers(app.ModelRegistry.around(segmenter), str(tmp_path)).live_view(state)
+    payload = SliceHandlers(ModelRegistry.around(segmenter), str(tmp_path)).live_view(state)
     blank_page.set_content(LIVE_PAGE.format(src=payload["image"]))
-    blank_page.evaluate(RUN_LIVE_JS, [app.LIVE_JS.read_text(), payload])
+    blank_page.evaluate(RUN_LIVE_JS, [LIVE_JS.read_text(), payload])
     blank_page.locator("#live[data-ready=true]").wait_for(state="attached")
 
     for threshold in (0.05, 0.3, 0.55, 0.65, 0.95):

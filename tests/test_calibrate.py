@@ -211,11 +211,12 @@ def test_a_calibrated_folder_loads_everywhere_a_model_folder_loads(site, site_ta
     line = calibration_line(loaded.config)
     assert line.startswith("Calibrated on 4 labelled scans of `site`") and "threshold 0.5 -> 0.4" in line
     assert line in (out / "README.md").read_text()
-    import app  # the app: selectable by --model like any folder, its model line and label say where it was calibrated
+    # the app: selectable by --model like any folder, its model line and label say where it was calibrated
+    from brainseg.app.models import ModelRegistry, bundled_label, model_description
 
-    assert line in app.model_description(loaded)
-    assert app.bundled_label("site-model", out) == "site-model: bundled U-Net, calibrated"
-    assert str(out) in app.ModelRegistry.around(loaded, requested=str(out)).sources
+    assert line in model_description(loaded)
+    assert bundled_label("site-model", out) == "site-model: bundled U-Net, calibrated"
+    assert str(out) in ModelRegistry.around(loaded, requested=str(out)).sources
     report = tmp_path / "predict.json"
     assert predict_main([str(site / "scan0"), "--truth-glob", "label*", "--model", str(out), "--out-dir",
                          str(tmp_path / "masks"), "--json", str(report), "--quiet", "--backend", "torch"]) == 0

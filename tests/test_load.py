@@ -118,9 +118,9 @@ def rss_mb(process: psutil.Process) -> float:
 
 
 def test_concurrent_users_get_correct_masks_and_memory_stays_flat() -> None:
-    import app
+    from brainseg.app.models import DEFAULT_PRECISION, load_started_model
 
-    segmenter = app.load_segmenter(None, app.DEFAULT_PRECISION)[0]
+    segmenter = load_started_model(None, DEFAULT_PRECISION)[0]
     folder = Path(tempfile.mkdtemp(prefix="brainseg-load-"))
     uploads = make_uploads(folder, segmenter)
     server = DemoServer.start(folder / "app.log")

@@ -47,6 +47,8 @@ def test_export_with_a_hub_model_ships_no_weights_and_pushes(tmp_path: Path) -> 
     files = git(space, "ls-files").splitlines()
     assert {"app.py", "requirements.txt", "README.md", ".gitattributes", SPACE_CONFIG_FILE,
             "assets/app/threshold.js", "brainseg/__init__.py", "brainseg/splits/lgg_test_patients.txt"} <= set(files)
+    app_modules = {f"brainseg/app/{path.name}" for path in (REPO / "brainseg" / "app").glob("*.py")}
+    assert {"brainseg/app/launch.py", "brainseg/app/slice_tab.py"} <= app_modules <= set(files), "app.py's package"
     assert not [f for f in files if f.endswith((".safetensors", ".onnx"))], "a Hub export ships no weights"
     assert not [f for f in files if f.lower().endswith(DATASET_SUFFIXES)], "no dataset file in a Space"
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
@@ -108,15 +110,15 @@ def test_export_refuses_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -
 
 def test_app_takes_the_model_from_args_then_env_then_space_config(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import app
+    from brainseg.app.launch import started_model_arg
 
     monkeypatch.delenv("BRAINSEG_MODEL", raising=False)
-    assert app.started_model_arg(None, tmp_path) is None, "a checkout: the bundled default"
+    assert started_model_arg(None, tmp_path) is None, "a checkout: the bundled default"
     SpaceConfig("org/from-file").save(tmp_path)
-    assert app.started_model_arg(None, tmp_path) == "org/from-file"
-    assert app.started_model_arg("unet", tmp_path) == "unet"
+    assert started_model_arg(None, tmp_path) == "org/from-file"
+    assert started_model_arg("unet", tmp_path) == "unet"
     monkeypatch.setenv("BRAINSEG_MODEL", "org/from-variable")
-    assert app.started_model_arg(None, tmp_path) is None, "load_segmenter reads the Space variable itself"
+    assert started_model_arg(None, tmp_path) is None, "load_segmenter reads the Space variable itself"
 
 
 def commit_files(repo: Path, files: dict[str, bytes]) -> None:

@@ -146,6 +146,9 @@ def test_the_card_and_the_report_carry_the_same_numbers(session: VolumeSession, 
     assert low == pytest.approx(session.mask(0.7).sum() * voxel_ml, abs=1e-4) and low <= card.volume_ml < high
     assert card.laterality == "left" and card.slices_with_tumor == int(mask.any(axis=(1, 2)).sum())
     assert card.agreement is not None and 0 < card.agreement.dice < 1
+    assert session.card(0.6) is card, "cached per threshold"
+    assert session.with_truth(None).card(0.6).agreement is None, "a new ground truth: a new card"
+    assert session.with_seconds(9.0).card(0.6).seconds == 9.0 and card.seconds == 2.0
     pdf, json_path = session.save_report(card, {"threshold": 0.6}, 0.6, tmp_path / "synth")
     pages = PdfReader(str(pdf)).pages
     assert len(pages) == len(report.SECTIONS)

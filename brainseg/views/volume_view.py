@@ -1,7 +1,8 @@
 """One Volume-tab session after its model run: the prediction and what is drawn from it without running the model
 again (three linked planes, the uncertainty band, the result card, the 3D scene, the report files).
 
-Masks are cached per threshold (a plane change or a click reuses them); the band volumes at thresholds 0.3 and
+Masks are cached per threshold (a plane change or a click reuses them), and so are result cards (the downloads
+step after a threshold release reuses the card the view step made); the band volumes at thresholds 0.3 and
 0.7, the head and the scan check are computed once per run.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ class VolumeSession:
     head: np.ndarray | None = None  # presented bool
     band: np.ndarray | None = None  # presented bool: the uncertainty band (see :meth:`uncertain`)
     _masks: dict[float, np.ndarray] = field(default_factory=dict, repr=False)
+    _cards: dict[float, report.ResultCard] = field(default_factory=dict, repr=False)  # this truth and seconds
 
     @classmethod
     def create(cls, prediction: VolumePrediction, seconds: float = 0.0, truth: np.ndarray | None = None,
@@ -50,10 +52,10 @@ class VolumeSession:
     def with_truth(self, truth: np.ndarray | None) -> VolumeSession:
         """The same run with another ground truth (None: none); cached masks are kept."""
         shown = None if truth is None else volume_export.presented_truth(self.prediction, truth)
-        return replace(self, truth=truth, shown_truth=shown)
+        return replace(self, truth=truth, shown_truth=shown, _cards={})
 
     def with_seconds(self, seconds: float) -> VolumeSession:
-        return replace(self, seconds=seconds)
+        return replace(self, seconds=seconds, _cards={})
 
     # ------------------------------------------------------------------------------------------- masks
     def mask(self, threshold: float) -> np.ndarray:
@@ -111,7 +113,15 @@ class VolumeSession:
 
     # ------------------------------------------------------------------------------------------- numbers
     def card(self, threshold: float) -> report.ResultCard:
-        """The result card at ``threshold``."""
+        """The result card at ``threshold`` (cached: the last few thresholds)."""
+        key = float(threshold)
+        if key not in self._cards:
+            if len(self._cards) >= CACHED_MASKS:
+                self._cards.pop(next(iter(self._cards)))
+            self._cards[key] = self._new_card(key)
+        return self._cards[key]
+
+    def _new_card(self, threshold: float) -> report.ResultCard:
         prediction, mask = self.prediction, self.mask(threshold)
         voxel_ml = prediction.voxel_volume_ml
         low, high = (self.volume_ml(t) for t in reversed(report.BAND))
