@@ -23,17 +23,11 @@ from torch import nn
 
 from brainseg import Segmenter
 from brainseg.io.dataset import make_split
+from brainseg.training.checkpoints import CHECKPOINT_FILE, LOG_FILE, SHARDS_FILE, TRAIN_CONFIG_FILE, TrainingState
+from brainseg.training.config import TrainConfig
+from brainseg.training.data import load_data
 from brainseg.training.distributed import RankInfo, check_sync_bn, epoch_shard, rank_device
-from brainseg.training.loop import (
-    CHECKPOINT_FILE,
-    LOG_FILE,
-    SHARDS_FILE,
-    TRAIN_CONFIG_FILE,
-    TrainConfig,
-    TrainingState,
-    load_data,
-    validate,
-)
+from brainseg.training.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]
 # 6 stand-in patients of 5 slices; the patient split (seed 2026) validates on the first one, which has lesion

@@ -13,16 +13,10 @@ from brainseg.config import ModelConfig
 from brainseg.evaluation.forms import SELECTION_FORMS as FORMS
 from brainseg.io.weights import save_model
 from brainseg.models.unet import build_model
-from brainseg.training.loop import (
-    CHECKPOINT_FILE,
-    CHOICES,
-    LOG_FILE,
-    Teacher,
-    TrainConfig,
-    make_optimizer,
-    make_scheduler,
-    train,
-)
+from brainseg.training.checkpoints import CHECKPOINT_FILE, LOG_FILE, make_optimizer, make_scheduler
+from brainseg.training.config import CHOICES, TrainConfig
+from brainseg.training.loop import train
+from brainseg.training.teacher import Teacher
 
 
 def tiny_config(lgg_test_dir, out_dir, **overrides) -> TrainConfig:

@@ -13,7 +13,7 @@ from brainseg.config import TRANSFORMER_ARCHITECTURES, ModelConfig
 from brainseg.io.hub import BUNDLED_LABEL, BUNDLED_MODEL_DIR, UNET_MODEL_DIR, ModelLoadError, resolve_model
 from brainseg.models.transformer import STRIDE
 from brainseg.models.unet import build_model, count_parameters
-from brainseg.training.loop import TrainConfig
+from brainseg.training.config import TrainConfig
 
 TRANSFORMER_NAME = "segformer-b0"  # the bundled Transformer's name (assets/models/segformer-b0)
 KEYS = ["slice_dice", "slice_iou", "tumor_slice_dice", "tumor_slice_iou", "empty_fp_rate", "volume_dice"]
