@@ -71,7 +71,8 @@ def test_same_seed_gives_the_same_weights(lgg_test_dir, tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_cli_help_documents_the_article_preset() -> None:
-    result = subprocess.run([sys.executable, "-m", "brainseg.cli.train", "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-m", "brainseg.cli.train", "--help"], capture_output=True, text=True,
+                            check=True)
     assert "--preset" in result.stdout and "article" in result.stdout and "--empty-fraction" in result.stdout
 
 
@@ -223,7 +224,8 @@ def test_every_optimizer_and_schedule_choice_is_implemented() -> None:
 def test_cli_offers_the_choices_and_refuses_a_typo_before_writing(tmp_path) -> None:
     out = tmp_path / "o"
     result = subprocess.run(
-        [sys.executable, "-m", "brainseg.cli.train", "--data-dir", str(tmp_path), "--out-dir", str(out), "--loss", "bce_dce"],
+        [sys.executable, "-m", "brainseg.cli.train", "--data-dir", str(tmp_path), "--out-dir", str(out),
+         "--loss", "bce_dce"],
         capture_output=True, text=True,
     )
     assert result.returncode == 2 and "invalid choice: 'bce_dce'" in result.stderr
