@@ -236,7 +236,7 @@ def test_a_rerun_skips_the_done_scans_and_retries_the_failed_ones(cohort, capsys
     assert table.is_done(scan, settings)
     assert not table.is_done(scan, replace(settings, threshold=0.9))
     assert not table.is_done(scan, replace(settings, revision="sha256:000000000000"))
-    assert not table.is_done(replace(scan, flair=scan.flair + ".other.nii.gz"), settings)
+    assert not table.is_done(replace(scan, flair=scan.flair.with_name(scan.flair.name + ".other.nii.gz")), settings)
     Path(after[scan.name]["mask"]).unlink()
     assert not table.is_done(scan, settings)
 
