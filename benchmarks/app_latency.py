@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import print_and_save
 from brainseg.io.dataset import scan_dataset
 from tests.demo_server import REPO, DemoServer
 
@@ -332,10 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = measure_app(args.data_dir, args.url, args.repeats, args.moves, gradio_client=args.gradio_client,
                          in_process_steps=args.url is None, precision=args.precision, model=args.model)
     print(table(result))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    print_and_save(result, args.json)
     return result
 
 

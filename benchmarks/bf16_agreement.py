@@ -5,14 +5,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.common import print_and_save
 from brainseg import Segmenter
 from brainseg.inference.postprocess import binarize
 from brainseg.io.dataset import load_slices, scan_dataset
@@ -78,10 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         "fp32_ms_per_slice_median": per_slice_ms(fp32, images, args.timing_slices),
         "bf16_ms_per_slice_median": per_slice_ms(bf16, images, args.timing_slices),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    print_and_save(result, args.json)
     return result
 
 

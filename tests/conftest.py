@@ -1,12 +1,17 @@
-"""Shared fixtures: the held-out test patients in ../shared (read-only)."""
+"""Shared fixtures: the held-out test patients in ../shared (read-only); a bundled model evaluated as recorded."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
 
 import pytest
+
+from brainseg.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 LGG_TEST_DIR = REPO.parent / "shared" / "data" / "lgg-test"
@@ -63,3 +68,23 @@ class ProcessOutput:
     def join(self, timeout_s: float = 10) -> None:
         """Wait until the pipe is closed (the process and its children ended) and read to its end."""
         self._thread.join(timeout=timeout_s)
+
+
+RECORDED_KEYS = ["slice_dice", "slice_iou", "tumor_slice_dice", "tumor_slice_iou", "empty_fp_rate", "volume_dice"]
+
+
+def evaluate_bundled(test_dir: Path, out: Path, name: str | None = None) -> dict:
+    """``brainseg evaluate --json`` in a subprocess of a bundled model (the default when ``name`` is None): its
+    result."""
+    model = [] if name is None else ["--model", name]
+    subprocess.run([sys.executable, "-m", "brainseg.cli.evaluate", "--test-dir", str(test_dir), *model,
+                    "--json", str(out)], check=True, capture_output=True, text=True)
+    return json.loads(out.read_text())
+
+
+def assert_matches_recorded(result: dict, folder: Path) -> None:
+    """``result``'s metrics within 0.005 of ``folder/metrics.json``, and its model config ``folder``'s."""
+    recorded = json.loads((folder / "metrics.json").read_text())
+    for key in RECORDED_KEYS:
+        assert result[key] == pytest.approx(recorded[key], abs=0.005), key
+    assert result["model_config"] == ModelConfig.load(folder).to_dict()

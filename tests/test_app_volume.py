@@ -28,7 +28,7 @@ from brainseg.app.models import ModelRegistry, model_description
 from brainseg.app.volume_handlers import VolumeHandlers
 from brainseg.cli.predict import main as predict_main
 from brainseg.evaluation.metrics import dice_score
-from brainseg.inference.volume import Geometry
+from brainseg.inference.geometry import Geometry
 from brainseg.io.hub import BUNDLED_MODEL_DIR
 from brainseg.models.unet import build_model
 from brainseg.views import volume_export

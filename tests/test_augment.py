@@ -13,7 +13,8 @@ from brainseg.training.augment import (
     random_quarter_turns,
     random_skull_strip,
 )
-from brainseg.training.loop import TrainConfig, TrainingData, make_batch
+from brainseg.training.config import TrainConfig
+from brainseg.training.data import TrainingData, make_batch
 
 
 def generator(seed: int = 0) -> torch.Generator:

@@ -19,7 +19,7 @@ from demo_server import DemoServer
 from PIL import Image
 from test_browser import chromium_page
 
-from brainseg.inference.volume import Geometry
+from brainseg.inference.geometry import Geometry
 from brainseg.views import mesh, report
 from brainseg.views.planes import PLANES, PlaneGeometry, explained_by_overlays
 

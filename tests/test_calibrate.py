@@ -86,22 +86,23 @@ def synthetic_scan(folder: Path, centre: tuple[int, int], rim_is_tumor: bool, se
 CENTRES = ((28, 30), (36, 34), (30, 38), (34, 26))
 
 
+def four_scans(root: Path, rim_is_tumor: bool) -> Path:
+    """A folder of one synthetic scan per centre of :data:`CENTRES`."""
+    for k, centre in enumerate(CENTRES):
+        synthetic_scan(root / f"scan{k}", centre, rim_is_tumor=rim_is_tumor, seed=k)
+    return root
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """Four scans whose annotators count the rim as tumor: the best threshold lies between BRAIN and RIM."""
-    root = tmp_path_factory.mktemp("site")
-    for k, centre in enumerate(CENTRES):
-        synthetic_scan(root / f"scan{k}", centre, rim_is_tumor=True, seed=k)
-    return root
+    return four_scans(tmp_path_factory.mktemp("site"), rim_is_tumor=True)
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     """Four scans labelled like the model: the core only (the model's own threshold is already right)."""
-    root = tmp_path_factory.mktemp("home")
-    for k, centre in enumerate(CENTRES):
-        synthetic_scan(root / f"scan{k}", centre, rim_is_tumor=False, seed=k)
-    return root
+    return four_scans(tmp_path_factory.mktemp("home"), rim_is_tumor=False)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""The model card (brainseg.publishing.card): the training recipe line, the input-form and external-check sections."""
+"""The model card (brainseg.publishing.card, its facts from brainseg.publishing.facts): the training recipe line,
+the input-form and external-check sections."""
 from __future__ import annotations
 
 import csv
@@ -17,15 +18,9 @@ from brainseg.evaluation.forms import SELECTION_FORMS
 from brainseg.evaluation.metrics import Report, SliceCounts, summarize
 from brainseg.evaluation.scoring import forms_score
 from brainseg.io.dataset import bundled_test_patients
-from brainseg.publishing.card import (
-    build_card,
-    check_evaluation,
-    metrics_summary,
-    read_training_info,
-    train_command,
-    training_recipe,
-)
-from brainseg.training.loop import TrainConfig
+from brainseg.publishing.card import build_card, training_recipe
+from brainseg.publishing.facts import check_evaluation, metrics_summary, read_training_info, train_command
+from brainseg.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = dict(augment="affine_gamma", scale_min=0.5, scale_max=1.4, strip_prob=0.5, missing_channel_prob=0.45,
@@ -45,7 +40,7 @@ def write_run(folder: Path, cfg: TrainConfig, log_columns: list[str], epochs: in
 
 
 def forms_columns(forms: tuple[str, ...]) -> list[str]:
-    """log.csv's validation columns of a select_on=forms run (brainseg.training.loop's log fields)."""
+    """log.csv's validation columns of a select_on=forms run (brainseg.training.validation.log_fields)."""
     columns = ["val_slice_dice", "val_tumor_slice_dice", "val_volume_dice"]
     for form in forms:
         columns += [f"val_{form}_slice_dice", f"val_{form}_volume_dice"]

@@ -32,7 +32,7 @@ from brainseg.cohort.runner import (
     settings_from_args,
     unique_names,
 )
-from brainseg.cohort.worker import Scan
+from brainseg.io.subjects import SubjectInputs
 from brainseg.io.volumes import VolumeError
 
 SHAPE, SPACING = (64, 64, 8), (3.0, 3.0, 5.0)
@@ -105,16 +105,20 @@ def mask_voxels(path: str) -> int:
 def test_manifests_in_csv_and_json_lines_resolve_relative_paths(tmp_path):
     (tmp_path / "a.csv").write_text("Name,FLAIR,t1ce\nfirst,scans/a.nii.gz,scans/a_t1c.nii.gz\n,/abs/b.nii.gz,\n")
     scans = read_manifest(tmp_path / "a.csv")
-    assert scans == [Scan("first", str(tmp_path / "scans/a.nii.gz"), None, str(tmp_path / "scans/a_t1c.nii.gz")),
-                     Scan("b", "/abs/b.nii.gz")]
+    assert scans == [SubjectInputs("first", tmp_path / "scans/a.nii.gz", None, tmp_path / "scans/a_t1c.nii.gz"),
+                     SubjectInputs("b", Path("/abs/b.nii.gz"))]
     (tmp_path / "b.jsonl").write_text(json.dumps({"input": "c.nii", "id": 7}) + "\n\n")
-    assert read_manifest(tmp_path / "b.jsonl") == [Scan("7", str(tmp_path / "c.nii"))]
-    (tmp_path / "c.csv").write_text("path_to_scan\nx.nii.gz\n")
-    with pytest.raises(VolumeError, match="entry 1 has no 'flair'"):
-        read_manifest(tmp_path / "c.csv")
-    (tmp_path / "d.jsonl").write_text('{"flair": "x.nii"}\n{oops\n')
-    with pytest.raises(VolumeError, match="line 2 is not JSON"):
-        read_manifest(tmp_path / "d.jsonl")
+    assert read_manifest(tmp_path / "b.jsonl") == [SubjectInputs("7", tmp_path / "c.nii")]
+
+
+@pytest.mark.parametrize(("name", "text", "reason"), [
+    ("c.csv", "path_to_scan\nx.nii.gz\n", "entry 1 has no 'flair'"),
+    ("d.jsonl", '{"flair": "x.nii"}\n{oops\n', "line 2 is not JSON"),
+])
+def test_a_manifest_without_a_flair_column_or_with_a_bad_line_is_refused(tmp_path, name, text, reason):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(VolumeError, match=reason):
+        read_manifest(tmp_path / name)
 
 
 def test_a_bids_tree_gives_one_scan_per_flair_with_its_t1_and_post_contrast_t1(tmp_path):
@@ -128,10 +132,11 @@ def test_a_bids_tree_gives_one_scan_per_flair_with_its_t1_and_post_contrast_t1(t
     save(data, tmp_path / "sub-02/ses-2/anat/sub-02_ses-2_T2w.nii.gz")
     scans = discover([tmp_path])
     anat1 = tmp_path / "sub-01/anat"
-    assert scans == [Scan("sub-01", str(anat1 / f"{stem1}_FLAIR.nii.gz"), str(anat1 / f"{stem1}_T1w.nii.gz"),
-                          str(anat1 / f"{stem1}_ce-gadolinium_T1w.nii.gz")),
-                     Scan("sub-02_ses-1", str(tmp_path / "sub-02/ses-1/anat" / f"{stem2}_FLAIR.nii.gz"))]
-    assert [s.name for s in unique_names([Scan("a", "1"), Scan("a", "2"), Scan("a_2", "3")])] == ["a", "a_2", "a_2_2"]
+    assert scans == [SubjectInputs("sub-01", anat1 / f"{stem1}_FLAIR.nii.gz", anat1 / f"{stem1}_T1w.nii.gz",
+                                   anat1 / f"{stem1}_ce-gadolinium_T1w.nii.gz"),
+                     SubjectInputs("sub-02_ses-1", tmp_path / "sub-02/ses-1/anat" / f"{stem2}_FLAIR.nii.gz")]
+    named = unique_names([SubjectInputs(name, Path(flair)) for name, flair in (("a", "1"), ("a", "2"), ("a_2", "3"))])
+    assert [(s.name, s.flair) for s in named] == [("a", Path("1")), ("a_2", Path("2")), ("a_2_2", Path("3"))]
 
 
 def test_a_second_run_on_the_same_table_is_refused_and_stale_temporaries_are_removed(tmp_path):
@@ -232,7 +237,7 @@ def test_a_rerun_skips_the_done_scans_and_retries_the_failed_ones(cohort, capsys
     assert table.is_done(scan, settings)
     assert not table.is_done(scan, replace(settings, threshold=0.9))
     assert not table.is_done(scan, replace(settings, revision="sha256:000000000000"))
-    assert not table.is_done(replace(scan, flair=scan.flair + ".other.nii.gz"), settings)
+    assert not table.is_done(replace(scan, flair=scan.flair.with_name(scan.flair.name + ".other.nii.gz")), settings)
     Path(after[scan.name]["mask"]).unlink()
     assert not table.is_done(scan, settings)
 

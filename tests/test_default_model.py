@@ -1,35 +1,21 @@
 """Regression guard: the shipped model, evaluated on all 369 held-out slices, matches its recorded numbers."""
-import json
 import platform
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import assert_matches_recorded, evaluate_bundled
 
-from brainseg.config import ModelConfig
 from brainseg.inference.segmenter import describe_device, pick_device
 from brainseg.io.hub import BUNDLED_MODEL_DIR, bundled_models
 
 pytestmark = pytest.mark.slow  # all 369 held-out slices through the bundled model, in a subprocess
 
-RECORDED = BUNDLED_MODEL_DIR / "metrics.json"
-KEYS = ["slice_dice", "slice_iou", "tumor_slice_dice", "tumor_slice_iou", "empty_fp_rate", "volume_dice"]
-
 
 def test_bundled_model_reproduces_its_recorded_metrics(lgg_test_dir, tmp_path) -> None:
-    recorded = json.loads(RECORDED.read_text())
-    out = tmp_path / "eval.json"
-    subprocess.run(
-        [sys.executable, "-m", "brainseg.cli.evaluate", "--test-dir", str(lgg_test_dir), "--json", str(out)],
-        check=True, capture_output=True, text=True,
-    )
-    result = json.loads(out.read_text())
+    result = evaluate_bundled(lgg_test_dir, tmp_path / "eval.json")
     assert (result["n_slices"], result["n_tumor_slices"], result["n_patients"]) == (369, 106, 11)
-    for key in KEYS:
-        assert result[key] == pytest.approx(recorded[key], abs=0.005), key
-    assert result["model_config"] == ModelConfig.load(BUNDLED_MODEL_DIR).to_dict()
+    assert_matches_recorded(result, BUNDLED_MODEL_DIR)
     assert result["hardware"] == f"{describe_device(pick_device())}, bf16=False"
 
 
@@ -37,18 +23,7 @@ def test_bundled_model_reproduces_its_recorded_metrics(lgg_test_dir, tmp_path) -
 def test_bundled_comparison_model_reproduces_its_recorded_metrics(name, lgg_test_dir, tmp_path) -> None:
     """The U-Net the default is compared with (trained on the LGG slices as they are): its held-out numbers,
     as recorded, within 0.005."""
-    folder = bundled_models()[name]
-    recorded = json.loads((folder / "metrics.json").read_text())
-    out = tmp_path / "eval.json"
-    subprocess.run(
-        [sys.executable, "-m", "brainseg.cli.evaluate", "--test-dir", str(lgg_test_dir), "--model", name,
-         "--json", str(out)],
-        check=True, capture_output=True, text=True,
-    )
-    result = json.loads(out.read_text())
-    for key in KEYS:
-        assert result[key] == pytest.approx(recorded[key], abs=0.005), key
-    assert result["model_config"] == ModelConfig.load(folder).to_dict()
+    assert_matches_recorded(evaluate_bundled(lgg_test_dir, tmp_path / "eval.json", name), bundled_models()[name])
 
 
 def test_the_default_beats_the_unet_on_skull_stripped_flair_half_frame_and_turned_slices(lgg_test_dir) -> None:

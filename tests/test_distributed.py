@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +24,11 @@ from torch import nn
 
 from brainseg import Segmenter
 from brainseg.io.dataset import make_split
+from brainseg.training.checkpoints import CHECKPOINT_FILE, LOG_FILE, SHARDS_FILE, TRAIN_CONFIG_FILE, TrainingState
+from brainseg.training.config import TrainConfig
+from brainseg.training.data import load_data
 from brainseg.training.distributed import RankInfo, check_sync_bn, epoch_shard, rank_device
-from brainseg.training.loop import (
-    CHECKPOINT_FILE,
-    LOG_FILE,
-    SHARDS_FILE,
-    TRAIN_CONFIG_FILE,
-    TrainConfig,
-    TrainingState,
-    load_data,
-    validate,
-)
+from brainseg.training.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]
 # 6 stand-in patients of 5 slices; the patient split (seed 2026) validates on the first one, which has lesion
@@ -140,6 +135,27 @@ def training_slice_names(data_dir: Path) -> list[str]:
     return [f"{r.patient}_{r.index}" for r in make_split(data_dir, "patient").train]
 
 
+def start_job(command: list[str]) -> tuple[subprocess.Popen, ProcessOutput]:
+    """A torchrun job in the background, its output (stdout and stderr together) read as it comes."""
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return process, ProcessOutput(process.stdout)
+
+
+def signal_rank_one(process: subprocess.Popen, output: ProcessOutput, ready: Callable[[str], bool],
+                    signal_number: int) -> tuple[int, float] | None:
+    """Send ``signal_number`` to rank 1 once ``ready(output so far)``; its pid and when, or None when the job ended
+    (or :data:`RUN_TIMEOUT_S` passed) first."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        pid = re.search(r"rank 1/2: pid (\d+)", output.text)
+        if pid and ready(output.text):
+            os.kill(int(pid.group(1)), signal_number)
+            return int(pid.group(1)), time.monotonic()
+        time.sleep(0.02)
+    return None
+
+
 def check_shards(out_dir: Path, data_dir: Path, epochs: list[int]) -> None:
     """Per epoch: one row per rank, equal lengths, disjoint own slices that together are the training set."""
     expected = sorted(training_slice_names(data_dir))
@@ -188,25 +204,22 @@ def test_torchrun_two_processes_train_shard_and_save_like_one(standin_data, tmp_
 def test_a_killed_rank_fails_the_job_promptly_and_a_relaunch_resumes(standin_data, tmp_path) -> None:
     out, epochs = tmp_path / "run", 3
     command = torchrun_command(standin_data, out, epochs=epochs, batch_size=1)  # 13 steps per epoch per rank
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    output = ProcessOutput(process.stdout)
-    killed_at, done_epoch = None, None
-    deadline = time.monotonic() + RUN_TIMEOUT_S
+    process, output = start_job(command)
+    done_epoch = None
+
+    def mid_next_epoch(text: str) -> bool:
+        """A checkpoint is saved and rank 0's bar shows at least one step of the next epoch, and not its last."""
+        nonlocal done_epoch
+        if not (out / CHECKPOINT_FILE).exists():
+            return False
+        done_epoch = torch.load(out / CHECKPOINT_FILE, weights_only=True)["epoch"]
+        return bool(re.search(rf"epoch {done_epoch + 1}/{epochs}:\s+\d+%[^\r\n]*\| *([1-9]|1[0-2])/13", text))
+
     try:
-        while time.monotonic() < deadline and process.poll() is None and killed_at is None:
-            pid = re.search(r"rank 1/2: pid (\d+)", output.text)
-            ckpt = out / CHECKPOINT_FILE
-            if pid and ckpt.exists():
-                done_epoch = torch.load(ckpt, weights_only=True)["epoch"]
-                # rank 0's bar shows at least one step of the next epoch, and not its last
-                if re.search(rf"epoch {done_epoch + 1}/{epochs}:\s+\d+%[^\r\n]*\| *([1-9]|1[0-2])/13", output.text):
-                    os.kill(int(pid.group(1)), signal.SIGKILL)
-                    killed_at = time.monotonic()
-            time.sleep(0.02)
-        assert killed_at is not None, f"training ended or stalled before a mid-epoch kill:\n{output.text[-3000:]}"
+        killed = signal_rank_one(process, output, mid_next_epoch, signal.SIGKILL)
+        assert killed is not None, f"training ended or stalled before a mid-epoch kill:\n{output.text[-3000:]}"
         process.wait(timeout=EXIT_AFTER_KILL_S)  # no hang: the surviving rank and torchrun give up
-        exit_seconds = time.monotonic() - killed_at
+        exit_seconds = time.monotonic() - killed[1]
     finally:
         if process.poll() is None:
             process.kill()
@@ -233,20 +246,14 @@ def test_a_stalled_rank_times_out_instead_of_hanging(standin_data, tmp_path) -> 
     timeout_s, torchrun_grace_s = 5, 30  # torchrun waits 30 s for SIGTERM before SIGKILL (a stopped rank needs it)
     command = torchrun_command(standin_data, tmp_path / "run", epochs=3, batch_size=1)
     command[command.index("--dist-timeout-s") + 1] = str(timeout_s)
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    output = ProcessOutput(process.stdout)
-    stalled_pid, stopped_at = None, None
-    deadline = time.monotonic() + RUN_TIMEOUT_S
+    process, output = start_job(command)
+    stalled_pid = None
     try:
-        while time.monotonic() < deadline and process.poll() is None and stopped_at is None:
-            pid = re.search(r"rank 1/2: pid (\d+)", output.text)
-            if pid and re.search(r"epoch 1/3:\s+\d+%[^\r\n]*\| *([1-9]|1[0-2])/13", output.text):
-                stalled_pid = int(pid.group(1))
-                os.kill(stalled_pid, signal.SIGSTOP)
-                stopped_at = time.monotonic()
-            time.sleep(0.02)
-        assert stopped_at is not None, f"training ended or stalled before rank 1 was stopped:\n{output.text[-3000:]}"
+        stopped = signal_rank_one(
+            process, output, lambda text: bool(re.search(r"epoch 1/3:\s+\d+%[^\r\n]*\| *([1-9]|1[0-2])/13", text)),
+            signal.SIGSTOP)
+        assert stopped is not None, f"training ended or stalled before rank 1 was stopped:\n{output.text[-3000:]}"
+        stalled_pid, stopped_at = stopped
         process.wait(timeout=timeout_s + torchrun_grace_s + 30)
         exit_seconds = time.monotonic() - stopped_at
     finally:

@@ -83,7 +83,9 @@ def test_forms_score_is_the_mean_of_slice_and_volume_dice_over_forms(slices) -> 
 
 def test_forms_table_takes_each_runs_best_epoch_by_forms_score(tmp_path) -> None:
     from brainseg.cli.forms_table import main
-    from brainseg.training.loop import LOG_FILE, TrainConfig, log_fields, write_log
+    from brainseg.training.checkpoints import LOG_FILE, write_log
+    from brainseg.training.config import TrainConfig
+    from brainseg.training.validation import log_fields
 
     cfg = TrainConfig(data_dir="d", out_dir=str(tmp_path), select_on="forms")
     run_dir = tmp_path / "run-a"

@@ -349,7 +349,7 @@ print(json.dumps(out))
 # ------------------------------------------------------------------------------------ publish
 def make_run(tmp_path: Path, name: str = "run", split: str = "patient") -> Path:
     """A finished training run: RUN/best (the model), RUN/train_config.json, RUN/log.csv."""
-    from brainseg.training.loop import TrainConfig
+    from brainseg.training.config import TrainConfig
 
     run = tmp_path / name
     best = make_model(run / "best", threshold=0.6, extra={"best_epoch": 2, "val_slice_dice": 0.5})
@@ -445,7 +445,8 @@ def test_publish_dry_run_round_trips_and_push_sends_the_same_folder(hub, tmp_pat
 
 
 def test_card_names_the_epoch_of_last_epoch_weights(tmp_path):
-    from brainseg.publishing.card import _training, read_training_info
+    from brainseg.publishing.card import _training
+    from brainseg.publishing.facts import read_training_info
 
     best = make_run(tmp_path)
     last = make_model(best.parent / "last", extra={"epoch": 3, "weights_note": "beat the best epoch on validation"})

@@ -14,7 +14,7 @@ from PIL import Image
 from volume_synth import affine_of, lgg_patient, save_nifti
 
 from brainseg.cli.predict import main
-from brainseg.inference.volume import Geometry
+from brainseg.inference.geometry import Geometry
 
 PATIENT = "TCGA_HT_8114_19981030"
 AFFINE = affine_of(np.diag([-0.9, 0.9, 2.5]), origin=(115.0, -115.0, -20.0))  # LAS, as dcm2niix writes

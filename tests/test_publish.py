@@ -20,7 +20,7 @@ from brainseg.evaluation.metrics import Report
 from brainseg.evaluation.scoring import forms_score
 from brainseg.io.weights import save_model
 from brainseg.models.unet import build_model
-from brainseg.training.loop import TrainConfig
+from brainseg.training.config import TrainConfig
 
 SLICES = range(17, 23)  # six slices of a held-out patient, with lesion
 SHAPE = (48, 48, 12)

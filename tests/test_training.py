@@ -13,16 +13,10 @@ from brainseg.config import ModelConfig
 from brainseg.evaluation.forms import SELECTION_FORMS as FORMS
 from brainseg.io.weights import save_model
 from brainseg.models.unet import build_model
-from brainseg.training.loop import (
-    CHECKPOINT_FILE,
-    CHOICES,
-    LOG_FILE,
-    Teacher,
-    TrainConfig,
-    make_optimizer,
-    make_scheduler,
-    train,
-)
+from brainseg.training.checkpoints import CHECKPOINT_FILE, LOG_FILE, make_optimizer, make_scheduler
+from brainseg.training.config import CHOICES, TrainConfig
+from brainseg.training.loop import train
+from brainseg.training.teacher import Teacher
 
 
 def tiny_config(lgg_test_dir, out_dir, **overrides) -> TrainConfig:
@@ -230,8 +224,8 @@ def test_every_optimizer_and_schedule_choice_is_implemented() -> None:
 def test_cli_offers_the_choices_and_refuses_a_typo_before_writing(tmp_path) -> None:
     out = tmp_path / "o"
     result = subprocess.run(
-        [sys.executable, "-m", "brainseg.cli.train", "--data-dir", str(tmp_path), "--out-dir", str(out), "--loss",
-         "bce_dce"],
+        [sys.executable, "-m", "brainseg.cli.train", "--data-dir", str(tmp_path), "--out-dir", str(out),
+         "--loss", "bce_dce"],
         capture_output=True, text=True,
     )
     assert result.returncode == 2 and "invalid choice: 'bce_dce'" in result.stderr

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import ProcessOutput
 
-from brainseg.training.loop import CHECKPOINT_FILE, LOG_FILE
+from brainseg.training.checkpoints import CHECKPOINT_FILE, LOG_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # a real training process, SIGKILLed and resumed
 

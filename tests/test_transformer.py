@@ -1,22 +1,20 @@
 """The Transformer segmenters: shapes, no download at construction, save/load by folder and by bundled name."""
 import json
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import assert_matches_recorded, evaluate_bundled
 
 from brainseg import Segmenter, bundled_models
 from brainseg.config import TRANSFORMER_ARCHITECTURES, ModelConfig
 from brainseg.io.hub import BUNDLED_LABEL, BUNDLED_MODEL_DIR, BUNDLED_MODELS_DIR, ModelLoadError, resolve_model
 from brainseg.models.transformer import STRIDE
 from brainseg.models.unet import build_model, count_parameters
-from brainseg.training.loop import TrainConfig
+from brainseg.training.config import TrainConfig
 
 TRANSFORMER_NAME = "segformer-b0"  # the bundled Transformer's name (assets/models/segformer-b0)
-KEYS = ["slice_dice", "slice_iou", "tumor_slice_dice", "tumor_slice_iou", "empty_fp_rate", "volume_dice"]
 
 
 @pytest.fixture
@@ -108,16 +106,6 @@ def test_a_local_folder_wins_over_a_bundled_name(tmp_path, monkeypatch) -> None:
 
 @pytest.mark.slow  # all 369 held-out slices through the bundled Transformer, in a subprocess
 def test_bundled_transformer_reproduces_its_recorded_metrics(lgg_test_dir, tmp_path) -> None:
-    folder = bundled_models()[TRANSFORMER_NAME]
-    recorded = json.loads((folder / "metrics.json").read_text())
-    out = tmp_path / "eval.json"
-    subprocess.run(
-        [sys.executable, "-m", "brainseg.cli.evaluate", "--test-dir", str(lgg_test_dir), "--model", TRANSFORMER_NAME,
-         "--json", str(out)],
-        check=True, capture_output=True, text=True,
-    )
-    result = json.loads(out.read_text())
+    result = evaluate_bundled(lgg_test_dir, tmp_path / "eval.json", TRANSFORMER_NAME)
     assert (result["n_slices"], result["n_tumor_slices"], result["n_patients"]) == (369, 106, 11)
-    for key in KEYS:
-        assert result[key] == pytest.approx(recorded[key], abs=0.005), key
-    assert result["model_config"] == ModelConfig.load(folder).to_dict()
+    assert_matches_recorded(result, bundled_models()[TRANSFORMER_NAME])

@@ -1,4 +1,4 @@
-"""Orientation, framing and intensity rules of brainseg.inference.volume (no model runs)."""
+"""Orientation and framing (brainseg.inference.geometry) and intensity rules of whole scans (no model runs)."""
 from __future__ import annotations
 
 import itertools
@@ -7,15 +7,8 @@ import numpy as np
 import pytest
 from volume_synth import affine_of, lgg_patient, ras_from_presented, rotation
 
-from brainseg.inference.intensity import HIGH_LEVEL, to_uint8_channel
-from brainseg.inference.volume import (
-    HEAD_FRAME_FILL,
-    CropBox,
-    Geometry,
-    crop_box,
-    head_bounding_box,
-    head_mask,
-)
+from brainseg.inference.geometry import HEAD_FRAME_FILL, CropBox, Geometry, crop_box, head_bounding_box
+from brainseg.inference.intensity import HIGH_LEVEL, head_mask, to_uint8_channel
 
 
 def all_axis_affines(spacing=(0.9, 1.1, 2.5)):

@@ -1,4 +1,5 @@
-"""Reading NIfTI / DICOM series / subject folders and writing masks (brainseg.io.volumes), no model runs."""
+"""Reading NIfTI / DICOM series / subject folders and writing masks (brainseg.io.volumes, brainseg.io.subjects),
+no model runs."""
 from __future__ import annotations
 
 import gzip
@@ -10,14 +11,8 @@ import numpy as np
 import pytest
 from volume_synth import affine_of, rotation, save_nifti, write_dicom_series
 
-from brainseg.io.volumes import (
-    VolumeError,
-    check_same_grid,
-    find_subjects,
-    load_volume,
-    save_nifti_mask,
-    voxel_volume_ml,
-)
+from brainseg.io.subjects import find_subjects
+from brainseg.io.volumes import VolumeError, check_same_grid, load_volume, save_nifti_mask, voxel_volume_ml
 
 EXTERNAL = "external-brats2013"
 

@@ -1,4 +1,5 @@
-"""Whole-volume prediction (brainseg.inference.volume) with the bundled model on volumes built from held-out LGG slices."""
+"""Whole-volume prediction (brainseg.inference.volume) with the bundled model on volumes built from held-out LGG
+slices."""
 from __future__ import annotations
 
 import shutil
@@ -11,15 +12,11 @@ from volume_synth import affine_of, lgg_patient, ras_from_presented, rotation, s
 
 from brainseg import Segmenter
 from brainseg.evaluation.volumes import evaluate_volume
-from brainseg.inference.intensity import to_uint8_channel
-from brainseg.inference.volume import (
-    Geometry,
-    head_mask,
-    predict_patient_folder,
-    predict_volume,
-    save_mask,
-)
-from brainseg.io.volumes import Volume, VolumeError, load_label_volume, load_patient_folder, load_volume
+from brainseg.inference.geometry import Geometry
+from brainseg.inference.intensity import head_mask, to_uint8_channel
+from brainseg.inference.volume import predict_patient_folder, predict_volume, save_mask
+from brainseg.io.patient_folders import load_patient_folder
+from brainseg.io.volumes import Volume, VolumeError, load_label_volume, load_volume
 
 PATIENT = "TCGA_HT_8114_19981030"  # 22 slices, a large tumor
 SPACING = (0.9, 0.9, 2.5)

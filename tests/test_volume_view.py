@@ -11,7 +11,8 @@ import pytest
 from pypdf import PdfReader
 
 from brainseg.inference import quality
-from brainseg.inference.volume import CropBox, Geometry, VolumePrediction
+from brainseg.inference.geometry import CropBox, Geometry
+from brainseg.inference.volume import VolumePrediction
 from brainseg.views import mesh, report
 from brainseg.views.overlay import TRUTH_COLOUR
 from brainseg.views.planes import CROSSHAIR_COLOUR, PLANES, PlaneGeometry, explained_by_overlays, render_plane

@@ -24,8 +24,9 @@ import torch
 from brainseg.config import ModelConfig
 from brainseg.evaluation.external import DEFAULT_TRUTH_GLOBS
 from brainseg.fileio import atomic_write_text
-from brainseg.inference.volume import VolumePrediction, is_patient_folder_input, predict_subject
-from brainseg.io.volumes import SubjectInputs, VolumeError, find_subjects
+from brainseg.inference.volume import VolumePrediction, predict_subject
+from brainseg.io.subjects import SubjectInputs, find_subjects, is_patient_folder_input
+from brainseg.io.volumes import VolumeError
 from brainseg.io.weights import save_weights
 from brainseg.publishing.card import CALIBRATION_KEY, calibration_line
 

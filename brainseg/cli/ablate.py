@@ -16,7 +16,8 @@ from brainseg.cli.common import add_device_argument, add_seed_arguments, parse_a
 from brainseg.evaluation.metrics import METRICS_BY_KEY
 from brainseg.evaluation.scoring import evaluate_arrays
 from brainseg.io.dataset import DEFAULT_SPLIT_SEED, load_slices, make_split
-from brainseg.training.loop import TrainConfig, train
+from brainseg.training.config import TrainConfig
+from brainseg.training.loop import train
 
 STUDIES: dict[str, list[tuple[str, dict]]] = {
     "normalization": [("Normalize(mean, 2·std) on", {"normalize": True}), ("off (raw [0, 1])", {"normalize": False})],

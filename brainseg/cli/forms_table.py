@@ -15,7 +15,7 @@ from pathlib import Path
 from brainseg.cli.common import parse_and_run
 from brainseg.evaluation.forms import SELECTION_FORMS
 from brainseg.fileio import atomic_write_text
-from brainseg.training.loop import LOG_FILE
+from brainseg.training.checkpoints import LOG_FILE
 
 METRICS = ("volume_dice", "slice_dice")
 

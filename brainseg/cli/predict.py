@@ -22,9 +22,10 @@ from brainseg.fileio import atomic_write_text
 from brainseg.inference.backends import BACKENDS, BackendError
 from brainseg.inference.intensity import DEFAULT_RULE, RULES
 from brainseg.inference.segmenter import Segmenter
-from brainseg.inference.volume import VolumePrediction, is_patient_folder_input, predict_subject, save_mask
+from brainseg.inference.volume import VolumePrediction, predict_subject, save_mask
 from brainseg.io.hub import ModelLoadError
-from brainseg.io.volumes import SubjectInputs, VolumeError, find_subjects
+from brainseg.io.subjects import SubjectInputs, find_subjects, is_patient_folder_input
+from brainseg.io.volumes import VolumeError
 from brainseg.registry import DEFAULT_MODEL_NAME
 
 UNET_MODEL_NAME = "unet"  # the registry's U-Net for whole-head LGG slices only

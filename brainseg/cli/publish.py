@@ -29,13 +29,8 @@ from brainseg.inference.segmenter import Segmenter, load_model
 from brainseg.io.dataset import bundled_test_patients
 from brainseg.io.hub import ModelLoadError, ResolvedModel, parse_repo_arg, resolve_model
 from brainseg.models.unet import count_parameters
-from brainseg.publishing.card import (
-    build_card,
-    check_evaluation,
-    find_training_dir,
-    metrics_summary,
-    read_training_info,
-)
+from brainseg.publishing.card import build_card
+from brainseg.publishing.facts import check_evaluation, find_training_dir, metrics_summary, read_training_info
 
 CARD_FILE = "README.md"
 EVAL_FILE = "evaluation.json"

@@ -8,8 +8,9 @@ import argparse
 import dataclasses
 
 from brainseg.cli.common import parse_and_run
+from brainseg.training.config import CHOICES, PRESETS, TrainConfig
 from brainseg.training.distributed import RankInfo
-from brainseg.training.loop import CHOICES, PRESETS, TrainConfig, train
+from brainseg.training.loop import train
 
 
 def build_parser() -> argparse.ArgumentParser:

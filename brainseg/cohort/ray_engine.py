@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from brainseg.cohort.worker import Scan, ScanWorker, WorkerSettings
+from brainseg.cohort.worker import ScanWorker, WorkerSettings
+from brainseg.io.subjects import SubjectInputs
 from brainseg.io.volumes import VolumeError
 
 INSTALL_HINT = "the Ray engine needs Ray: pip install 'brainseg[cluster]' (or pip install 'ray>=2.60')"
@@ -34,11 +35,12 @@ class _ActorBody:
     def __init__(self, settings: WorkerSettings) -> None:
         self.worker = ScanWorker(settings)
 
-    def run(self, scan: Scan) -> dict:
+    def run(self, scan: SubjectInputs) -> dict:
         return self.worker.run(scan)
 
 
-def run_ray(scans: list[Scan], settings: WorkerSettings, workers: int, address: str | None = None) -> Iterator[dict]:
+def run_ray(scans: list[SubjectInputs], settings: WorkerSettings, workers: int,
+            address: str | None = None) -> Iterator[dict]:
     """Rows as scans finish on ``workers`` Ray actors, each holding the model once and reserving ``settings.threads``
     CPUs; the driver (this process) only schedules and collects the rows."""
     ray = import_ray()

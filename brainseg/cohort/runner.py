@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import fcntl
 import io
 import json
@@ -31,12 +32,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from brainseg.cohort.worker import Scan, WorkerSettings, mask_path, run_local
+from brainseg.cohort.worker import WorkerSettings, mask_path, run_local
 from brainseg.config import WEIGHTS_FILE, ModelConfig
 from brainseg.fileio import atomic_write_text
 from brainseg.inference.backends import file_sha256
 from brainseg.io.hub import resolve_model
-from brainseg.io.volumes import VolumeError, find_subjects, subject_name
+from brainseg.io.subjects import SubjectInputs, find_subjects
+from brainseg.io.volumes import VolumeError, subject_name
 
 COLUMNS = ("name", "status", "error", "volume_ml", "volume_strict_ml", "volume_generous_ml", "tumor_voxels",
            "slices_with_tumor", "n_slices", "laterality", "quality", "dice", "mask", "input", "seconds", "model",
@@ -46,7 +48,7 @@ BIDS_FLAIR = re.compile(r"FLAIR\.nii(\.gz)?$")
 
 
 # ------------------------------------------------------------------------------------------------ scans
-def read_manifest(path: str | Path) -> list[Scan]:
+def read_manifest(path: str | Path) -> list[SubjectInputs]:
     """The scans a CSV (header row) or JSON-lines manifest lists; relative paths are taken from its folder."""
     path = Path(path)
     try:
@@ -65,7 +67,7 @@ def read_manifest(path: str | Path) -> list[Scan]:
     return [_manifest_scan(record, path, number) for number, record in enumerate(records, 1)]
 
 
-def _manifest_scan(record: object, manifest: Path, number: int) -> Scan:
+def _manifest_scan(record: object, manifest: Path, number: int) -> SubjectInputs:
     if not isinstance(record, dict):
         raise VolumeError(f"--manifest {manifest.name}: entry {number} is not an object with a 'flair' field")
     record = {str(k).strip().lower(): v for k, v in record.items() if k is not None}
@@ -74,18 +76,18 @@ def _manifest_scan(record: object, manifest: Path, number: int) -> Scan:
         raise VolumeError(f"--manifest {manifest.name}: entry {number} has no 'flair' (or 'input'/'path') value; "
                           "give one column 'flair' with each scan's FLAIR file or folder")
 
-    def resolve(value: object) -> str | None:
-        return os.path.abspath(manifest.parent / str(value).strip()) if value else None
+    def resolve(value: object) -> Path | None:
+        return manifest.parent / str(value).strip() if value else None
 
     name = next((str(record[k]).strip() for k in MANIFEST_KEYS["name"] if record.get(k)), None)
-    return Scan(name or subject_name(str(flair).strip()), resolve(flair), resolve(record.get("t1")),
-                resolve(record.get("t1ce")), resolve(record.get("truth")))
+    return SubjectInputs(name or subject_name(str(flair).strip()), resolve(flair), resolve(record.get("t1")),
+                         resolve(record.get("t1ce")), resolve(record.get("truth"))).absolute()
 
 
-def discover(inputs: Iterable[str | Path], truth_glob: str | None = None) -> list[Scan]:
+def discover(inputs: Iterable[str | Path], truth_glob: str | None = None) -> list[SubjectInputs]:
     """The scans in the command line's inputs: a BIDS tree, or what ``brainseg predict`` finds in them (with
     ``truth_glob``: each subject folder's ground truth)."""
-    scans: list[Scan] = []
+    scans: list[SubjectInputs] = []
     for raw in inputs:
         path = Path(raw)
         bids = sorted(path.glob("sub-*/anat/*FLAIR.nii*")) + sorted(path.glob("sub-*/ses-*/anat/*FLAIR.nii*"))
@@ -93,24 +95,21 @@ def discover(inputs: Iterable[str | Path], truth_glob: str | None = None) -> lis
         if path.is_dir() and bids:
             scans.extend(_bids_scan(flair) for flair in bids)
             continue
-        for subject in find_subjects([path], truth_glob):
-            scans.append(Scan(subject.name, os.path.abspath(subject.flair),
-                              *(None if p is None else os.path.abspath(p) for p in (subject.t1, subject.t1ce,
-                                                                                   subject.truth))))
+        scans.extend(subject.absolute() for subject in find_subjects([path], truth_glob))
     return scans
 
 
-def _bids_scan(flair: Path) -> Scan:
+def _bids_scan(flair: Path) -> SubjectInputs:
     """A BIDS FLAIR with the same entities' ``T1w`` (pre-contrast) and ``ce-*_T1w`` (post-contrast) beside it."""
     stem = re.sub(r"_FLAIR\.nii(\.gz)?$", "", flair.name)
     entities = [e for e in stem.split("_") if e.split("-")[0] in ("sub", "ses", "acq", "run")]
     t1 = [p for p in flair.parent.glob(f"{entities[0]}*_T1w.nii*") if "_ce-" not in p.name]
     t1ce = list(flair.parent.glob(f"{entities[0]}*_ce-*_T1w.nii*"))
-    return Scan("_".join(entities) or stem, os.path.abspath(flair), os.path.abspath(t1[0]) if len(t1) == 1 else None,
-                os.path.abspath(t1ce[0]) if len(t1ce) == 1 else None)
+    return SubjectInputs("_".join(entities) or stem, flair, t1[0] if len(t1) == 1 else None,
+                         t1ce[0] if len(t1ce) == 1 else None).absolute()
 
 
-def unique_names(scans: list[Scan]) -> list[Scan]:
+def unique_names(scans: list[SubjectInputs]) -> list[SubjectInputs]:
     """The scans with names made unique (``name``, ``name_2``, ...) in manifest order."""
     used: set[str] = set()
     result = []
@@ -119,7 +118,7 @@ def unique_names(scans: list[Scan]) -> list[Scan]:
         while candidate in used:
             candidate, n = f"{scan.name}_{n}", n + 1
         used.add(candidate)
-        result.append(Scan(candidate, scan.flair, scan.t1, scan.t1ce, scan.truth))
+        result.append(dataclasses.replace(scan, name=candidate))
     return result
 
 
@@ -142,15 +141,15 @@ class ResultsTable:
                         table.rows[row["name"]] = row
         return table
 
-    def is_done(self, scan: Scan, settings: WorkerSettings) -> bool:
+    def is_done(self, scan: SubjectInputs, settings: WorkerSettings) -> bool:
         """True when the scan's row says ok for the same input and settings and its mask is still there."""
         row = self.rows.get(scan.name)
-        if not row or row.get("status") != "ok" or row.get("input") != scan.flair:
+        if not row or row.get("status") != "ok" or row.get("input") != str(scan.flair):
             return False
         same = (row.get("model") == settings.model.source and row.get("revision") == settings.revision
                 and row.get("intensity") == settings.intensity
                 and _same_float(row.get("threshold"), settings.threshold))
-        return same and mask_path(settings, Scan(scan.name, scan.flair)).exists()
+        return same and mask_path(settings, scan).exists()
 
     def record(self, row: dict) -> None:
         self.rows[str(row["name"])] = {key: _cell(row.get(key)) for key in COLUMNS}
@@ -240,7 +239,7 @@ def run_cohort(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
-def _engine_rows(args: argparse.Namespace, todo: list[Scan], settings: WorkerSettings) -> Iterator[dict]:
+def _engine_rows(args: argparse.Namespace, todo: list[SubjectInputs], settings: WorkerSettings) -> Iterator[dict]:
     if not todo:
         return iter(())
     if args.engine == "ray":

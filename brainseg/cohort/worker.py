@@ -23,24 +23,13 @@ import torch
 
 from brainseg.evaluation.volumes import evaluate_volume
 from brainseg.inference import quality
-from brainseg.inference.intensity import DEFAULT_RULE
+from brainseg.inference.intensity import DEFAULT_RULE, head_mask
 from brainseg.inference.segmenter import Segmenter
-from brainseg.inference.volume import VolumePrediction, head_mask, predict_subject, save_mask
+from brainseg.inference.volume import VolumePrediction, predict_subject, save_mask
 from brainseg.io.hub import ResolvedModel
-from brainseg.io.volumes import SubjectInputs, is_patient_folder
+from brainseg.io.subjects import SubjectInputs, is_patient_folder_input
 from brainseg.views import report
 from brainseg.views.planes import grayscale
-
-
-@dataclass(frozen=True)
-class Scan:
-    """One row of the manifest: a unique name and the input files (paths as strings, so any process can read them)."""
-
-    name: str
-    flair: str
-    t1: str | None = None
-    t1ce: str | None = None
-    truth: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,10 +48,9 @@ class WorkerSettings:
     threads: int = 1  # torch (and ONNX Runtime) threads in this worker
 
 
-def mask_path(settings: WorkerSettings, scan: Scan) -> Path:
+def mask_path(settings: WorkerSettings, scan: SubjectInputs) -> Path:
     """Where a scan's mask goes: ``OUT/<name>_mask.nii.gz``, or the folder ``OUT/<name>`` for a Kaggle folder."""
-    flair = Path(scan.flair)
-    if flair.is_dir() and is_patient_folder(flair):
+    if is_patient_folder_input(scan):
         return Path(settings.out) / scan.name
     return Path(settings.out) / f"{scan.name}_mask.nii.gz"
 
@@ -82,9 +70,9 @@ class ScanWorker:
         self.segmenter = Segmenter.from_resolved(settings.model, device=settings.device, backend=settings.backend)
         self.where = f"{socket.gethostname()}:{os.getpid()}"
 
-    def run(self, scan: Scan) -> dict:
+    def run(self, scan: SubjectInputs) -> dict:
         started = time.perf_counter()
-        row = {"name": scan.name, "input": scan.flair, "model": self.settings.model.source,
+        row = {"name": scan.name, "input": str(scan.flair), "model": self.settings.model.source,
                "revision": self.settings.revision, "threshold": self.settings.threshold,
                "intensity": self.settings.intensity, "backend": self.segmenter.backend, "worker": self.where}
         try:
@@ -95,11 +83,9 @@ class ScanWorker:
         row["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         return row
 
-    def _segment(self, scan: Scan) -> dict:
+    def _segment(self, scan: SubjectInputs) -> dict:
         settings = self.settings
-        subject = SubjectInputs(scan.name, Path(scan.flair), *(Path(p) if p else None for p in
-                                                               (scan.t1, scan.t1ce, scan.truth)))
-        run = predict_subject(self.segmenter, subject, flair_only=settings.flair_only, crop=settings.crop,
+        run = predict_subject(self.segmenter, scan, flair_only=settings.flair_only, crop=settings.crop,
                               intensity=settings.intensity)
         prediction, truth = run.prediction, run.truth
         flair_data = None if run.flair is None else run.flair.data
@@ -113,8 +99,9 @@ class ScanWorker:
 
 def describe(prediction: VolumePrediction, threshold: float, flair_data: np.ndarray | None = None) -> dict:
     """The table's numbers of one prediction: volume (and at thresholds 0.7 / 0.3), slices with tumor, laterality
-    (:func:`brainseg.views.report.laterality`, the head's midline) and the scan check's flag codes (:mod:`brainseg.inference.quality`,
-    "ok" when none; empty without the raw FLAIR, i.e. for Kaggle folders), as the Volume tab's result card has them."""
+    (:func:`brainseg.views.report.laterality`, the head's midline) and the scan check's flag codes
+    (:mod:`brainseg.inference.quality`, "ok" when none; empty without the raw FLAIR, i.e. for Kaggle folders), as
+    the Volume tab's result card has them."""
     mask = prediction.presented_mask(threshold)
     voxel_ml = prediction.voxel_volume_ml
     head = head_mask(grayscale(prediction.images))
@@ -142,11 +129,11 @@ def _init_process(settings: WorkerSettings) -> None:
     _PROCESS_WORKER["worker"] = ScanWorker(settings)
 
 
-def _run_in_process(scan: Scan) -> dict:
+def _run_in_process(scan: SubjectInputs) -> dict:
     return _PROCESS_WORKER["worker"].run(scan)
 
 
-def run_local(scans: list[Scan], settings: WorkerSettings, workers: int) -> Iterator[dict]:
+def run_local(scans: list[SubjectInputs], settings: WorkerSettings, workers: int) -> Iterator[dict]:
     """Rows as scans finish: in this process (``workers == 1``) or in ``workers`` spawned processes, each holding
     the model once. At most ``2 * workers`` scans are queued at a time, so a stop loses little work."""
     if workers <= 1:
@@ -158,9 +145,10 @@ def run_local(scans: list[Scan], settings: WorkerSettings, workers: int) -> Iter
         yield from _bounded(pool.submit, _run_in_process, scans, 2 * workers)
 
 
-def _bounded(submit: Callable[..., Future], function: Callable, scans: list[Scan], depth: int) -> Iterator[dict]:
+def _bounded(submit: Callable[..., Future], function: Callable, scans: list[SubjectInputs],
+             depth: int) -> Iterator[dict]:
     """``function(scan)`` for every scan through ``submit``, at most ``depth`` in flight, results as they finish."""
-    pending: dict[Future, Scan] = {}
+    pending: dict[Future, SubjectInputs] = {}
     queue = iter(scans)
     for scan in queue:
         pending[submit(function, scan)] = scan

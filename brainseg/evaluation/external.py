@@ -1,9 +1,10 @@
 """Generalization check on external NIfTI subjects: 3D whole-tumor Dice per subject, once per input form.
 
-A folder holds one sub-folder per subject (found by :func:`brainseg.io.volumes.find_subjects`): a FLAIR NIfTI,
+A folder holds one sub-folder per subject (found by :func:`brainseg.io.subjects.find_subjects`): a FLAIR NIfTI,
 optionally T1 / post-contrast T1 on its grid, and one label NIfTI (every label > 0 = whole tumor, e.g. BraTS).
 Each subject goes through the whole-scan pipeline (:func:`brainseg.inference.volume.predict_volume`, head crop, the
-model's own threshold) once per form in :data:`FORMS` and is scored with :func:`brainseg.evaluation.volumes.evaluate_volume`.
+model's own threshold) once per form in :data:`FORMS` and is scored with
+:func:`brainseg.evaluation.volumes.evaluate_volume`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import numpy as np
 from brainseg.evaluation.volumes import evaluate_volume
 from brainseg.inference.intensity import DEFAULT_RULE
 from brainseg.inference.volume import predict_volume
-from brainseg.io.volumes import SubjectInputs, VolumeError, find_subjects, load_label_volume, load_volume
+from brainseg.io.subjects import SubjectInputs, find_subjects
+from brainseg.io.volumes import VolumeError, load_label_volume, load_volume
 
 ALL_CHANNELS = "all channels"  # the FLAIR with whatever T1 / T1c the subject has (missing ones get the FLAIR)
 FLAIR_ONLY = "flair only"  # the FLAIR in all three channels, even where T1 / T1c exist

@@ -1,13 +1,13 @@
-"""Reading whole scans: NIfTI files, DICOM series (a folder or a ``.zip``), Kaggle patient folders of TIFF slices.
+"""Reading whole scans: NIfTI files and DICOM series (a folder or a ``.zip``), and writing a NIfTI mask.
 
 Every problem a user can cause (not a volume, 4D, unreadable DICOM, a zip bomb, ...) is a
-:class:`VolumeError` whose message says what to do. Nothing here knows about the model.
+:class:`VolumeError` whose message says what to do. Nothing here knows about the model. Kaggle patient folders
+are read by :mod:`brainseg.io.patient_folders`, the subjects of a command line found by :mod:`brainseg.io.subjects`.
 """
 from __future__ import annotations
 
 import gzip
 import io
-import re
 import warnings
 import zipfile
 import zlib
@@ -19,10 +19,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 from nibabel.orientations import io_orientation
-from PIL import Image
 
-from brainseg.fileio import atomic_write, atomic_write_bytes
-from brainseg.io.dataset import SLICE_FILE, read_image, read_mask, scan_patient
+from brainseg.fileio import atomic_write_bytes
 
 MAX_VOXELS = 2**26  # 67 M voxels (e.g. 512 x 512 x 256): above it the float copies alone pass ~1 GB
 MAX_SIDE = 2048
@@ -64,31 +62,6 @@ class Volume:
         return voxel_volume_ml(self.affine)
 
 
-@dataclass(frozen=True)
-class PatientSlices:
-    """A Kaggle ``kaggle_3m`` patient folder: its slices in numeric order (N, H, W, 3 uint8) and their masks."""
-
-    folder: Path
-    images: np.ndarray
-    slice_names: tuple[str, ...]  # e.g. "TCGA_CS_4944_20010208_1" (the file name without ".tif")
-    truth: np.ndarray | None = None  # (N, H, W) bool when every slice has a *_mask.tif
-
-    @property
-    def name(self) -> str:
-        return self.folder.name
-
-
-@dataclass(frozen=True)
-class SubjectInputs:
-    """What one subject's run reads: a FLAIR source and the optional other channels and ground truth."""
-
-    name: str
-    flair: Path
-    t1: Path | None = None
-    t1ce: Path | None = None
-    truth: Path | None = None
-
-
 def voxel_volume_ml(affine: np.ndarray) -> float:
     return float(abs(np.linalg.det(np.asarray(affine, float)[:3, :3]))) / 1000.0
 
@@ -104,12 +77,6 @@ def subject_name(path: str | Path) -> str:
 
 def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
-
-
-def is_patient_folder(path: Path) -> bool:
-    """A Kaggle patient folder holds ``<stem>_<n>.tif`` slices."""
-    return path.is_dir() and any(
-        SLICE_FILE.match(p.name) and not p.name.endswith("_mask.tif") for p in path.iterdir())
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -174,7 +141,7 @@ def load_nifti(path: str | Path) -> Volume:
     try:
         image = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for a bad header
-        raise VolumeError(f"{name}: not a readable NIfTI file ({_first_line(exc)})") from None
+        raise VolumeError(f"{name}: not a readable NIfTI file ({first_line(exc)})") from None
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise VolumeError(f"{name}: not a NIfTI image ({type(image).__name__})")
     shape = _squeeze_to_3d(tuple(int(s) for s in image.shape), name)
@@ -185,7 +152,7 @@ def load_nifti(path: str | Path) -> Volume:
         data = np.asarray(image.dataobj, dtype=np.float32).reshape(shape)
     except Exception as exc:  # truncated gzip, short file, ...
         raise VolumeError(f"{name}: the voxel data cannot be read, the file is truncated or corrupt "
-                          f"({_first_line(exc)})") from None
+                          f"({first_line(exc)})") from None
     data, notes = _finite(data, name)
     header = image.header.copy() if isinstance(image, nib.Nifti1Image) else None
     return Volume(data, affine, name, "nifti", header, notes)
@@ -208,7 +175,7 @@ def _finite(data: np.ndarray, name: str) -> tuple[np.ndarray, tuple[str, ...]]:
     return data, (f"{int((~finite).sum())} NaN/infinite voxels of {name} were treated as background",)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]
 
@@ -240,7 +207,7 @@ def load_dicom_series(path: str | Path) -> Volume:
         try:
             archive = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as exc:
-            raise VolumeError(f"{path.name}: not a readable .zip ({_first_line(exc)})") from None
+            raise VolumeError(f"{path.name}: not a readable .zip ({first_line(exc)})") from None
         with archive:
             datasets = _read_datasets(_zip_members(archive, path.name))
     else:
@@ -311,7 +278,7 @@ def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, zip_name: str):
             with archive.open(info) as fh:
                 data = fh.read(info.file_size + 1)
         except (zipfile.BadZipFile, RuntimeError, OSError, EOFError, zlib.error) as exc:
-            raise VolumeError(f"{zip_name}: {info.filename} cannot be unpacked ({_first_line(exc)}): the .zip is "
+            raise VolumeError(f"{zip_name}: {info.filename} cannot be unpacked ({first_line(exc)}): the .zip is "
                               "corrupt or encrypted") from None
         if len(data) > info.file_size:
             raise VolumeError(f"{zip_name}: {info.filename} is larger than its header says: refused")
@@ -354,21 +321,7 @@ def _stack_series(items: list, name: str) -> Volume:
     else:
         step = float(first.get("SpacingBetweenSlices", 0) or first.get("SliceThickness", 0) or 1.0)
     _check_shape((cols, rows, len(placed)), name)
-    slices = []
-    for _, _, member_name, ds in placed:
-        try:
-            pixels = ds.pixel_array
-        except Exception as exc:  # compressed transfer syntax without a decoder, truncated pixel data
-            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-            raise VolumeError(f"{name}: the pixels of {member_name} cannot be decoded (transfer syntax {syntax}: "
-                              f"{_first_line(exc)}): convert the series with dcm2niix and give the NIfTI") from None
-        if pixels.shape != (rows, cols):
-            raise VolumeError(f"{name}: {member_name} is not a single grayscale frame (shape {pixels.shape})")
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        slices.append(pixels.astype(np.float32) * slope + intercept)
-    # data[i, j, k] = pixel (row j, column i) of slice k: i runs along the rows' direction, j along the columns'.
-    data = np.ascontiguousarray(np.stack(slices, axis=-1).transpose(1, 0, 2))
+    data = _series_pixels([(member_name, ds) for _, _, member_name, ds in placed], name, rows, cols)
     row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
     lps = np.eye(4)
     lps[:3, 0] = row_dir * col_spacing
@@ -380,89 +333,23 @@ def _stack_series(items: list, name: str) -> Volume:
     return Volume(data, affine, name, "dicom", None, notes)
 
 
-# --------------------------------------------------------------------------------------- patient folders
-def load_patient_folder(folder: str | Path) -> PatientSlices:
-    """A Kaggle patient folder's slices (and masks, when every slice has one) in numeric order."""
-    folder = Path(folder)
-    patient = scan_patient(folder)
-    if not patient.slices:
-        raise VolumeError(f"{folder.name}: no <name>_<n>.tif slices in it: give a Kaggle patient folder")
-    try:
-        images = np.stack([read_image(r.image_path) for r in patient.slices])
-    except (OSError, ValueError) as exc:
-        raise VolumeError(f"{folder.name}: a slice cannot be read ({_first_line(exc)})") from None
-    truth = None
-    if all(r.mask_path for r in patient.slices):
-        truth = np.stack([read_mask(r.mask_path, images.shape[1:3]) for r in patient.slices])
-    names = tuple(r.image_path.name[: -len(".tif")] for r in patient.slices)
-    return PatientSlices(folder, images, names, truth)
-
-
-# ----------------------------------------------------------------------------------------------- inputs
-FLAIR_NAME = re.compile(r"flair", re.I)
-T1CE_NAME = re.compile(r"t1[-_ ]?(c|ce|gd|post|contrast)(?![a-z])|t1c", re.I)
-T1_NAME = re.compile(r"t1(?![-_ ]?(c|ce|gd|post|contrast)(?![a-z])|c)", re.I)
-
-
-def find_subjects(paths: list[str | Path], truth_glob: str | None = None) -> list[SubjectInputs]:
-    """Expand the command line's inputs into subjects.
-
-    A NIfTI file, a DICOM folder or ``.zip``, or a Kaggle patient folder is one subject. A folder of
-    such things (a folder of NIfTI files, of subject folders, or ``kaggle_3m`` itself) is one subject
-    per entry. A subject folder holding several NIfTI files uses the one named ``*flair*`` as FLAIR and,
-    when present, ``*t1c*``/``*t1ce*``/``*t1gd*`` as post-contrast T1 and another ``*t1*`` as T1.
-    ``truth_glob`` names each subject folder's ground-truth file (e.g. ``OTMultiClass*``).
-    """
-    subjects: list[SubjectInputs] = []
-    for raw in paths:
-        path = Path(raw)
-        if not path.exists():
-            raise VolumeError(f"{path}: no such file or folder")
-        if path.is_file() and not (is_nifti(path) or path.suffix.lower() == ".zip"):
-            load_volume(path)  # refuses it with the reason (a single DICOM file, not a volume)
-        if path.is_file() or is_patient_folder(path) or is_dicom_folder(path):
-            subjects.append(SubjectInputs(subject_name(path), path))
-            continue
-        niftis = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p))
-        if niftis and any(FLAIR_NAME.search(p.name) for p in niftis):
-            subjects.append(_subject_folder(path, niftis, truth_glob))
-            continue
-        found = []
-        for entry in sorted(path.iterdir()):
-            if entry.name.startswith("."):
-                continue
-            if entry.is_file() and (is_nifti(entry) or entry.suffix.lower() == ".zip"):
-                found.append(SubjectInputs(subject_name(entry), entry))
-            elif entry.is_dir() and (is_patient_folder(entry) or is_dicom_folder(entry)):
-                found.append(SubjectInputs(entry.name, entry))
-            elif entry.is_dir():
-                inner = sorted(p for p in entry.iterdir() if p.is_file() and is_nifti(p))
-                if inner:
-                    found.append(_subject_folder(entry, inner, truth_glob))
-        if not found:
-            raise VolumeError(f"{path}: no NIfTI file, DICOM series or Kaggle patient folder in it")
-        subjects.extend(found)
-    return subjects
-
-
-def _subject_folder(folder: Path, niftis: list[Path], truth_glob: str | None) -> SubjectInputs:
-    truth = None
-    if truth_glob:
-        matches = sorted(folder.glob(truth_glob))
-        if len(matches) != 1:
-            raise VolumeError(f"{folder.name}: {len(matches)} files match --truth-glob {truth_glob!r}, expected one")
-        truth = matches[0]
-    candidates = [p for p in niftis if p != truth]
-    if len(candidates) == 1:
-        return SubjectInputs(folder.name, candidates[0], truth=truth)
-    flair = [p for p in candidates if FLAIR_NAME.search(p.name)]
-    if len(flair) != 1:
-        raise VolumeError(f"{folder.name}: {len(flair)} NIfTI files named *flair* among {len(candidates)}: "
-                          "give the FLAIR file itself")
-    t1ce = [p for p in candidates if p not in flair and T1CE_NAME.search(p.name)]
-    t1 = [p for p in candidates if p not in flair and p not in t1ce and T1_NAME.search(p.name)]
-    return SubjectInputs(folder.name, flair[0], t1=t1[0] if len(t1) == 1 else None,
-                         t1ce=t1ce[0] if len(t1ce) == 1 else None, truth=truth)
+def _series_pixels(members: list, name: str, rows: int, cols: int) -> np.ndarray:
+    """The rescaled float32 pixels of sorted (member name, dataset) slices as (X, Y, Z)."""
+    slices = []
+    for member_name, ds in members:
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:  # compressed transfer syntax without a decoder, truncated pixel data
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+            raise VolumeError(f"{name}: the pixels of {member_name} cannot be decoded (transfer syntax {syntax}: "
+                              f"{first_line(exc)}): convert the series with dcm2niix and give the NIfTI") from None
+        if pixels.shape != (rows, cols):
+            raise VolumeError(f"{name}: {member_name} is not a single grayscale frame (shape {pixels.shape})")
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        slices.append(pixels.astype(np.float32) * slope + intercept)
+    # data[i, j, k] = pixel (row j, column i) of slice k: i runs along the rows' direction, j along the columns'.
+    return np.ascontiguousarray(np.stack(slices, axis=-1).transpose(1, 0, 2))
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -486,12 +373,3 @@ def save_nifti_mask(mask: np.ndarray, affine: np.ndarray, path: str | Path,
     if path.name.lower().endswith(".gz"):
         data = gzip.compress(data, compresslevel=6, mtime=0)
     return atomic_write_bytes(path, data)
-
-
-def save_png_masks(masks: np.ndarray, names: tuple[str, ...], folder: str | Path) -> list[Path]:
-    """One 0/255 PNG per slice, ``<slice name>_mask.png``, each written atomically."""
-    written = []
-    for mask, slice_name in zip(masks, names):
-        image = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8))
-        written.append(atomic_write(Path(folder) / f"{slice_name}_mask.png", lambda tmp, im=image: im.save(tmp, "PNG")))
-    return written
