@@ -1,4 +1,19 @@
-"""Shared fixtures: the held-out test patients in ../shared (read-only)."""
+"""Shared fixtures, and the real scans the data tests read.
+
+The data live beside the checkout in ``../shared/data`` (read-only; CI always has it):
+
+- ``lgg-test/``: the held-out LGG patients (Kaggle layout), through the ``lgg_test_dir`` fixture;
+- ``external-brats2013/``: five BRATS 2013 NIfTI subjects, through ``external_dir`` / ``brats_subject``.
+
+Where a folder is absent, every test that takes it skips and says which folder it needs; the rest (synthetic slices
+and volumes, ``volume_synth.py``) still runs. ``BRAINSEG_SHARED_DIR`` points the tests at another copy of
+``shared/``; a path that does not exist hides the data, which shows what a checkout without it runs::
+
+    BRAINSEG_SHARED_DIR=/nonexistent python -m pytest -q -m "not slow" tests
+
+With ``CI`` set and ``BRAINSEG_SHARED_DIR`` not set, a missing folder fails those tests instead of skipping them.
+See docs/testing.md.
+"""
 from __future__ import annotations
 
 import os
@@ -9,20 +24,41 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LGG_TEST_DIR = REPO.parent / "shared" / "data" / "lgg-test"
+SHARED_DIR = Path(os.environ.get("BRAINSEG_SHARED_DIR") or REPO.parent / "shared")
+LGG_TEST_DIR = SHARED_DIR / "data" / "lgg-test"
+EXTERNAL_DIR = SHARED_DIR / "data" / "external-brats2013"
+BRATS_SUBJECT = "brats_2013_pat0002_1"  # FLAIR, T1c, brain mask and the multi-class truth, 240 x 240 x 155
 # ONNX graphs the tests export go to a throwaway cache, not the user's ~/.cache (subprocesses inherit it).
 os.environ.setdefault("BRAINSEG_CACHE", tempfile.mkdtemp(prefix="brainseg-test-cache-"))
 
 
+def require_data(folder: Path, what: str) -> Path:
+    """``folder`` of ``shared/data``; without it the calling test skips with the reason, or fails in CI (which
+    must have it) unless ``BRAINSEG_SHARED_DIR`` hid it on purpose."""
+    if folder.is_dir():
+        return folder
+    message = f"needs {folder} ({what}); absent here, CI has it"
+    if os.environ.get("CI") and not os.environ.get("BRAINSEG_SHARED_DIR"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def lgg_test_dir() -> Path:
-    """The held-out patients; a test that needs them is skipped, with the reason, on a checkout without them
-    (CI always has ``../shared``, so there every such test runs)."""
-    if not LGG_TEST_DIR.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"{LGG_TEST_DIR} is missing: CI must have ../shared/data/lgg-test")
-        pytest.skip(f"{LGG_TEST_DIR} is missing: these tests need the held-out patients in ../shared/data/lgg-test")
-    return LGG_TEST_DIR
+    """The held-out LGG patients (``shared/data/lgg-test``)."""
+    return require_data(LGG_TEST_DIR, "the held-out LGG patients")
+
+
+@pytest.fixture(scope="session")
+def external_dir() -> Path:
+    """The five external BRATS 2013 subjects (``shared/data/external-brats2013``)."""
+    return require_data(EXTERNAL_DIR, "the external BRATS 2013 NIfTI subjects")
+
+
+@pytest.fixture(scope="session")
+def brats_subject(external_dir: Path) -> Path:
+    """One external BRATS subject folder (:data:`BRATS_SUBJECT`)."""
+    return require_data(external_dir / BRATS_SUBJECT, "a BRATS 2013 subject")
 
 
 def link_patient(source: Path, folder: Path, indices) -> None:

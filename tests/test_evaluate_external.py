@@ -124,11 +124,11 @@ def test_at_least_one_of_data_dir_and_external_is_required(capsys):
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_the_cli_reports_the_bundled_unet_on_the_external_brats_subjects(lgg_test_dir, tmp_path):
-    external = lgg_test_dir.parent / "external-brats2013"
+def test_the_cli_reports_the_bundled_unet_on_the_external_brats_subjects(external_dir, tmp_path):
     out = tmp_path / "external.json"
-    done = subprocess.run([sys.executable, "-m", "brainseg.cli.evaluate", "--model", "unet", "--external", str(external),
-                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run([sys.executable, "-m", "brainseg.cli.evaluate", "--model", "unet",
+                           "--external", str(external_dir), "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())["external"]
     assert result["n_subjects"] == 5 and result["truth_glob"] == "OTMultiClass*.nii*"
