@@ -61,6 +61,18 @@ def brats_subject(external_dir: Path) -> Path:
     return require_data(external_dir / BRATS_SUBJECT, "a BRATS 2013 subject")
 
 
+@pytest.fixture(scope="session")
+def synthetic_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TIFF of :func:`volume_synth.synthetic_slice` (256 x 256 RGB, written like a Kaggle slice): for tests of
+    file handling that need a valid slice, not a real one, so they run without ``shared/data``."""
+    import tifffile
+    from volume_synth import synthetic_slice as make_slice
+
+    path = tmp_path_factory.mktemp("synthetic") / "TCGA_SY_0000_20000101_1.tif"
+    tifffile.imwrite(path, make_slice()[0], photometric="rgb")
+    return path
+
+
 def link_patient(source: Path, folder: Path, indices) -> None:
     """A stand-in patient ``folder`` whose slices ``indices`` (and masks) are links to ``source``'s, nothing copied."""
     folder.mkdir(parents=True)
