@@ -73,6 +73,22 @@ def synthetic_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def synthetic_scans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """NIfTI files of 6 synthetic slices on one LAS grid, as ``brainseg predict`` takes them: ``flair``, ``t1ce``
+    and ``other_grid`` (one slice fewer); for refusals and I/O checks that need valid scans, not real numbers."""
+    import numpy as np
+    from volume_synth import affine_of, save_nifti, synthetic_slice
+
+    folder = tmp_path_factory.mktemp("synthetic_scans")
+    affine = affine_of(np.diag([-0.9, 0.9, 2.5]), origin=(115.0, -115.0, -20.0))
+    stack = np.stack([synthetic_slice(seed)[0] for seed in range(6)], axis=-1)  # (256, 256, 3, 6)
+    flair, t1ce = stack[:, :, 1].astype(np.int16), stack[:, :, 2].astype(np.int16)
+    return {"flair": save_nifti(flair, affine, folder / "flair.nii.gz"),
+            "t1ce": save_nifti(t1ce, affine, folder / "t1ce.nii.gz"),
+            "other_grid": save_nifti(t1ce[:, :, 1:], affine, folder / "t1.nii.gz")}
+
+
 def link_patient(source: Path, folder: Path, indices) -> None:
     """A stand-in patient ``folder`` whose slices ``indices`` (and masks) are links to ``source``'s, nothing copied."""
     folder.mkdir(parents=True)

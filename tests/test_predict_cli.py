@@ -83,7 +83,8 @@ def test_several_inputs_run_one_after_another(scans, lgg_test_dir, tmp_path):
     assert "dice" in numbers["subjects"][2] and numbers["mean_dice"] == numbers["subjects"][2]["dice"]
 
 
-def test_user_mistakes_exit_2_with_one_message_and_write_nothing(scans, tmp_path, capsys):
+def test_user_mistakes_exit_2_with_one_message_and_write_nothing(synthetic_scans, tmp_path, capsys):
+    scans = synthetic_scans  # valid scans, no real data needed
     (tmp_path / "notes.txt").write_text("not a scan")
     four_d = save_nifti(np.zeros((8, 8, 4, 2), np.int16), AFFINE, tmp_path / "four.nii.gz")
     with zipfile.ZipFile(tmp_path / "empty.zip", "w"):
