@@ -51,6 +51,7 @@ def segmenter() -> Segmenter:
     return Segmenter.from_pretrained("unet")  # the pipeline is under test, not the model: the fastest bundled one
 
 
+@pytest.mark.slow  # ~15 s of CPU plus the model's load
 def test_every_subject_and_form_scores_exactly_as_the_volume_pipeline(segmenter, tmp_path):
     synthetic_subject(tmp_path / "subject_a", with_t1ce=True)
     synthetic_subject(tmp_path / "subject_b", with_t1ce=False, seed=1)
