@@ -122,6 +122,7 @@ def test_the_module_runs_as_a_command(tmp_path):
     assert result.stderr.startswith("error: notes.txt: not a volume") and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # ~15 s of CPU: four models run
 def test_the_bundled_unet_on_scans_points_to_the_default_once(scans, lgg_test_dir, tmp_path, capsys):
     subjects = tmp_path / "subjects"
     subjects.mkdir()
