@@ -1,11 +1,12 @@
-"""Compare the intensity rules of ``brainseg.inference.intensity`` on the validation patients as volumes, in every input form.
+"""Compare the intensity rules of ``brainseg.inference.intensity`` on the validation patients as volumes, in every
+input form.
 
     python -m benchmarks.intensity_rules --data-dir $DATA --model unet-generalist \
         --json /tmp/intensity_rules.json
 
 Each validation patient of ``make_split(DATA, "patient", 0.1, 2026)`` (never a test or external one) is put in
-each form of ``brainseg.evaluation.forms`` (as is, skull-stripped, FLAIR only, FLAIR + T1c, half frame = a small brain in
-the frame, skull-stripped FLAIR only), made into in-memory volumes on a 0.9 x 0.9 x 2.5 mm RAS grid (as
+each form of ``brainseg.evaluation.forms`` (as is, skull-stripped, FLAIR only, FLAIR + T1c, half frame = a small
+brain in the frame, skull-stripped FLAIR only), made into in-memory volumes on a 0.9 x 0.9 x 2.5 mm RAS grid (as
 ``benchmarks.lgg_as_volumes``: a form without T1 / T1c gives only the channels it has) and run through
 ``predict_volume`` once per rule; the score is the 3D Dice per patient and its mean per form and rule.
 Nothing is written but the JSON.

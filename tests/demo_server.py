@@ -14,21 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import LGG_TEST_DIR, require_data
 
 REPO = Path(__file__).resolve().parent.parent
-TEST_DATA = Path(os.environ.get("BRAINSEG_TEST_DATA", REPO.parent / "shared" / "data" / "lgg-test"))
 STARTUP_TIMEOUT_S = 240
 _SERVER_KEY = pytest.StashKey["DemoServer"]()
 
 
 def require_test_data() -> Path:
-    """The held-out test patients; skip without them, except in CI where they must exist."""
-    if not any(TEST_DATA.glob("TCGA_*")):
-        message = f"no test slices in {TEST_DATA} (set BRAINSEG_TEST_DATA)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return TEST_DATA
+    """The held-out test patients (conftest's ``lgg_test_dir``, for code outside a fixture)."""
+    return require_data(LGG_TEST_DIR, "the held-out LGG patients")
 
 
 def largest_tumor_slice() -> tuple[Path, Path]:

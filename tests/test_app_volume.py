@@ -41,7 +41,6 @@ AFFINE = affine_of(rotation(8, -12) @ np.diag([-0.9, 0.9, 2.5]), origin=(115.0, 
 THRESHOLD = ModelConfig.load(BUNDLED_MODEL_DIR).threshold  # the bundled default's tuned threshold
 STRICTER = round(min(THRESHOLD + 0.2, 0.9), 2)  # a threshold above the default's, for /volume_threshold
 MASK, NUMBERS, GIF, PLOT, POSITION, OVERLAY, PROBABILITY, CAPTION, SUMMARY = range(9)
-BRATS = Path(__file__).resolve().parents[2] / "shared" / "data" / "external-brats2013" / "brats_2013_pat0002_1"
 
 
 @pytest.fixture(scope="module")
@@ -335,10 +334,10 @@ def slice_progress(job):
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_a_slice_request_is_not_stuck_behind_queued_volumes(server: DemoServer) -> None:
+def test_a_slice_request_is_not_stuck_behind_queued_volumes(server: DemoServer, brats_subject: Path) -> None:
     """Two volume jobs (one runs, one waits with a visible queue position); a single-slice request sent
     meanwhile is answered while the first volume is still running."""
-    flair = BRATS / "Flair_subtrMeanDivStd.nii.gz"
+    flair = brats_subject / "Flair_subtrMeanDivStd.nii.gz"
     if not flair.is_file():
         pytest.skip(f"{flair} is missing")
     first, second = Client(server.url, verbose=False), Client(server.url, verbose=False)

@@ -2,7 +2,8 @@
 
 One table drives the package (``brainseg.io.slices``), the app over HTTP (``gr.Error`` or a note, and the
 server keeps serving) and the CLIs (non-zero exit, one line, no traceback). Every bad file is built in
-``tmp_path`` from scratch or from a copy of a real test slice; nothing from the dataset is committed.
+``tmp_path`` from scratch or from a synthetic slice (``synthetic_slice``, so they run without the data; the app's
+uploads use a real test slice); nothing from the dataset is committed.
 """
 from __future__ import annotations
 
@@ -117,19 +118,20 @@ ACCEPTED: list[tuple[str, Builder, Callable[[np.ndarray, np.ndarray], bool]]] = 
 
 
 @pytest.mark.parametrize(("builder", "message"), [c[1:] for c in BAD_IMAGES], ids=[c[0] for c in BAD_IMAGES])
-def test_bad_image_files_get_a_specific_message(builder: Builder, message: str, real_slice: Path,
+def test_bad_image_files_get_a_specific_message(builder: Builder, message: str, synthetic_slice: Path,
                                                 tmp_path: Path) -> None:
-    path = builder(tmp_path, real_slice)
+    path = builder(tmp_path, synthetic_slice)
     with pytest.raises(ImageError, match=message) as info:
         decode_image(path)
     assert path.name in str(info.value), "the message names the file"
 
 
 @pytest.mark.parametrize(("builder", "check"), [c[1:] for c in ACCEPTED], ids=[c[0] for c in ACCEPTED])
-def test_unusual_but_valid_files_decode(builder: Builder, check: Callable, real_slice: Path, tmp_path: Path) -> None:
-    out = decode_image(builder(tmp_path, real_slice))
+def test_unusual_but_valid_files_decode(builder: Builder, check: Callable, synthetic_slice: Path,
+                                        tmp_path: Path) -> None:
+    out = decode_image(builder(tmp_path, synthetic_slice))
     assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
-    assert check(out, read_image(real_slice))
+    assert check(out, read_image(synthetic_slice))
 
 
 def test_decompression_bomb_is_refused_without_allocating(tmp_path: Path) -> None:
@@ -180,8 +182,8 @@ def test_a_mask_in_the_image_slot_is_flagged(lgg_test_dir: Path) -> None:
     assert slice_notes(read_image(records[0].image_path)) == []
 
 
-def test_masks_of_another_size_or_not_binary(real_slice: Path, tmp_path: Path) -> None:
-    shape = read_image(real_slice).shape[:2]
+def test_masks_of_another_size_or_not_binary(synthetic_slice: Path, tmp_path: Path) -> None:
+    shape = read_image(synthetic_slice).shape[:2]
     small = tiff_file(tmp_path / "small_mask.tif", np.zeros((100, 100), np.uint8))
     with pytest.raises(ImageError, match="ground-truth mask is 100x100 px but the slice is 256x256 px"):
         inspect_mask(small, shape)
@@ -202,13 +204,13 @@ def folder_without_masks(tmp_path: Path, real_slice: Path) -> Path:
     return tmp_path / "data"
 
 
-def test_data_folders_missing_empty_or_without_masks(tmp_path: Path, real_slice: Path) -> None:
+def test_data_folders_missing_empty_or_without_masks(tmp_path: Path, synthetic_slice: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         DatasetIndex(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no TCGA_"):
         DatasetIndex(tmp_path / "empty")
-    index = DatasetIndex(folder_without_masks(tmp_path, real_slice))  # browsable: no ground truth shown
+    index = DatasetIndex(folder_without_masks(tmp_path, synthetic_slice))  # browsable: no ground truth shown
     assert index.slice(index.names[0], 1).mask_path is None
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import BRATS_SUBJECT, EXTERNAL_DIR
 from demo_server import DemoServer
 from PIL import Image
 from test_browser import chromium_page
@@ -25,7 +26,7 @@ from brainseg.views.planes import PLANES, PlaneGeometry, explained_by_overlays
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 REPO = Path(__file__).resolve().parents[1]
-SUBJECT = REPO.parent / "shared" / "data" / "external-brats2013" / "brats_2013_pat0002_1"
+SUBJECT = EXTERNAL_DIR / BRATS_SUBJECT  # the server fixture skips without it
 ARTIFACTS = REPO / "artifacts"
 SCREENS = ARTIFACTS / "screenshots"
 RUN_TIMEOUT_MS = 1_800_000  # 155 slices on 2 busy cores
@@ -37,9 +38,7 @@ SLIDERS = {"axial": "#volume-position", "coronal": "#volume-coronal-position", "
 
 
 @pytest.fixture(scope="module")
-def server() -> DemoServer:
-    if not SUBJECT.is_dir():
-        pytest.skip(f"{SUBJECT} is missing: the test needs ../shared/data/external-brats2013")
+def server(brats_subject: Path) -> DemoServer:
     log = Path(tempfile.mkdtemp(prefix="brainseg-views-")) / "app.log"
     with DemoServer.start(log, "--model", "unet") as server:  # a fixed bundled model, not the moving default
         yield server

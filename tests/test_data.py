@@ -89,9 +89,9 @@ def test_make_split_is_the_patient_or_the_article_split_of_the_folder(lgg_test_d
         make_split(data, "slices")
 
 
-def test_make_split_refuses_a_folder_without_masks(lgg_test_dir, tmp_path) -> None:
+def test_make_split_refuses_a_folder_without_masks(synthetic_slice, tmp_path) -> None:
     folder = tmp_path / "TCGA_XX_0000_20000101"
     folder.mkdir()
-    (folder / f"{folder.name}_1.tif").symlink_to(lgg_test_dir / "TCGA_CS_4944_20010208" / "TCGA_CS_4944_20010208_1.tif")
+    (folder / f"{folder.name}_1.tif").symlink_to(synthetic_slice)
     with pytest.raises(ValueError, match="no ground-truth masks"):
         make_split(tmp_path)

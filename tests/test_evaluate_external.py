@@ -51,6 +51,7 @@ def segmenter() -> Segmenter:
     return Segmenter.from_pretrained("unet")  # the pipeline is under test, not the model: the fastest bundled one
 
 
+@pytest.mark.slow  # ~15 s of CPU plus the model's load
 def test_every_subject_and_form_scores_exactly_as_the_volume_pipeline(segmenter, tmp_path):
     synthetic_subject(tmp_path / "subject_a", with_t1ce=True)
     synthetic_subject(tmp_path / "subject_b", with_t1ce=False, seed=1)
@@ -128,11 +129,11 @@ def test_patients_or_external_are_required_and_held_out_folders_are_test_dir(cap
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_the_cli_reports_the_bundled_unet_on_the_external_brats_subjects(lgg_test_dir, tmp_path):
-    external = lgg_test_dir.parent / "external-brats2013"
+def test_the_cli_reports_the_bundled_unet_on_the_external_brats_subjects(external_dir, tmp_path):
     out = tmp_path / "external.json"
-    done = subprocess.run([sys.executable, "-m", "brainseg.cli.evaluate", "--model", "unet", "--external",
-                           str(external), "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run([sys.executable, "-m", "brainseg.cli.evaluate", "--model", "unet",
+                           "--external", str(external_dir), "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())["external"]
     assert result["n_subjects"] == 5 and result["truth_glob"] == "OTMultiClass*.nii*"

@@ -146,6 +146,7 @@ def test_evaluate_cli_takes_the_split_seed_and_writes_the_same_table(lgg_test_di
     assert f"| slices / tumor slices / patients | 4 / {result['n_tumor_slices']} / 2 |" in lines
 
 
+@pytest.mark.slow  # ~20 s of CPU: every input form through tuning
 def test_tuning_on_every_input_form_picks_what_the_forms_search_picks() -> None:
     """``forms=SELECTION_FORMS``: one threshold for home and outside slices, the forms search's choice; the report
     is the slices as they are at that choice."""

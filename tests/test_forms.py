@@ -105,6 +105,7 @@ def test_forms_table_takes_each_runs_best_epoch_by_forms_score(tmp_path) -> None
     assert main([str(tmp_path / "missing")]) == 2
 
 
+@pytest.mark.slow  # ~26 s of CPU: the evaluate CLI over every form
 def test_evaluate_cli_scores_every_form_into_json(lgg_test_dir, tmp_path) -> None:
     import json
 

@@ -74,6 +74,7 @@ def test_networks_that_cannot_be_interpolated_are_refused_with_the_reason() -> N
         interpolate_states(state, end.state_dict(), 0.5)
 
 
+@pytest.mark.slow  # ~13 s of CPU: interpolates and tunes
 def test_cli_interpolates_the_bundled_unets_and_tunes_on_validation_only(lgg_test_dir, tmp_path, capsys) -> None:
     from conftest import link_standin_patients
 

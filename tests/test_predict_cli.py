@@ -83,7 +83,8 @@ def test_several_inputs_run_one_after_another(scans, lgg_test_dir, tmp_path):
     assert "dice" in numbers["subjects"][2] and numbers["mean_dice"] == numbers["subjects"][2]["dice"]
 
 
-def test_user_mistakes_exit_2_with_one_message_and_write_nothing(scans, tmp_path, capsys):
+def test_user_mistakes_exit_2_with_one_message_and_write_nothing(synthetic_scans, tmp_path, capsys):
+    scans = synthetic_scans  # valid scans, no real data needed
     (tmp_path / "notes.txt").write_text("not a scan")
     four_d = save_nifti(np.zeros((8, 8, 4, 2), np.int16), AFFINE, tmp_path / "four.nii.gz")
     with zipfile.ZipFile(tmp_path / "empty.zip", "w"):
@@ -121,6 +122,7 @@ def test_the_module_runs_as_a_command(tmp_path):
     assert result.stderr.startswith("error: notes.txt: not a volume") and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # ~15 s of CPU: four models run
 def test_the_bundled_unet_on_scans_points_to_the_default_once(scans, lgg_test_dir, tmp_path, capsys):
     subjects = tmp_path / "subjects"
     subjects.mkdir()

@@ -54,6 +54,7 @@ def test_parse_candidate_splits_members_and_refuses_empty_or_repeated_ones() -> 
             parse_candidate(bad)
 
 
+@pytest.mark.slow  # ~33 s of CPU: models scored on every form
 def test_choose_cli_ranks_models_and_means_on_validation_forms(lgg_test_dir, tmp_path, capsys) -> None:
     from conftest import link_standin_patients
 

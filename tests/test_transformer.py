@@ -53,6 +53,7 @@ def test_transformer_configs_are_shaped_by_arch_alone() -> None:
         TrainConfig(data_dir="d", out_dir="o", arch="vit")
 
 
+@pytest.mark.slow  # ~10 s of CPU per architecture
 @pytest.mark.parametrize("arch", TRANSFORMER_ARCHITECTURES)
 def test_save_and_load_round_trip_gives_the_same_probabilities(arch: str, tmp_path, no_network) -> None:
     torch.manual_seed(1)

@@ -14,8 +14,6 @@ from volume_synth import affine_of, rotation, save_nifti, write_dicom_series
 from brainseg.io.subjects import find_subjects
 from brainseg.io.volumes import VolumeError, check_same_grid, load_volume, save_nifti_mask, voxel_volume_ml
 
-EXTERNAL = "external-brats2013"
-
 
 @pytest.fixture(scope="module")
 def volume_data() -> np.ndarray:
@@ -142,9 +140,8 @@ def test_channels_on_another_grid_are_refused(tmp_path, volume_data):
         check_same_grid(flair, moved, "the T1")
 
 
-def test_subject_folders_find_flair_t1c_and_the_truth(lgg_test_dir):
-    external = lgg_test_dir.parent / EXTERNAL
-    subjects = find_subjects([external], truth_glob="OTMultiClass*")
+def test_subject_folders_find_flair_t1c_and_the_truth(lgg_test_dir, external_dir):
+    subjects = find_subjects([external_dir], truth_glob="OTMultiClass*")
     assert [s.name for s in subjects] == [f"brats_2013_pat000{i}_1" for i in range(1, 6)]
     for subject in subjects:
         assert subject.flair.name == "Flair_subtrMeanDivStd.nii.gz"

@@ -20,7 +20,6 @@ from brainseg.io.volumes import Volume, VolumeError, load_label_volume, load_vol
 
 PATIENT = "TCGA_HT_8114_19981030"  # 22 slices, a large tumor
 SPACING = (0.9, 0.9, 2.5)
-EXTERNAL_SUBJECT = "brats_2013_pat0002_1"
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +130,8 @@ def test_constant_volumes_and_channels_on_other_grids(segmenter):
 
 
 @pytest.mark.slow
-def test_external_brats_subject_dice_stays_above_the_measured_floor(segmenter, lgg_test_dir):
-    folder = lgg_test_dir.parent / "external-brats2013" / EXTERNAL_SUBJECT
+def test_external_brats_subject_dice_stays_above_the_measured_floor(segmenter, brats_subject):
+    folder = brats_subject
     flair = load_volume(folder / "Flair_subtrMeanDivStd.nii.gz")
     t1ce = load_volume(folder / "T1c_subtrMeanDivStd.nii.gz")
     truth = load_label_volume(folder / "OTMultiClass.nii.gz", flair)

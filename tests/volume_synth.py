@@ -1,4 +1,5 @@
-"""Test volumes built at run time from the held-out LGG slices (nothing is committed): NIfTI and DICOM."""
+"""Test volumes built at run time from the held-out LGG slices (nothing is committed): NIfTI and DICOM; and a
+synthetic FLAIR-like slice for the tests that need a valid slice but not real numbers."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,6 +18,18 @@ from brainseg.io.dataset import load_slices, scan_patient
 def lgg_patient(lgg_test_dir: Path, folder: str) -> tuple[np.ndarray, np.ndarray]:
     """A held-out patient's slices (N, 256, 256, 3) uint8 and masks (N, 256, 256) bool, in slice order."""
     return load_slices(list(scan_patient(lgg_test_dir / folder).slices))
+
+
+def synthetic_slice(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A FLAIR-like 256 x 256 RGB uint8 slice (black background, a noisy oval head, a bright oval lesion) and its
+    lesion mask (bool), the size and type of a Kaggle slice; made from ``seed``, no real data."""
+    rows, cols = np.mgrid[:256, :256]
+    head = ((rows - 128) / 100) ** 2 + ((cols - 128) / 80) ** 2 < 1
+    lesion = ((rows - 100) / 20) ** 2 + ((cols - 150) / 15) ** 2 < 1
+    image = np.zeros((256, 256, 3), np.uint8)
+    image[head] = np.random.default_rng(seed).integers(60, 120, (int(head.sum()), 3))
+    image[lesion] = 220
+    return image, lesion
 
 
 def ras_from_presented(stack: np.ndarray) -> np.ndarray:
