@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import LGG_TEST_DIR, require_data
 
 REPO = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 240
@@ -23,6 +22,8 @@ _SERVER_KEY = pytest.StashKey["DemoServer"]()
 
 def require_test_data() -> Path:
     """The held-out test patients (conftest's ``lgg_test_dir``, for code outside a fixture)."""
+    from conftest import LGG_TEST_DIR, require_data  # tests/ is on the path only under pytest
+
     return require_data(LGG_TEST_DIR, "the held-out LGG patients")
 
 

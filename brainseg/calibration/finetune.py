@@ -36,7 +36,7 @@ from brainseg.calibration.fit import (
 )
 from brainseg.inference.segmenter import Segmenter, autocast
 from brainseg.inference.volume import VolumePrediction
-from brainseg.io.volumes import SubjectInputs
+from brainseg.io.subjects import SubjectInputs
 from brainseg.models.unet import UNet
 from brainseg.training.loop import bce_dice_loss
 
