@@ -152,3 +152,19 @@ def assert_matches_recorded(result: dict, folder: Path) -> None:
     for key in RECORDED_KEYS:
         assert result[key] == pytest.approx(recorded[key], abs=0.005), key
     assert result["model_config"] == ModelConfig.load(folder).to_dict()
+
+
+@pytest.fixture(scope="module")
+def server(request: pytest.FixtureRequest):
+    """The demo app with the test patients as its data folder, one for the session (``tests/demo_server.py``)."""
+    from demo_server import demo_server
+
+    return demo_server(request)
+
+
+@pytest.fixture()
+def client(server):
+    """A fresh ``gradio_client`` session on ``server`` (each Client has its own session state)."""
+    from gradio_client import Client
+
+    return Client(server.url, verbose=False)

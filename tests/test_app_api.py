@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from demo_server import DemoServer, demo_server, largest_tumor_slice, read_png, require_test_data
+from demo_server import largest_tumor_slice, read_png, require_test_data
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -18,17 +18,6 @@ from brainseg.io.dataset import read_image, read_mask
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 MASK, STATS, OVERLAY, HEATMAP, TRUTH, AGREEMENT, PAIR, SUMMARY = range(8)
 LIVE_MASK, LIVE_STATS = 0, 1
-
-
-@pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest) -> DemoServer:
-    return demo_server(request)
-
-
-@pytest.fixture()
-def client(server: DemoServer) -> Client:
-    """A fresh session (each Client has its own session state)."""
-    return Client(server.url, verbose=False)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from demo_server import DemoServer, demo_server, largest_tumor_slice
+from demo_server import DemoServer, largest_tumor_slice
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
@@ -41,16 +41,6 @@ AFFINE = affine_of(rotation(8, -12) @ np.diag([-0.9, 0.9, 2.5]), origin=(115.0, 
 THRESHOLD = ModelConfig.load(BUNDLED_MODEL_DIR).threshold  # the bundled default's tuned threshold
 STRICTER = round(min(THRESHOLD + 0.2, 0.9), 2)  # a threshold above the default's, for /volume_threshold
 MASK, NUMBERS, GIF, PLOT, POSITION, OVERLAY, PROBABILITY, CAPTION, SUMMARY = range(9)
-
-
-@pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest) -> DemoServer:
-    return demo_server(request)
-
-
-@pytest.fixture()
-def client(server: DemoServer) -> Client:
-    return Client(server.url, verbose=False)
 
 
 @pytest.fixture(scope="module")

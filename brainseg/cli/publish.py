@@ -37,14 +37,13 @@ EVAL_FILE = "evaluation.json"
 PUBLISHED_FILES = (WEIGHTS_FILE, ONNX_FILE, CONFIG_FILE, CARD_FILE, EVAL_FILE)
 
 
+DESCRIPTION = ("Evaluate a brainseg model on the held-out patients, write its model card and push model.safetensors + "
+               "model.onnx (the same weights as an ONNX graph) + config.json + README.md + evaluation.json to a Hub "
+               "model repo. The token comes from `hf auth login` or HF_TOKEN; HF_ENDPOINT selects another Hub.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="brainseg publish",
-        description="Evaluate a brainseg model on the held-out patients, write its model card and push "
-        "model.safetensors + model.onnx (the same weights as an ONNX graph) + config.json + README.md + "
-        "evaluation.json to a Hub model repo. The token comes "
-        "from `hf auth login` or HF_TOKEN; HF_ENDPOINT selects another Hub.",
-    )
+    parser = argparse.ArgumentParser(prog="brainseg publish", description=DESCRIPTION)
     parser.add_argument("--repo-id", required=True, help="target model repo, ORG/NAME (created if missing)")
     parser.add_argument("--model", default=None, help="model folder or Hub repo id[@revision]; default: bundled")
     source = parser.add_mutually_exclusive_group()
