@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "unet-generalist"
+UNET_MODEL_NAME = "unet"  # the article's U-Net, whole-head LGG slices only (the comparison)
 METRICS_FILE = "metrics.json"
 
 
@@ -64,7 +65,7 @@ MODELS: tuple[ModelEntry, ...] = (
     ModelEntry(DEFAULT_MODEL_NAME, "U-Net, width 16, depth 5 (3.3 M parameters)",
                "the default: one network for every input form, at home and on other hospitals' scans "
                "(docs/generalization.md)"),
-    ModelEntry("unet", "U-Net, width 16, depth 5 (3.3 M parameters)",
+    ModelEntry(UNET_MODEL_NAME, "U-Net, width 16, depth 5 (3.3 M parameters)",
                "the article's U-Net on the LGG slices as they are: whole-head 3-channel slices only (comparison)"),
     ModelEntry("segformer-b0", "SegFormer MiT-b0 (Transformer encoder, 3.7 M parameters)",
                "the Transformer comparison (docs/transformer.md)"),

@@ -26,9 +26,8 @@ from brainseg.inference.volume import VolumePrediction, predict_subject, save_ma
 from brainseg.io.hub import ModelLoadError
 from brainseg.io.subjects import SubjectInputs, find_subjects, is_patient_folder_input
 from brainseg.io.volumes import VolumeError
-from brainseg.registry import DEFAULT_MODEL_NAME
+from brainseg.registry import DEFAULT_MODEL_NAME, UNET_MODEL_NAME
 
-UNET_MODEL_NAME = "unet"  # the registry's U-Net for whole-head LGG slices only
 USER_ERRORS = (VolumeError, ModelLoadError, BackendError, OSError)
 
 

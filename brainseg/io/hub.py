@@ -38,8 +38,6 @@ COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-
-
 def find_bundled_root(package_dir: Path = Path(__file__).resolve().parents[1]) -> Path:
     """The folder holding the bundled models (one sub-folder per name): ``brainseg/_bundled`` in an installed
     wheel (``pyproject.toml`` maps it onto ``assets/models``), else the checkout's ``assets/models``."""
