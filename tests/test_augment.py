@@ -115,8 +115,8 @@ def robust_config(tmp_path, **overrides) -> TrainConfig:
 def test_make_batch_with_every_augmentation_repeats_under_a_seed(tmp_path) -> None:
     cfg, data = robust_config(tmp_path), synthetic_data()
     idx = torch.arange(8)
-    inputs, masks = make_batch(cfg, data, idx, generator(9), torch.device("cpu"))
-    again, again_masks = make_batch(cfg, data, idx, generator(9), torch.device("cpu"))
+    inputs, masks, _ = make_batch(cfg, data, idx, generator(9), torch.device("cpu"))
+    again, again_masks, _ = make_batch(cfg, data, idx, generator(9), torch.device("cpu"))
     assert inputs.shape == (8, 3, 64, 64) and masks.shape == (8, 1, 64, 64)
     assert torch.equal(inputs, again) and torch.equal(masks, again_masks)
     assert set(masks.unique().tolist()) <= {0.0, 1.0}
@@ -127,7 +127,7 @@ def test_make_batch_strips_with_the_flipped_brain(tmp_path) -> None:
     cfg = robust_config(tmp_path, strip_prob=1.0, missing_channel_prob=0.0, acquisition=False, augment="none")
     data = synthetic_data(n=16)
     data.brains[:, :, 32:] = False
-    inputs, masks = make_batch(cfg, data, torch.arange(16), generator(0), torch.device("cpu"))
+    inputs, masks, _ = make_batch(cfg, data, torch.arange(16), generator(0), torch.device("cpu"))
     left_kept = []
     for image, mask in zip(inputs, masks):
         left, right = image[:, :, :32].abs().sum() > 0, image[:, :, 32:].abs().sum() > 0
@@ -168,3 +168,24 @@ def test_quarter_turns_with_p_zero_change_nothing() -> None:
     images, masks, _ = disc_batch()
     out = random_quarter_turns([images, masks], 0.0, generator())
     assert torch.equal(out[0], images) and torch.equal(out[1], masks)
+
+
+def test_make_batch_clean_teacher_sees_unaugmented_slices_and_its_targets_follow_the_masks(tmp_path) -> None:
+    """A teacher that marks the lesion's brightness on the clean slice (where it is exactly the mask) gives soft
+    targets equal to the warped, stripped masks; it only ever sees slices without strip, warp or noise."""
+    cfg = robust_config(tmp_path, strip_prob=0.5, missing_channel_prob=0.5)
+    data = synthetic_data()
+    seen: list[torch.Tensor] = []
+
+    def teacher(inputs: torch.Tensor) -> torch.Tensor:
+        seen.append(inputs)
+        return (inputs[:, 1:2] > 200 / 255).float()  # cfg.normalize is off: inputs are intensities / 255
+
+    inputs, masks, soft = make_batch(cfg, data, torch.arange(8), generator(3), torch.device("cpu"), teacher)
+    assert soft is not None and soft.shape == masks.shape == (8, 1, 64, 64)
+    assert torch.equal(soft, masks) and masks.sum() > 0
+    clean = seen[0]
+    assert set((clean * 255).round().unique().tolist()) <= {0.0, 30.0, 45.0, 73.0, 90.0, 110.0, 220.0}
+    again, again_masks, again_soft = make_batch(cfg, data, torch.arange(8), generator(3), torch.device("cpu"),
+                                                teacher)
+    assert torch.equal(inputs, again) and torch.equal(soft, again_soft)

@@ -35,13 +35,13 @@ def random_skull_strip(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Blank everything outside the brain of a random share ``p`` of the slices.
 
-    ``images`` (N, C, H, W) (any dtype), ``masks`` (N, 1, H, W) 0/1 floats, ``brains`` (N, H, W) bool. The
-    chosen slices' tumor masks are cut to their brain as well.
+    ``images`` (N, C, H, W) (any dtype), ``masks`` (N, K, H, W) floats (the tumor mask, and soft targets that
+    ride along), ``brains`` (N, H, W) bool. The chosen slices' masks are cut to their brain as well.
     """
     chosen = _chosen(images.shape[0], p, generator)
     if not chosen.any():
         return images, masks
-    keep = torch.ones_like(masks, dtype=torch.bool)
+    keep = torch.ones_like(masks[:, :1], dtype=torch.bool)
     keep[chosen] = brains[chosen].unsqueeze(1)
     return images * keep.to(images.dtype), masks * keep.to(masks.dtype)
 

@@ -17,10 +17,12 @@ AUGMENTS = ("none", "affine_gamma")  # affine_gamma: random rotation/scale/shift
 # What chooses best/ on validation: the slices as they are (slice Dice), or the mean over the input forms of
 # brainseg.evaluation.forms.SELECTION_FORMS of (slice Dice + volume Dice) / 2 (brainseg.evaluation.scoring.forms_score).
 SELECT_ON = ("as_is", "forms")
+DISTILL_VIEWS = ("augmented", "clean")
 # The valid values of TrainConfig's string options: checked there, offered as choices by brainseg/cli/train.py.
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": tuple(OPTIMIZERS), "schedule": SCHEDULES, "loss": LOSSES, "flip": FLIPS, "augment": AUGMENTS,
     "split": SPLIT_PROTOCOLS, "arch": TRAINABLE_ARCHITECTURES, "select_on": SELECT_ON, "precision": PRECISIONS,
+    "distill_view": DISTILL_VIEWS,
 }
 AT_LEAST_ONE = ("base_channels", "epochs", "batch_size", "checkpoint_every", "dist_timeout_s")
 NOT_NEGATIVE = (
@@ -57,10 +59,13 @@ class TrainConfig:
     missing_channel_prob: float = 0.0  # share whose T1 / both T1s are replaced by FLAIR (random_missing_channels)
     acquisition: bool = False  # MONAI bias field, low resolution, histogram shift, noise (random_acquisition)
     quarter_turn_prob: float = 0.0  # share of slices turned by 90/180/270 degrees (+ upside down half the time)
-    # distillation: a trained model (folder, bundled name or Hub id) whose probabilities on each augmented batch
+    # distillation: a trained model (folder, bundled name or Hub id) whose probabilities on each batch
     # are soft targets beside the ground truth; loss += distill_weight * BCE(student, teacher probability)
     distill_from: str = ""
     distill_weight: float = 1.0
+    # what the teacher sees: the student's augmented batch, or the same slices only flipped ("clean": no strip,
+    # warp, acquisition or missing channel), its probabilities then warped, stripped and turned with the masks
+    distill_view: str = "augmented"
     select_on: str = "as_is"  # as_is | forms: what picks best/ on validation (SELECT_ON)
     split: str = "patient"  # patient | article
     val_fraction: float = DEFAULT_VAL_FRACTION

@@ -3,6 +3,7 @@ the seeded shuffle, this rank's shard of it, and the augmented model inputs of a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -85,9 +86,17 @@ def channels_last_on_cpu(inputs: torch.Tensor, device: torch.device) -> torch.Te
 
 
 def make_batch(
-    cfg: TrainConfig, data: TrainingData, idx: torch.Tensor, generator: torch.Generator, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model inputs and (N, 1, H, W) float masks for the training slices ``idx``, augmented as ``cfg`` says."""
+    cfg: TrainConfig, data: TrainingData, idx: torch.Tensor, generator: torch.Generator, device: torch.device,
+    clean_teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Model inputs, (N, 1, H, W) float masks and soft targets (or None) for the training slices ``idx``,
+    augmented as ``cfg`` says.
+
+    ``clean_teacher`` (``TrainConfig.distill_view == "clean"``) maps model inputs to (N, 1, H, W)
+    probabilities; it sees the slices only flipped, and its probabilities are stripped and warped with the
+    masks (nearest sampling keeps their values), so the student learns from degraded inputs what the teacher
+    says about the undegraded slice.
+    """
     images, masks = data.images[idx], data.masks[idx].unsqueeze(1).float()
     brains = None if data.brains is None else data.brains[idx].unsqueeze(1).float()
     if cfg.flip == "random":
@@ -96,6 +105,10 @@ def make_batch(
         else:  # the brain masks flip with their slices
             images, both = random_hflip(images, torch.cat([masks, brains], dim=1), generator)
             masks, brains = both[:, :1], both[:, 1:]
+    if clean_teacher is not None:  # the soft targets ride along with the masks from here on
+        clean = uint8_batch_to_input(images, normalize=cfg.normalize)
+        soft = clean_teacher(channels_last_on_cpu(clean.to(device), device)).float().cpu()
+        masks = torch.cat([masks, soft], dim=1)
     if brains is not None:
         images, masks = random_skull_strip(images, masks, brains[:, 0] > 0, cfg.strip_prob, generator)
     inputs = uint8_batch_to_input(images, normalize=False)
@@ -107,7 +120,8 @@ def make_batch(
         inputs = random_missing_channels(inputs, cfg.missing_channel_prob, generator)
     if cfg.normalize:
         inputs = normalize_per_image(inputs)
-    return channels_last_on_cpu(inputs.to(device), device), masks.to(device)
+    soft = masks[:, 1:].to(device) if clean_teacher is not None else None
+    return channels_last_on_cpu(inputs.to(device), device), masks[:, :1].to(device), soft
 
 
 def rank_order(cfg: TrainConfig, data: TrainingData, epoch: int, info: RankInfo = SINGLE_PROCESS

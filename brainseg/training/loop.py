@@ -18,6 +18,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from datetime import timedelta
 from pathlib import Path
 
@@ -107,9 +108,14 @@ def train_epoch(cfg: TrainConfig, state: TrainingState, data: TrainingData, epoc
     bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                disable=not info.is_main)
     for start in bar:
-        inputs, masks = make_batch(cfg, data, order[start : start + cfg.batch_size], generator, device)
+        clean_teacher = None
+        if state.teacher is not None and cfg.distill_view == "clean":
+            clean_teacher = partial(state.teacher.probability, device=device, bf16=cfg.bf16)
+        inputs, masks, soft = make_batch(cfg, data, order[start : start + cfg.batch_size], generator, device,
+                                         clean_teacher)
         # the teacher sees the slice before any quarter turn (it may not know turned slices); its targets turn along
-        soft = None if state.teacher is None else state.teacher.probability(inputs, device, cfg.bf16)
+        if state.teacher is not None and cfg.distill_view == "augmented":
+            soft = state.teacher.probability(inputs, device, cfg.bf16)
         if cfg.quarter_turn_prob > 0:
             batch = [inputs, masks] if soft is None else [inputs, masks, soft]
             batch = random_quarter_turns(batch, cfg.quarter_turn_prob, generator)
