@@ -242,8 +242,10 @@ def test_a_killed_rank_fails_the_job_promptly_and_a_relaunch_resumes(standin_dat
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_a_stalled_rank_times_out_instead_of_hanging(standin_data, tmp_path) -> None:
-    """Rank 1 frozen (SIGSTOP) mid-epoch: rank 0 gives up after --dist-timeout-s, torchrun ends the job."""
-    timeout_s, torchrun_grace_s = 5, 30  # torchrun waits 30 s for SIGTERM before SIGKILL (a stopped rank needs it)
+    """Rank 1 frozen (SIGSTOP) mid-epoch: rank 0 gives up after --dist-timeout-s and torchrun starts ending the job
+    (SIGTERM to the frozen rank; torchrun then waits its fixed 30 s grace before SIGKILL, which the test does not
+    wait for: it kills the job itself once the SIGTERM is sent)."""
+    timeout_s = 5
     command = torchrun_command(standin_data, tmp_path / "run", epochs=3, batch_size=1)
     command[command.index("--dist-timeout-s") + 1] = str(timeout_s)
     process, output = start_job(command)
@@ -254,8 +256,11 @@ def test_a_stalled_rank_times_out_instead_of_hanging(standin_data, tmp_path) -> 
             signal.SIGSTOP)
         assert stopped is not None, f"training ended or stalled before rank 1 was stopped:\n{output.text[-3000:]}"
         stalled_pid, stopped_at = stopped
-        process.wait(timeout=timeout_s + torchrun_grace_s + 30)
-        exit_seconds = time.monotonic() - stopped_at
+        ending = re.compile(rf"Sending process {stalled_pid} closing signal SIGTERM")
+        deadline = stopped_at + timeout_s + 60
+        while time.monotonic() < deadline and process.poll() is None and not ending.search(output.text):
+            time.sleep(0.05)
+        ending_seconds = time.monotonic() - stopped_at
     finally:
         if process.poll() is None:
             process.kill()
@@ -263,6 +268,6 @@ def test_a_stalled_rank_times_out_instead_of_hanging(standin_data, tmp_path) -> 
         if stalled_pid is not None and Path(f"/proc/{stalled_pid}").exists():
             os.kill(stalled_pid, signal.SIGKILL)
     output.join()
-    print(f"job exited {process.returncode} {exit_seconds:.1f} s after rank 1 froze")
-    assert process.returncode != 0
+    print(f"torchrun began ending the job {ending_seconds:.1f} s after rank 1 froze")
+    assert ending.search(output.text), output.text[-3000:]  # torchrun ends the job instead of waiting forever
     assert f"Timed out waiting {timeout_s * 1000}ms" in output.text  # rank 0's collective gave up, as configured

@@ -129,20 +129,24 @@ def test_patients_or_external_are_required_and_held_out_folders_are_test_dir(cap
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_the_cli_reports_the_bundled_unet_on_the_external_brats_subjects(external_dir, tmp_path):
+def test_the_cli_reports_the_default_on_the_two_hardest_external_brats_subjects(external_dir, tmp_path):
+    """`brainseg evaluate --external` end to end with the bundled default, on the two BRATS subjects with the most
+    faint edema (pat0003, pat0005: where the default gained most over `unet`); the other three are in
+    docs/generalization.md and cost CI time without adding a code path."""
+    chosen = tmp_path / "brats"
+    chosen.mkdir()
+    for name in ("brats_2013_pat0003_1", "brats_2013_pat0005_1"):
+        (chosen / name).symlink_to(external_dir / name)
     out = tmp_path / "external.json"
-    done = subprocess.run([sys.executable, "-m", "brainseg.cli.evaluate", "--model", "unet",
-                           "--external", str(external_dir), "--json", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run([sys.executable, "-m", "brainseg.cli.evaluate", "--external", str(chosen),
+                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())["external"]
-    assert result["n_subjects"] == 5 and result["truth_glob"] == "OTMultiClass*.nii*"
-    # measured with the volume CLI (brainseg predict SUBJECT --truth-glob 'OTMultiClass*' [--flair-only])
-    assert result["mean_dice"][ALL_CHANNELS] == pytest.approx(0.590, abs=0.01)
-    assert result["mean_dice"][FLAIR_ONLY] == pytest.approx(0.577, abs=0.01)
+    assert result["n_subjects"] == 2 and result["truth_glob"] == "OTMultiClass*.nii*"
+    # measured with `brainseg evaluate --external ../shared/data/external-brats2013` (docs/generalization.md)
     all_channels = [row["dice"][ALL_CHANNELS] for row in result["subjects"]]
-    assert all_channels == pytest.approx([0.672, 0.900, 0.304, 0.877, 0.195], abs=0.01)
+    assert all_channels == pytest.approx([0.897, 0.615], abs=0.01)
     flair_only = [row["dice"][FLAIR_ONLY] for row in result["subjects"]]
-    assert flair_only == pytest.approx([0.678, 0.894, 0.268, 0.884, 0.159], abs=0.01)
+    assert flair_only == pytest.approx([0.882, 0.613], abs=0.01)
     assert all(row["channels"][ALL_CHANNELS] == ["flair", "flair", "t1ce"] for row in result["subjects"])
-    assert "| **mean of 5** |" in done.stdout
+    assert "| **mean of 2** |" in done.stdout

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import constants as hf_constants
-from huggingface_hub import hf_hub_download
+from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -165,11 +165,24 @@ def _download(repo_id: str, filename: str, revision: str | None, label: str, opt
 def _download_optional(repo_id: str, filename: str, revision: str | None, options: dict) -> Path | None:
     """A file the model does not need (absent from older repositories, not cached when offline): None when it
     cannot be had. A graph that does not match the weights is ignored later
-    (``brainseg.inference.backends.ensure_onnx``)."""
-    try:
-        path = Path(hf_hub_download(repo_id, filename, revision=revision, **options))
-    except Exception:  # noqa: BLE001 - missing, offline, unreachable: the backend exports the graph itself
-        return None
+    (``brainseg.inference.backends.ensure_onnx``).
+
+    A file not in the cache is first asked for with one HEAD request without retries: :func:`hf_hub_download`
+    retries an unreachable Hub for ~23 s before giving up, which a model taken from the cache must not wait for.
+    """
+    cached = try_to_load_from_cache(repo_id, filename, cache_dir=options["cache_dir"], revision=revision)
+    if cached is not None and not isinstance(cached, str):
+        return None  # the cache records that this commit has no such file
+    if cached is None:
+        if hf_constants.HF_HUB_OFFLINE:
+            return None
+        try:
+            get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), token=options["token"],
+                                 library_name=options["library_name"])
+            cached = hf_hub_download(repo_id, filename, revision=revision, **options)
+        except Exception:  # noqa: BLE001 - missing, unreachable: the backend exports the graph itself
+            return None
+    path = Path(cached)
     return path if _matches_etag(path) else None
 
 

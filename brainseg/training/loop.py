@@ -18,8 +18,8 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from functools import partial
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import numpy as np
