@@ -11,6 +11,8 @@ from brainseg.fileio import atomic_write_text
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+PACKAGE_DIR = Path(__file__).resolve().parent  # brainseg/ itself (installed: site-packages/brainseg)
+CHECKOUT_ROOT = PACKAGE_DIR.parent  # the checkout or Space export around it: app.py, assets/, README.md
 ONNX_FILE = "model.onnx"  # optional: the exported graph, stamped with the weights' sha256 (brainseg.inference.backends)
 CONFIG_VERSION = 1
 # Network architectures :func:`brainseg.models.unet.build_model` can build; configs without ``arch`` are U-Nets.

@@ -3,14 +3,13 @@ and the steps both tabs take the same way (a model switch, a ground-truth upload
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import gradio as gr
 
-from brainseg.config import ModelConfig
+from brainseg.config import CHECKOUT_ROOT, ModelConfig
 
-APP_ROOT = Path(__file__).resolve().parents[2]  # the checkout or Space export: app.py, assets/app/
+APP_ROOT = CHECKOUT_ROOT  # the checkout or Space export: app.py, assets/app/
 THRESHOLD_MIN, THRESHOLD_MAX, THRESHOLD_STEP = 0.05, 0.95, 0.01
 STATE_TTL_S = 3600
 SLICE_REDRAW = "redraws in the browser while you drag, without re-running the model."

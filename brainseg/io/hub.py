@@ -28,7 +28,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from brainseg.config import CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE
+from brainseg.config import CONFIG_FILE, ONNX_FILE, PACKAGE_DIR, WEIGHTS_FILE
 from brainseg.registry import DEFAULT_MODEL_NAME, bundled_names
 
 BUNDLED_LABEL = "bundled default"
@@ -38,7 +38,7 @@ COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def find_bundled_root(package_dir: Path = Path(__file__).resolve().parents[1]) -> Path:
+def find_bundled_root(package_dir: Path = PACKAGE_DIR) -> Path:
     """The folder holding the bundled models (one sub-folder per name): ``brainseg/_bundled`` in an installed
     wheel (``pyproject.toml`` maps it onto ``assets/models``), else the checkout's ``assets/models``."""
     installed = package_dir / "_bundled"

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import yaml
 
-from brainseg.config import CONFIG_FILE
+from brainseg.config import CHECKOUT_ROOT, CONFIG_FILE
 from brainseg.io.hub import DEFAULT_MODEL_NAME, MODEL_ENV_VAR, bundled_models, parse_repo_arg
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = CHECKOUT_ROOT
 SPACE_CONFIG_FILE = "space_config.json"
 LFS_PATTERNS = ("*.safetensors", "*.onnx")
 COPIED = ("app.py", "requirements.txt", "brainseg", "assets/app")  # besides the model folder
