@@ -7,6 +7,7 @@ uploads use a real test slice); nothing from the dataset is committed.
 """
 from __future__ import annotations
 
+import importlib
 import io
 import shutil
 import struct
@@ -232,19 +233,23 @@ def cli_extra_args(cli: str, tmp_path: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.parametrize("cli", ["brainseg.cli.train", "brainseg.cli.evaluate", "brainseg.cli.tune"])
-def test_clis_report_bad_data_folders_in_one_line(cli: str, tmp_path: Path, real_slice: Path) -> None:
+def test_clis_report_bad_data_folders_in_one_line(cli: str, tmp_path: Path, real_slice: Path, capsys) -> None:
+    """A missing folder through the real command (a process: exit status, no traceback); an empty one and one
+    without masks through the same ``main`` in this process (the same code path, without two more interpreter
+    start-ups per CLI)."""
     (tmp_path / "empty").mkdir()
     extra = cli_extra_args(cli, tmp_path)
-    cases = {
-        "missing": (tmp_path / "missing", "does not exist"),
-        "empty": (tmp_path / "empty", "no TCGA_"),
-        "no masks": (folder_without_masks(tmp_path, real_slice), "no ground-truth masks"),
-    }
+    result = run_cli("-m", cli, "--data-dir", str(tmp_path / "missing"), *extra)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "does not exist" in lines[0], lines
+    main = importlib.import_module(cli).main
+    cases = {"empty": (tmp_path / "empty", "no TCGA_"),
+             "no masks": (folder_without_masks(tmp_path, real_slice), "no ground-truth masks")}
     for name, (folder, message) in cases.items():
-        result = run_cli("-m", cli, "--data-dir", str(folder), *extra)
-        assert result.returncode != 0, name
-        assert "Traceback" not in result.stderr, result.stderr
-        lines = result.stderr.strip().splitlines()
+        capsys.readouterr()
+        assert main(["--data-dir", str(folder), *extra]) == 2, name
+        lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (name, lines)
 
 

@@ -139,6 +139,7 @@ def download_model(repo_id: str, revision: str | None = None, *, cache_dir: str 
     the repository has one (``brainseg publish`` pushes it: the CPU backend then needs no export at first load)."""
     label = f"{repo_id}@{revision}" if revision else repo_id
     options = {"cache_dir": cache_dir, "token": token, "library_name": "brainseg"}
+    _refuse_at_once_when_unreachable(repo_id, CONFIG_FILE, revision, label, options)
     config_path = _download(repo_id, CONFIG_FILE, revision, label, options)
     commit = config_path.parent.name if COMMIT.match(config_path.parent.name) else None
     pinned = commit or revision
@@ -160,6 +161,29 @@ def _download(repo_id: str, filename: str, revision: str | None, label: str, opt
         return Path(hf_hub_download(repo_id, filename, revision=revision, force_download=force, **options))
     except Exception as exc:  # every client failure becomes one clear message
         raise ModelLoadError(explain_download_error(exc, repo_id, label, filename)) from exc
+
+
+def _refuse_at_once_when_unreachable(repo_id: str, filename: str, revision: str | None, label: str,
+                                     options: dict) -> None:
+    """Fail with the usual message when ``filename`` is not cached and nothing answers at the Hub's address
+    (connection refused, no route, unknown host): :func:`hf_hub_download` would retry for ~23 s and then fail the
+    same way. Any other outcome (an answer, an error status, a timeout) goes on to the download and its retries."""
+    if hf_constants.HF_HUB_OFFLINE:
+        return
+    if try_to_load_from_cache(repo_id, filename, cache_dir=options["cache_dir"], revision=revision) is not None:
+        return
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), token=options["token"],
+                             library_name=options["library_name"])
+    except Exception as exc:  # noqa: BLE001 - only "cannot connect" is decided here
+        if _cannot_connect(exc):
+            raise ModelLoadError(explain_download_error(LocalEntryNotFoundError(str(exc)), repo_id, label,
+                                                        filename)) from exc
+
+
+def _cannot_connect(exc: BaseException) -> bool:
+    """Whether ``exc`` (from the Hub client's HTTP library, whichever it is) means no connection could be made."""
+    return any(cls.__name__ in ("ConnectError", "ConnectionError") for cls in type(exc).__mro__)
 
 
 def _download_optional(repo_id: str, filename: str, revision: str | None, options: dict) -> Path | None:
