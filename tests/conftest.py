@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -138,11 +136,12 @@ RECORDED_KEYS = ["slice_dice", "slice_iou", "tumor_slice_dice", "tumor_slice_iou
 
 
 def evaluate_bundled(test_dir: Path, out: Path, name: str | None = None) -> dict:
-    """``brainseg evaluate --json`` in a subprocess of a bundled model (the default when ``name`` is None): its
-    result."""
+    """``brainseg evaluate --json`` of a bundled model (the default when ``name`` is None), run through the
+    command's ``main`` in this process (no interpreter start-up per model): its result."""
+    from brainseg.cli.evaluate import main as evaluate_main
+
     model = [] if name is None else ["--model", name]
-    subprocess.run([sys.executable, "-m", "brainseg.cli.evaluate", "--test-dir", str(test_dir), *model,
-                    "--json", str(out)], check=True, capture_output=True, text=True)
+    assert evaluate_main(["--test-dir", str(test_dir), *model, "--json", str(out)]) == 0
     return json.loads(out.read_text())
 
 
