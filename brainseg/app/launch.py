@@ -27,9 +27,9 @@ from brainseg.app.models import (
     model_description,
     shipped_models,
 )
-from brainseg.app.shared import APP_ROOT
 from brainseg.app.slice_tab import DATA_DIR_ENV, build_slice_tab
 from brainseg.app.volume_tab import build_volume_tab
+from brainseg.config import CHECKOUT_ROOT
 from brainseg.inference.backends import BACKENDS, BackendError
 from brainseg.inference.segmenter import Segmenter
 from brainseg.io.hub import model_arg_from_env
@@ -88,7 +88,7 @@ def build_demo(segmenter: Segmenter, data_dir: str | Path | None = None, model_n
     return demo
 
 
-def started_model_arg(arg: str | None, folder: Path = APP_ROOT) -> str | None:
+def started_model_arg(arg: str | None, folder: Path = CHECKOUT_ROOT) -> str | None:
     """``--model``; else None when ``$BRAINSEG_MODEL`` is set (load_started_model reads it); else the model a Space
     export names in ``space_config.json`` (``brainseg space``); else None: the bundled default."""
     if arg or model_arg_from_env():

@@ -7,9 +7,8 @@ from typing import Any, TypeVar
 
 import gradio as gr
 
-from brainseg.config import CHECKOUT_ROOT, ModelConfig
+from brainseg.config import ModelConfig
 
-APP_ROOT = CHECKOUT_ROOT  # the checkout or Space export: app.py, assets/app/
 THRESHOLD_MIN, THRESHOLD_MAX, THRESHOLD_STEP = 0.05, 0.95, 0.01
 STATE_TTL_S = 3600
 SLICE_REDRAW = "redraws in the browser while you drag, without re-running the model."

@@ -9,7 +9,6 @@ import gradio as gr
 from brainseg.app.gallery import DatasetIndex, curated_examples
 from brainseg.app.models import ModelRegistry
 from brainseg.app.shared import (
-    APP_ROOT,
     SLICE_REDRAW,
     STATE_TTL_S,
     normalize_info,
@@ -18,7 +17,7 @@ from brainseg.app.shared import (
     threshold_slider,
 )
 from brainseg.app.slice_handlers import START_TEXT, DatasetBrowser, PickedSlice, SliceHandlers, SliceOutputs, clear_all
-from brainseg.config import ModelConfig
+from brainseg.config import CHECKOUT_ROOT, ModelConfig
 
 DATA_DIR_ENV = "BRAINSEG_DATA_DIR"
 KAGGLE_URL = "https://www.kaggle.com/datasets/mateuszbuda/lgg-mri-segmentation"
@@ -30,7 +29,7 @@ NO_DATA_HINT = (
 IMAGE_HEIGHT = 320
 SLICE_FILE_TYPES = ["image", ".tif", ".tiff"]
 # The browser's redraw while the threshold slider moves: the body of the live view's js_on_load.
-LIVE_JS = APP_ROOT / "assets" / "app" / "threshold.js"
+LIVE_JS = CHECKOUT_ROOT / "assets" / "app" / "threshold.js"
 LIVE_TEMPLATE = '<div class="brainseg-live"><small class="brainseg-live-readout" aria-live="polite"></small></div>'
 # The slider's `input` only tells the live view (no server call); the server redraws on release.
 ON_SLIDER_INPUT = '(t) => { document.dispatchEvent(new CustomEvent("brainseg-threshold", { detail: t })); }'

@@ -173,12 +173,17 @@ def _refuse_at_once_when_unreachable(repo_id: str, filename: str, revision: str 
     if try_to_load_from_cache(repo_id, filename, cache_dir=options["cache_dir"], revision=revision) is not None:
         return
     try:
-        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), token=options["token"],
-                             library_name=options["library_name"])
+        _ask_once(repo_id, filename, revision, options)
     except Exception as exc:  # noqa: BLE001 - only "cannot connect" is decided here
         if _cannot_connect(exc):
             raise ModelLoadError(explain_download_error(LocalEntryNotFoundError(str(exc)), repo_id, label,
                                                         filename)) from exc
+
+
+def _ask_once(repo_id: str, filename: str, revision: str | None, options: dict) -> None:
+    """One HEAD request for ``filename``, without the client's retries; raises what the client raises."""
+    get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), token=options["token"],
+                         library_name=options["library_name"])
 
 
 def _cannot_connect(exc: BaseException) -> bool:
@@ -201,8 +206,7 @@ def _download_optional(repo_id: str, filename: str, revision: str | None, option
         if hf_constants.HF_HUB_OFFLINE:
             return None
         try:
-            get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), token=options["token"],
-                                 library_name=options["library_name"])
+            _ask_once(repo_id, filename, revision, options)
             cached = hf_hub_download(repo_id, filename, revision=revision, **options)
         except Exception:  # noqa: BLE001 - missing, unreachable: the backend exports the graph itself
             return None

@@ -31,7 +31,6 @@ import yaml
 from brainseg.config import CHECKOUT_ROOT, CONFIG_FILE
 from brainseg.io.hub import DEFAULT_MODEL_NAME, MODEL_ENV_VAR, bundled_models, parse_repo_arg
 
-REPO_ROOT = CHECKOUT_ROOT
 SPACE_CONFIG_FILE = "space_config.json"
 LFS_PATTERNS = ("*.safetensors", "*.onnx")
 COPIED = ("app.py", "requirements.txt", "brainseg", "assets/app")  # besides the model folder
@@ -156,7 +155,7 @@ def space_readme(meta: dict, choice: ModelChoice, source_commit: str) -> str:
         model_line = (f"Weights: downloaded at start from the Hub model **{choice.hub_model}** (named in "
                       f"`{SPACE_CONFIG_FILE}`; a Space variable `{MODEL_ENV_VAR}` overrides it).")
     else:
-        where = choice.folder.relative_to(REPO_ROOT).as_posix()
+        where = choice.folder.relative_to(CHECKOUT_ROOT).as_posix()
         model_line = (f"Weights: the bundled model **{choice.name}** in `{where}/` (Git LFS); its card is "
                       f"`{where}/README.md`. Set the Space variable `{MODEL_ENV_VAR}=ORG/NAME[@REV]` to serve "
                       "a model from the Hub instead.")
@@ -188,14 +187,14 @@ same licence. Exported by `brainseg space export` from brainseg commit `{source_
 def copy_tree(dest: Path, choice: ModelChoice) -> None:
     """Write the app, the package and the chosen model folder as committed at HEAD into ``dest`` (same relative
     paths): a Space serves what was committed and tested, never work in progress or caches."""
-    paths = [*COPIED, *([choice.folder.relative_to(REPO_ROOT).as_posix()] if choice.folder else [])]
-    if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
+    paths = [*COPIED, *([choice.folder.relative_to(CHECKOUT_ROOT).as_posix()] if choice.folder else [])]
+    if shutil.which("git") is None or not (CHECKOUT_ROOT / ".git").exists():
         raise SpaceExportError("the export is written from a git checkout of brainseg: clone the repository")
-    missing = [path for path in paths if not git(REPO_ROOT, "ls-tree", "HEAD", "--", path)]
+    missing = [path for path in paths if not git(CHECKOUT_ROOT, "ls-tree", "HEAD", "--", path)]
     if missing:
-        raise SpaceExportError(f"{', '.join(missing)} not committed in {REPO_ROOT}: the export holds what is committed "
-                               "(HEAD), so commit it first")
-    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD", "--", *paths], cwd=REPO_ROOT,
+        raise SpaceExportError(f"{', '.join(missing)} not committed in {CHECKOUT_ROOT}: the export holds what is "
+                               "committed (HEAD), so commit it first")
+    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD", "--", *paths], cwd=CHECKOUT_ROOT,
                              capture_output=True)
     if archive.returncode != 0:
         raise SpaceExportError(f"git archive failed: {archive.stderr.decode(errors='replace').strip()[-800:]}")
@@ -213,7 +212,7 @@ def git(folder: Path, *args: str) -> str:
 
 def source_commit() -> str:
     """The commit the export is written from (HEAD of this checkout)."""
-    return git(REPO_ROOT, "rev-parse", "--short=12", "HEAD")
+    return git(CHECKOUT_ROOT, "rev-parse", "--short=12", "HEAD")
 
 
 def commit_repo(dest: Path, lfs: bool, message: str) -> str:
@@ -256,7 +255,7 @@ def export_space(dest: str | Path, model: str | None = None) -> ExportResult:
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise SpaceExportError(f"{dest} exists and is not an empty folder: name a new folder for the export")
     choice = choose_model(model)
-    meta = front_matter(choice, git(REPO_ROOT, "show", "HEAD:README.md"))
+    meta = front_matter(choice, git(CHECKOUT_ROOT, "show", "HEAD:README.md"))
     dest.mkdir(parents=True, exist_ok=True)
     try:
         copy_tree(dest, choice)

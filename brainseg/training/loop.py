@@ -107,10 +107,10 @@ def train_epoch(cfg: TrainConfig, state: TrainingState, data: TrainingData, epoc
     total_loss, batches = 0.0, 0
     bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                disable=not info.is_main)
+    clean_teacher = None
+    if state.teacher is not None and cfg.distill_view == "clean":
+        clean_teacher = partial(state.teacher.probability, device=device, bf16=cfg.bf16)
     for start in bar:
-        clean_teacher = None
-        if state.teacher is not None and cfg.distill_view == "clean":
-            clean_teacher = partial(state.teacher.probability, device=device, bf16=cfg.bf16)
         inputs, masks, soft = make_batch(cfg, data, order[start : start + cfg.batch_size], generator, device,
                                          clean_teacher)
         # the teacher sees the slice before any quarter turn (it may not know turned slices); its targets turn along
