@@ -46,8 +46,9 @@ from brainseg.models.unet import build_model
 from brainseg.publishing.card import calibration_line
 
 AFFINE = affine_of(np.eye(3))
-BRAIN, RIM, CORE = 50.0, 75.0, 100.0  # intensities; the intensity rule maps CORE (the 99th percentile) to 160
+BRAIN, RIM, CORE = 50.0, 75.0, 100.0  # intensities; the intensity rule RULE maps CORE (the 99th percentile) to 160
 # what the stub below outputs for them (the rule's 160/255 scale, no normalisation): 0.31, 0.47, 0.63
+RULE = "percentile"  # (the default, percentile80, would put BRAIN, the head's 80th percentile, at 160)
 
 
 class FlairIsProbability(nn.Module):
@@ -109,7 +110,7 @@ def home(tmp_path_factory) -> Path:
 def site_tables(site) -> tuple[Grid, list]:
     """The site's scans run once through the stub, counted on the grid around its threshold 0.5 / 10 px."""
     grid = Grid().including(0.5, 10)
-    return grid, scan_tables(stub_segmenter(), find_scans(site, "label*"), grid)
+    return grid, scan_tables(stub_segmenter(), find_scans(site, "label*"), grid, intensity=RULE)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,7 @@ def test_leave_one_out_finds_the_known_best_threshold(site_tables):
 def test_where_the_model_is_already_right_calibration_keeps_it(home):
     """Labelled like the model: a threshold halfway between RIM and CORE (0.55) is right, and stays."""
     grid = Grid().including(0.55, 10)
-    tables = scan_tables(stub_segmenter(0.55), find_scans(home, "label*"), grid)
+    tables = scan_tables(stub_segmenter(0.55), find_scans(home, "label*"), grid, intensity=RULE)
     loo = leave_one_out(tables, grid, (0.55, 10))
     assert loo["gain"] == pytest.approx(0.0, abs=1e-4) and loo["calibrated_mean"] > 0.95
     assert all(row["threshold"] == 0.55 for row in loo["per_scan"])
@@ -193,7 +194,12 @@ def test_no_gain_keeps_the_model_and_writes_nothing(site, tiny_folder, tmp_path,
     assert "calibration does not help on these scans" in capsys.readouterr().err
     written = json.loads(report.read_text())
     assert written["written"] is None and written["record"]["n_scans"] == 4
+    assert written["record"]["intensity"] == "percentile80"  # the default rule, as predict runs it
     assert len(written["record"]["leave_one_out"]["per_scan"]) == 4
+    assert main(["--model", str(tiny_folder), "--scans", str(site), "--truth-glob", "label*", "--out-dir", str(out),
+                 "--min-gain", "1.0", "--json", str(report), "--intensity", RULE]) == NO_GAIN_STATUS
+    assert json.loads(report.read_text())["record"]["intensity"] == RULE
+    assert f"(intensity rule {RULE})" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # imports the app (gradio)

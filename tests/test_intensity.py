@@ -10,6 +10,7 @@ import pytest
 from brainseg.cli.intensity import main
 from brainseg.inference.intensity import (
     CHANNELS,
+    DEFAULT_RULE,
     NYUL_PERCENTILES,
     RULES,
     ChannelStats,
@@ -93,7 +94,7 @@ def normal_tissue_mapping(rule: str, lesion_fraction: float) -> float:
     return float(out[inside & ~lesion].mean())
 
 
-@pytest.mark.parametrize("rule", ["nyul", "whitestripe"])
+@pytest.mark.parametrize("rule", ["percentile80", "nyul", "whitestripe"])
 def test_a_bright_lesion_of_a_tenth_of_the_brain_moves_normal_tissue_by_under_5_percent(rule):
     without, with_lesion = normal_tissue_mapping(rule, 0.0), normal_tissue_mapping(rule, 0.10)
     assert abs(with_lesion - without) / without < 0.05
@@ -104,6 +105,26 @@ def test_the_old_percentile_rule_darkens_normal_tissue_under_the_same_lesion():
     the robust rules above can fail)."""
     without, with_lesion = normal_tissue_mapping("percentile", 0.0), normal_tissue_mapping("percentile", 0.10)
     assert (without - with_lesion) / without > 0.3
+
+
+def test_percentile80_maps_the_80th_percentile_of_the_head_to_160_and_saturates_only_the_bright_tail():
+    inside = brain()
+    rng = np.random.default_rng(4)
+    n = int(inside.sum())
+    tissue = rng.uniform(500.0, 700.0, n - n * 15 // 100)
+    lesion = rng.uniform(1200.0, 1600.0, n * 15 // 100)  # 15 % of the head, above 1.6 x its 80th percentile
+    volume = volume_with(np.concatenate([tissue, lesion]), inside)
+    out = Standardizer.named("percentile80").to_uint8(volume, inside, "flair")
+    p80 = np.percentile(volume[inside], 80)  # in the tissue: 500 + 200 * 80 / 85
+    assert abs(p80 - (500 + 200 * 80 / 85)) < 3
+    assert abs(np.percentile(out[inside], 80) - 160) <= 1.0
+    mapped = out[inside]
+    assert (mapped[len(tissue):] == 255).all()  # the lesion saturates
+    assert mapped[: len(tissue)].max() < 255 and abs(mapped[: len(tissue)].mean() - 600 * 160 / p80) < 1.0
+    assert out[~inside].max() == 0
+    # the rule until issue 33 puts the lesion's 99th percentile at 160: the tissue lands at a third of that
+    old = Standardizer.named("percentile").to_uint8(volume, inside, "flair")[inside]
+    assert old[: len(tissue)].mean() < 0.5 * mapped[: len(tissue)].mean()
 
 
 def test_the_bundled_landmarks_come_from_the_training_patients_with_their_command():
@@ -155,4 +176,4 @@ def test_the_rule_that_ran_is_recorded_in_the_predict_json(tmp_path):
         extra = ["--intensity", rule] if rule else []
         assert predict_main([str(tmp_path / "flair.nii.gz"), "--out-dir", str(tmp_path / "out"), "--json", str(report),
                              "--model", "unet", "--quiet", *extra]) == 0
-        assert json.loads(report.read_text())["intensity"] == (rule or "percentile")
+        assert json.loads(report.read_text())["intensity"] == (rule or DEFAULT_RULE) == (rule or "percentile80")

@@ -13,7 +13,7 @@ from volume_synth import affine_of, lgg_patient, ras_from_presented, rotation, s
 from brainseg import Segmenter
 from brainseg.evaluation.volumes import evaluate_volume
 from brainseg.inference.geometry import Geometry
-from brainseg.inference.intensity import head_mask, to_uint8_channel
+from brainseg.inference.intensity import DEFAULT_RULE, PERCENTILE_RULES, head_mask, to_uint8_channel
 from brainseg.inference.volume import predict_patient_folder, predict_volume, save_mask
 from brainseg.io.patient_folders import load_patient_folder
 from brainseg.io.volumes import Volume, VolumeError, load_label_volume, load_volume
@@ -44,7 +44,8 @@ def test_every_orientation_presents_the_lgg_slices_and_maps_the_mask_back(segmen
     t1, flair, t1ce = volumes_for(images, ras)  # written out by hand, not by the code under test
     reference = predict_volume(segmenter, flair, t1, t1ce, crop=False)
     # the presented slices are the LGG slices themselves (anterior up), under the documented intensity rule
-    expected_flair = to_uint8_channel(images[..., 1].astype(np.float32), head_mask(images[..., 1].astype(np.float32)))
+    flair_float = images[..., 1].astype(np.float32)
+    expected_flair = to_uint8_channel(flair_float, head_mask(flair_float), PERCENTILE_RULES[DEFAULT_RULE])
     assert np.array_equal(reference.images[..., 1], expected_flair)
     # the masks equal a slice-by-slice Segmenter run on those slices (256 x 256 slices: no resizing)
     for k, image in list(enumerate(reference.images))[1::2]:

@@ -34,6 +34,7 @@ from brainseg.calibration.fit import (
     predict_scan,
     scan_table,
 )
+from brainseg.inference.intensity import DEFAULT_RULE
 from brainseg.inference.segmenter import Segmenter, autocast
 from brainseg.inference.volume import VolumePrediction
 from brainseg.io.subjects import SubjectInputs
@@ -120,13 +121,13 @@ def _stack(calls: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
 
 
 def scan_features(segmenter: Segmenter, subject: SubjectInputs, part: str, *,
-                  flair_only: bool = False) -> ScanFeatures:
+                  flair_only: bool = False, intensity: str = DEFAULT_RULE) -> ScanFeatures:
     """Run one scan through the pipeline (PyTorch backend), keeping the inputs of ``part``'s first module."""
     if segmenter.backend != "torch":
         raise CalibrationError("--fine-tune needs the PyTorch backend (--backend torch)")
     first = segmenter.model.get_submodule(tail_names(segmenter.model, part)[0])
     with capturing(first) as calls:
-        prediction, truth = predict_scan(segmenter, subject, flair_only)
+        prediction, truth = predict_scan(segmenter, subject, flair_only, intensity)
     run = np.flatnonzero(prediction.run)
     flipped = None
     if segmenter.config.flip_tta:
@@ -274,13 +275,14 @@ def fine_tune_leave_one_out(model: nn.Module, scans: Sequence[ScanFeatures], set
 
 
 def features_and_tables(segmenter: Segmenter, subjects: Sequence[SubjectInputs], part: str, grid: Grid, *,
-                        flair_only: bool = False, on_scan: Callable[[ScanTable], None] | None = None
+                        flair_only: bool = False, intensity: str = DEFAULT_RULE,
+                        on_scan: Callable[[ScanTable], None] | None = None
                         ) -> tuple[list[ScanFeatures], list[ScanTable]]:
     """Every scan run once (:func:`scan_features`) and its :func:`~brainseg.calibration.fit.scan_table` as the
     untuned model predicts it; refuses as :func:`~brainseg.calibration.fit.scan_tables` does."""
     scans, tables = [], []
     for subject in subjects:
-        scans.append(scan_features(segmenter, subject, part, flair_only=flair_only))
+        scans.append(scan_features(segmenter, subject, part, flair_only=flair_only, intensity=intensity))
         tables.append(scan_table(scans[-1].prediction, scans[-1].truth, grid, subject.name))
         if on_scan:
             on_scan(tables[-1])

@@ -24,6 +24,7 @@ import torch
 from brainseg.config import ModelConfig
 from brainseg.evaluation.external import DEFAULT_TRUTH_GLOBS
 from brainseg.fileio import atomic_write_text
+from brainseg.inference.intensity import DEFAULT_RULE
 from brainseg.inference.volume import VolumePrediction, predict_subject
 from brainseg.io.subjects import SubjectInputs, find_subjects, is_patient_folder_input
 from brainseg.io.volumes import VolumeError
@@ -183,9 +184,11 @@ def _check_count(n: int, folder: Path) -> None:
                                f"{MIN_SCANS} (5-10 is better), so that leave-one-out can say whether it helps")
 
 
-def predict_scan(segmenter, subject: SubjectInputs, flair_only: bool = False) -> tuple[VolumePrediction, np.ndarray]:
-    """One scan's prediction (the model run once) and its ground truth on the input grid."""
-    run = predict_subject(segmenter, subject, flair_only=flair_only)
+def predict_scan(segmenter, subject: SubjectInputs, flair_only: bool = False,
+                 intensity: str = DEFAULT_RULE) -> tuple[VolumePrediction, np.ndarray]:
+    """One scan's prediction (the model run once, under the intensity rule ``intensity``) and its ground truth on
+    the input grid."""
+    run = predict_subject(segmenter, subject, flair_only=flair_only, intensity=intensity)
     if run.truth is None:
         raise CalibrationError(f"{subject.name}: a patient folder without a *_mask.tif for every slice is not "
                                "labelled: calibration needs labelled scans")
@@ -193,12 +196,12 @@ def predict_scan(segmenter, subject: SubjectInputs, flair_only: bool = False) ->
 
 
 def scan_tables(segmenter, subjects: Sequence[SubjectInputs], grid: Grid, *, flair_only: bool = False,
-                on_scan: Callable[[ScanTable], None] | None = None) -> list[ScanTable]:
+                intensity: str = DEFAULT_RULE, on_scan: Callable[[ScanTable], None] | None = None) -> list[ScanTable]:
     """:func:`scan_table` of every scan (each run once through ``segmenter``); refuses when fewer than
     :data:`MIN_SCANS` of them hold any labelled voxel."""
     tables = []
     for subject in subjects:
-        prediction, truth = predict_scan(segmenter, subject, flair_only)
+        prediction, truth = predict_scan(segmenter, subject, flair_only, intensity)
         tables.append(scan_table(prediction, truth, grid, subject.name))
         del prediction
         if on_scan:

@@ -43,6 +43,7 @@ from brainseg.calibration.fit import (
 from brainseg.evaluation.external import ALL_CHANNELS, FLAIR_ONLY
 from brainseg.fileio import atomic_write_text
 from brainseg.inference.backends import BACKENDS, BackendError
+from brainseg.inference.intensity import DEFAULT_RULE, RULES
 from brainseg.inference.segmenter import Segmenter
 from brainseg.io.hub import ModelLoadError, resolve_model
 from brainseg.io.volumes import VolumeError
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", required=True, type=Path, help="new folder for the calibrated model")
     parser.add_argument("--flair-only", action="store_true",
                         help="calibrate for FLAIR alone (T1/T1c ignored), as predict --flair-only runs")
+    parser.add_argument("--intensity", choices=RULES, default=DEFAULT_RULE,
+                        help="the intensity rule the scans run under (brainseg.inference.intensity; default "
+                        f"{DEFAULT_RULE}, as predict): a threshold calibrated under one rule is right for that rule")
     parser.add_argument("--min-gain", type=float, default=DEFAULT_MIN_GAIN,
                         help=f"leave-one-out mean 3D Dice gain needed to write the folder (default {DEFAULT_MIN_GAIN})")
     parser.add_argument("--fine-tune", nargs="?", const=FineTuneSettings.part, choices=PARTS,
@@ -100,12 +104,13 @@ def run(args: argparse.Namespace, command: str) -> int:
     start = (segmenter.config.threshold, segmenter.config.min_component_px)
     grid = Grid().including(*start)
     print(f"calibrating {segmenter.description} (threshold {start[0]:g}, min. component {start[1]} px) on "
-          f"{len(subjects)} scans of {args.scans}", file=sys.stderr)
+          f"{len(subjects)} scans of {args.scans} (intensity rule {args.intensity})", file=sys.stderr)
     if settings:
         scans, tables = features_and_tables(segmenter, subjects, settings.part, grid, flair_only=args.flair_only,
-                                            on_scan=_print_scan(grid, start))
+                                            intensity=args.intensity, on_scan=_print_scan(grid, start))
     else:
-        tables = scan_tables(segmenter, subjects, grid, flair_only=args.flair_only, on_scan=_print_scan(grid, start))
+        tables = scan_tables(segmenter, subjects, grid, flair_only=args.flair_only, intensity=args.intensity,
+                             on_scan=_print_scan(grid, start))
     searched = time.perf_counter()
     loo = leave_one_out(tables, grid, start)
     choice = choose(tables, grid, start)
@@ -188,6 +193,7 @@ def _report(args: argparse.Namespace, command: str, segmenter: Segmenter, tables
         "scans": [table.name for table in tables],
         "n_scans": len(tables),
         "channels": FLAIR_ONLY if args.flair_only else ALL_CHANNELS,
+        "intensity": args.intensity,
         "chosen_on_all": choice_dict(choice),
         "leave_one_out": loo,
         "command": command,

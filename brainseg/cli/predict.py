@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use the FLAIR alone even where T1/T1ce are found or given (for comparisons)")
     parser.add_argument("--intensity", choices=RULES, default=DEFAULT_RULE,
                         help="how each channel's intensities become the model's 8-bit slices "
-                        "(brainseg.inference.intensity; docs/volumes.md): percentile = 99th inside the head -> 160, "
+                        "(brainseg.inference.intensity; docs/volumes.md): percentile80 (default) / percentile = "
+                        "the 80th / 99th percentile inside the head -> 160, "
                         "nyul = tissue percentiles, whitestripe = the tissue mode, zscore = mean and std inside the "
                         "head, each onto the LGG training slices' landmarks")
     add_device_argument(parser)

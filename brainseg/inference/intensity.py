@@ -3,8 +3,12 @@
 Every rule is a monotone piecewise-linear map per channel, from landmarks of the channel measured inside
 the head (:func:`head_mask`) onto target landmarks, clipped to 0..255:
 
-- ``percentile`` (the rule until issue 33): the volume's 0.1th percentile -> 0, the head's 99th -> 160.
-  On a skull-stripped high-grade glioma the top percentiles are the tumor, so everything else darkens.
+- ``percentile80`` (the default since issue 33): the volume's 0.1th percentile -> 0, the head's **80th** -> 160,
+  clipped at 255. A lesion cannot own the 80th percentile unless it fills a fifth of the head, so normal tissue
+  keeps its level; what lies above 1.6 x the 80th percentile (the brightest tumor) saturates. Chosen among the
+  rules below on the validation patients as volumes (docs/volumes.md).
+- ``percentile`` (the rule until issue 33): the same with the head's 99th percentile -> 160. On a
+  skull-stripped high-grade glioma the top percentiles are the tumor, so everything else darkens.
 - ``nyul`` (Nyul & Udupa): background (0.1th percentile of the volume) -> 0 and the head's
   10th..70th percentiles (:data:`NYUL_PERCENTILES`; a tumor cannot own them unless it fills 30 % of the
   head) -> the training slices' median landmarks; above the 70th the mean slope of 10th..70th continues.
@@ -26,12 +30,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-RULES = ("percentile", "nyul", "whitestripe", "zscore")
-DEFAULT_RULE = "percentile"
+PERCENTILE_RULES = {"percentile80": 80.0, "percentile": 99.0}  # rule -> head percentile mapped to HIGH_LEVEL
+RULES = (*PERCENTILE_RULES, "nyul", "whitestripe", "zscore")
+DEFAULT_RULE = "percentile80"
 CHANNELS = ("t1", "flair", "t1ce")  # the model's inputs: pre-contrast T1, FLAIR, post-contrast T1
 LANDMARKS_FILE = "intensity_landmarks.json"
 LOW_PERCENTILE = 0.1  # of the whole volume -> 0 (background)
-HIGH_PERCENTILE = 99.0  # inside the head -> HIGH_LEVEL (rule "percentile")
+HIGH_PERCENTILE = PERCENTILE_RULES["percentile"]  # inside the head -> HIGH_LEVEL (rule "percentile")
 HIGH_LEVEL = 160.0  # the LGG FLAIR slices' median 99th percentile inside the head
 NYUL_PERCENTILES = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0)
 MODE_BINS = 128  # histogram of the head between its 2nd and 98th percentiles
@@ -53,11 +58,12 @@ def head_mask(presented: np.ndarray) -> np.ndarray:
     return scaled > otsu
 
 
-def to_uint8_channel(presented: np.ndarray, head: np.ndarray) -> np.ndarray:
-    """Rule ``percentile``: the volume's 0.1th percentile -> 0, the head's 99th percentile -> 160, clipped."""
+def to_uint8_channel(presented: np.ndarray, head: np.ndarray, high_percentile: float = HIGH_PERCENTILE) -> np.ndarray:
+    """The percentile rules: the volume's 0.1th percentile -> 0, the head's ``high_percentile`` -> 160, clipped
+    to 0..255 (``percentile``: the 99th; ``percentile80``: the 80th)."""
     low = float(np.percentile(presented, LOW_PERCENTILE))
     inside = presented[head] if head.any() else presented
-    high = float(np.percentile(inside, HIGH_PERCENTILE))
+    high = float(np.percentile(inside, high_percentile))
     if high <= low:
         return np.zeros(presented.shape, np.uint8)
     scale = HIGH_LEVEL / (high - low)
@@ -194,16 +200,18 @@ class Standardizer:
 
     @classmethod
     def named(cls, rule: str = DEFAULT_RULE, landmarks: Landmarks | None = None) -> Standardizer:
-        """The rule ``rule`` with ``landmarks`` (default: the bundled ones, for every rule but ``percentile``)."""
+        """The rule ``rule`` with ``landmarks`` (default: the bundled ones, for every rule but the percentile ones)."""
         if rule not in RULES:
             raise ValueError(f"unknown intensity rule {rule!r}: use one of {', '.join(RULES)}")
-        if rule != "percentile" and landmarks is None:
+        if rule not in PERCENTILE_RULES and landmarks is None:
             landmarks = Landmarks.load()
         return cls(rule, landmarks)
 
     def to_uint8(self, presented: np.ndarray, head: np.ndarray, channel: str = "flair") -> np.ndarray:
-        if self.rule == "percentile" or self.landmarks is None:
-            return to_uint8_channel(presented, head)
+        if self.rule in PERCENTILE_RULES:
+            return to_uint8_channel(presented, head, PERCENTILE_RULES[self.rule])
+        if self.landmarks is None:
+            raise ValueError(f"intensity rule {self.rule!r} needs landmarks: use Standardizer.named")
         target = self.landmarks.channels[channel]
         return apply_knots(presented, *knots(self.rule, channel_stats(presented, head), target))
 

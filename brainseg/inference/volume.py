@@ -11,10 +11,12 @@ The steps, for a FLAIR volume (and optional T1 / post-contrast T1 on the same gr
    on 256 levels). On the held-out LGG stacks it finds the head (skull and scalp included), on
    skull-stripped BraTS volumes the brain (bounding box within 3 voxels of the provided brain mask).
 3. **Intensity** (:mod:`brainseg.inference.intensity`, per volume and channel, the rule named by ``intensity``):
-   ``percentile`` maps the volume's 0.1th percentile -> 0 and the 99th percentile inside the head -> 160,
-   clipped to 0..255 (in the LGG slices the FLAIR channel's 99th percentile inside the head sits at 95-183,
-   median 157); ``nyul``, ``whitestripe`` and ``zscore`` map tissue landmarks inside the head onto those
-   of the LGG training slices. The model's per-image normalization removes any remaining scale.
+   the default ``percentile80`` maps the volume's 0.1th percentile -> 0 and the 80th percentile inside the
+   head -> 160, clipped to 0..255 (a lesion cannot own that landmark unless it fills a fifth of the head; the
+   brightest tumor saturates); ``percentile`` (the rule until issue 33) does the same with the 99th percentile
+   (in the LGG slices the FLAIR channel's 99th percentile inside the head sits at 95-183, median 157);
+   ``nyul``, ``whitestripe`` and ``zscore`` map tissue landmarks inside the head onto those of the LGG
+   training slices. The model's per-image normalization removes any remaining scale.
 4. **Framing** (:func:`brainseg.inference.geometry.crop_box`): one square box (in mm) per volume around the
    head's in-plane bounding box (largest blob of the head's projection), sized so the head spans
    ``HEAD_FRAME_FILL`` of its side, as in the LGG slices; each slice's box is resized to the model's input size.

@@ -280,8 +280,9 @@ def _external(result: dict[str, Any]) -> str:
 
 Whole-tumor 3D Dice (every label > 0) on {result['n_subjects']} external NIfTI subjects (folder `{folder}`), a
 dataset other than the one the model learned from. These subjects were never used for training, tuning or
-choosing the model or its post-processing. Each scan ran through the whole-scan pipeline (head crop, threshold
-{result['threshold']}) with all the sequences it has (a missing T1 / T1c gets the FLAIR) and with the FLAIR alone.
+choosing the model or its post-processing. Each scan ran through the whole-scan pipeline (head crop, intensity
+rule `{result.get('intensity', 'percentile')}`, threshold {result['threshold']}) with all the sequences it has (a
+missing T1 / T1c gets the FLAIR) and with the FLAIR alone.
 Their labels outline the whole tumor, which is close to, but not the same as, the FLAIR abnormality the model
 was trained to outline.
 
