@@ -160,6 +160,7 @@ def test_volume_handlers_segment_redraw_score_and_refuse(tiny_segmenter: Segment
     true_voxels = np.asarray(nib.load(str(truth)).dataobj) > 0
     assert numbers["dice"] == pytest.approx(dice_score(mask > 0, true_voxels), abs=1e-4)
     assert len(numbers["per_slice_dice"]) == 6 and numbers["truth_voxels"] == int(true_voxels.sum())
+    assert numbers["intensity"] == "percentile80" and "intensity rule: percentile80" in handlers.summary(numbers)
     assert gif_slices(out.gif_file) == (6, (40, 48))
     assert "Slice 2 of 6" in handlers.move(out.state, 2, 20, 24, 0.3).caption
     again = handlers.rethreshold(out.state, 0.9, 2)
