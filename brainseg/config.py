@@ -15,6 +15,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent  # brainseg/ itself (installed: si
 CHECKOUT_ROOT = PACKAGE_DIR.parent  # the checkout or Space export around it: app.py, assets/, README.md
 ONNX_FILE = "model.onnx"  # optional: the exported graph, stamped with the weights' sha256 (brainseg.inference.backends)
 CONFIG_VERSION = 1
+CALIBRATION_KEY = "calibration"  # ``ModelConfig.extra`` record written by ``brainseg calibrate``
 # Network architectures :func:`brainseg.models.unet.build_model` can build; configs without ``arch`` are U-Nets.
 # "unet": the article's U-Net, sized by ``base_channels`` and ``depth``. The others are Transformers of fixed size
 # (:mod:`brainseg.models.transformer`, built with segmentation-models-pytorch), which ignore ``base_channels`` and

@@ -228,6 +228,8 @@ def test_a_calibrated_folder_loads_everywhere_a_model_folder_loads(site, site_ta
     assert predict_main([str(site / "scan0"), "--truth-glob", "label*", "--model", str(out), "--out-dir",
                          str(tmp_path / "masks"), "--json", str(report), "--quiet", "--backend", "torch"]) == 0
     assert json.loads(report.read_text())["threshold"] == 0.4
+    # this record names no intensity rule (as folders calibrated before it was recorded): the rule of then runs
+    assert json.loads(report.read_text())["intensity"] == "percentile"
     with pytest.raises(CalibrationError, match="already exists and is not empty"):
         write_calibrated(tiny_folder, out, config, {"record": record})
 
@@ -299,6 +301,7 @@ def test_a_fine_tuned_folder_has_the_tuned_weights_and_says_how(site, tiny_folde
     loaded = Segmenter.from_pretrained(out, backend="torch", device="cpu")
     record = loaded.config.extra["calibration"]
     assert record["fine_tune"]["part"] == "last-block" and record["fine_tune"]["steps"] == 4
+    assert record["intensity"] == "percentile80"  # the default rule, recorded: predict and the app run it
     assert record["fine_tune"]["modules"] == ["ups.1", "outc"] and "--fine-tune last-block" in record["command"]
     assert len(record["leave_one_out"]["per_scan"]) == 4 and "fine_tuned_own" in record["leave_one_out"]["per_scan"][0]
     assert len(record["threshold_only_leave_one_out"]["per_scan"]) == 4

@@ -2,6 +2,7 @@
 record."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -18,6 +19,7 @@ from brainseg.inference.intensity import (
     Standardizer,
     channel_stats,
     head_mask,
+    model_rule,
 )
 
 SHAPE = (40, 96, 96)  # presented (Z, R, C)
@@ -177,3 +179,30 @@ def test_the_rule_that_ran_is_recorded_in_the_predict_json(tmp_path):
         assert predict_main([str(tmp_path / "flair.nii.gz"), "--out-dir", str(tmp_path / "out"), "--json", str(report),
                              "--model", "unet", "--quiet", *extra]) == 0
         assert json.loads(report.read_text())["intensity"] == (rule or DEFAULT_RULE) == (rule or "percentile80")
+
+
+def test_a_calibrated_model_runs_under_the_rule_it_was_calibrated_under():
+    from brainseg.config import ModelConfig
+    from brainseg.inference.volume import predict_volume
+    from brainseg.io.volumes import Volume
+
+    plain = ModelConfig(base_channels=2, depth=2, input_size=32)
+    assert model_rule(plain) == DEFAULT_RULE == "percentile80"
+    before_records = dataclasses.replace(plain, extra={"calibration": {"n_scans": 5}})
+    assert model_rule(before_records) == "percentile"  # calibrated when that was the only rule
+    whitestripe = dataclasses.replace(plain, extra={"calibration": {"n_scans": 5, "intensity": "whitestripe"}})
+    assert model_rule(whitestripe) == "whitestripe"
+
+    class Stub:  # what predict_volume needs of a segmenter: config and predict_proba
+        def __init__(self, config):
+            self.config = config
+
+        def predict_proba_batch(self, images):
+            return np.zeros(images.shape[:3], np.float32)
+
+    inside = brain((8, 48, 48))
+    flair = Volume(volume_with(np.random.default_rng(5).normal(600.0, 60.0, inside.sum()), inside).transpose(2, 1, 0),
+                   np.diag([1.0, 1.0, 3.0, 1.0]), "flair.nii.gz", "nifti")
+    for config, rule in ((plain, "percentile80"), (before_records, "percentile"), (whitestripe, "whitestripe")):
+        assert predict_volume(Stub(config), flair).intensity == rule
+        assert predict_volume(Stub(config), flair, intensity="zscore").intensity == "zscore"  # named: it runs

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from brainseg.config import ModelConfig
+from brainseg.config import CALIBRATION_KEY, ModelConfig
 from brainseg.evaluation.external import DEFAULT_TRUTH_GLOBS
 from brainseg.fileio import atomic_write_text
 from brainseg.inference.intensity import DEFAULT_RULE
@@ -29,7 +29,7 @@ from brainseg.inference.volume import VolumePrediction, predict_subject
 from brainseg.io.subjects import SubjectInputs, find_subjects, is_patient_folder_input
 from brainseg.io.volumes import VolumeError
 from brainseg.io.weights import save_weights
-from brainseg.publishing.card import CALIBRATION_KEY, calibration_line
+from brainseg.publishing.card import calibration_line
 
 MIN_SCANS = 3  # labelled scans below which leave-one-out cannot say anything
 DEFAULT_MIN_GAIN = 0.01  # leave-one-out mean 3D Dice gain below which the model is kept as it is

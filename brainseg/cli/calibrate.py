@@ -43,7 +43,7 @@ from brainseg.calibration.fit import (
 from brainseg.evaluation.external import ALL_CHANNELS, FLAIR_ONLY
 from brainseg.fileio import atomic_write_text
 from brainseg.inference.backends import BACKENDS, BackendError
-from brainseg.inference.intensity import DEFAULT_RULE, RULES
+from brainseg.inference.intensity import DEFAULT_RULE, RULES, model_rule
 from brainseg.inference.segmenter import Segmenter
 from brainseg.io.hub import ModelLoadError, resolve_model
 from brainseg.io.volumes import VolumeError
@@ -67,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", required=True, type=Path, help="new folder for the calibrated model")
     parser.add_argument("--flair-only", action="store_true",
                         help="calibrate for FLAIR alone (T1/T1c ignored), as predict --flair-only runs")
-    parser.add_argument("--intensity", choices=RULES, default=DEFAULT_RULE,
-                        help="the intensity rule the scans run under (brainseg.inference.intensity; default "
-                        f"{DEFAULT_RULE}, as predict): a threshold calibrated under one rule is right for that rule")
+    parser.add_argument("--intensity", choices=RULES, default=None,
+                        help="the intensity rule the scans run under (brainseg.inference.intensity; default as "
+                        f"predict: a calibrated model's own, else {DEFAULT_RULE}); the calibrated model records it "
+                        "and predict, cohorts and the app then run it under that rule")
     parser.add_argument("--min-gain", type=float, default=DEFAULT_MIN_GAIN,
                         help=f"leave-one-out mean 3D Dice gain needed to write the folder (default {DEFAULT_MIN_GAIN})")
     parser.add_argument("--fine-tune", nargs="?", const=FineTuneSettings.part, choices=PARTS,
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     settings = FineTuneSettings(args.fine_tune, args.fine_tune_steps) if args.fine_tune else None
     segmenter = Segmenter.from_resolved(resolved, device=args.device, backend="torch" if settings else args.backend)
     start = (segmenter.config.threshold, segmenter.config.min_component_px)
+    args.intensity = args.intensity or model_rule(segmenter.config)
     grid = Grid().including(*start)
     print(f"calibrating {segmenter.description} (threshold {start[0]:g}, min. component {start[1]} px) on "
           f"{len(subjects)} scans of {args.scans} (intensity rule {args.intensity})", file=sys.stderr)

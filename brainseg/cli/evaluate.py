@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--external-truth-glob", default=None, metavar="GLOB",
                         help="the label file in each --external subject folder (default: the first of "
                         f"{', '.join(DEFAULT_TRUTH_GLOBS)} that matches one file in every folder)")
-    parser.add_argument("--intensity", choices=RULES, default=DEFAULT_RULE,
-                        help="the intensity rule of the volume pipeline for --external (brainseg.inference.intensity)")
+    parser.add_argument("--intensity", choices=RULES, default=None,
+                        help="the intensity rule of the volume pipeline for --external (brainseg.inference.intensity;"
+                        f" default: the rule a calibrated model was calibrated under, else {DEFAULT_RULE})")
     parser.add_argument("--forms", action="store_true",
                         help="also score the patients' slices in every input form (skull-stripped, FLAIR only, "
                         "FLAIR + T1c, half frame, ...; brainseg.evaluation.forms); into --json under 'forms'")

@@ -49,12 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-crop", action="store_true", help="resize whole slices instead of the head's box")
     parser.add_argument("--flair-only", action="store_true",
                         help="use the FLAIR alone even where T1/T1ce are found or given (for comparisons)")
-    parser.add_argument("--intensity", choices=RULES, default=DEFAULT_RULE,
+    parser.add_argument("--intensity", choices=RULES, default=None,
                         help="how each channel's intensities become the model's 8-bit slices "
-                        "(brainseg.inference.intensity; docs/volumes.md): percentile80 (default) / percentile = "
+                        "(brainseg.inference.intensity; docs/volumes.md): percentile80 / percentile = "
                         "the 80th / 99th percentile inside the head -> 160, "
                         "nyul = tissue percentiles, whitestripe = the tissue mode, zscore = mean and std inside the "
-                        "head, each onto the LGG training slices' landmarks")
+                        "head, each onto the LGG training slices' landmarks (default: the rule a calibrated model "
+                        f"was calibrated under, else {DEFAULT_RULE})")
     add_device_argument(parser)
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="what runs the network: onnx = ONNX Runtime (CPU, fp32), torch = PyTorch, auto = ONNX "

@@ -36,6 +36,7 @@ from brainseg.cohort.worker import WorkerSettings, mask_path, run_local
 from brainseg.config import WEIGHTS_FILE, ModelConfig
 from brainseg.fileio import atomic_write_text
 from brainseg.inference.backends import file_sha256
+from brainseg.inference.intensity import model_rule
 from brainseg.io.hub import resolve_model
 from brainseg.io.subjects import SubjectInputs, find_subjects
 from brainseg.io.volumes import VolumeError, subject_name
@@ -198,11 +199,13 @@ def remove_stale_temporaries(out: Path, table: Path) -> int:
 def settings_from_args(args: argparse.Namespace, workers: int) -> WorkerSettings:
     """The workers' settings: the model resolved once here, its revision (Hub commit or weights' sha256 prefix)."""
     resolved = resolve_model(args.model)
-    threshold = args.threshold if args.threshold is not None else ModelConfig.load(resolved.folder).threshold
+    config = ModelConfig.load(resolved.folder)
+    threshold = args.threshold if args.threshold is not None else config.threshold
     revision = resolved.revision or "sha256:" + file_sha256(resolved.folder / WEIGHTS_FILE)[:12]
     threads = args.threads or max(1, len(os.sched_getaffinity(0)) // max(1, workers))  # the cores this run may use
     return WorkerSettings(resolved, os.path.abspath(args.out_dir), float(threshold), revision, args.device,
-                          args.backend, not args.no_crop, args.flair_only, args.intensity, threads)
+                          args.backend, not args.no_crop, args.flair_only,
+                          args.intensity or model_rule(config), threads)
 
 
 def run_cohort(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from brainseg.evaluation.volumes import evaluate_volume
-from brainseg.inference.intensity import DEFAULT_RULE
+from brainseg.inference.intensity import model_rule
 from brainseg.inference.volume import predict_volume
 from brainseg.io.subjects import SubjectInputs, find_subjects
 from brainseg.io.volumes import VolumeError, load_label_volume, load_volume
@@ -64,20 +64,22 @@ def evaluate_external(
     forms: Sequence[str] = FORMS,
     *,
     on_subject: Callable[[dict[str, Any]], None] | None = None,
-    intensity: str = DEFAULT_RULE,
+    intensity: str | None = None,
 ) -> dict[str, Any]:
     """Whole-tumor 3D Dice of ``segmenter`` on every labelled subject under ``folder``, per input form.
 
     Returns a JSON-able dict: ``folder``, ``truth_glob`` (the one used), ``forms``, ``threshold``, ``model``,
     ``n_subjects``, ``mean_dice`` {form: mean over subjects} and ``subjects``: per subject ``name``,
     ``truth_voxels``, and {form: value} dicts ``dice``, ``predicted_voxels``, ``channels``; ``intensity`` is
-    the rule of :mod:`brainseg.inference.intensity` every volume went through.
+    the rule of :mod:`brainseg.inference.intensity` every volume went through (None: the model's,
+    :func:`~brainseg.inference.intensity.model_rule`).
     ``on_subject`` is called with each subject's entry when it is done (for progress lines).
     """
     unknown = [form for form in forms if form not in FORMS]
     if unknown or not forms:
         raise ValueError(f"forms {list(forms)!r}: give one or more of {', '.join(FORMS)}")
     subjects, used_glob = find_labelled_subjects(folder, truth_glob)
+    intensity = intensity or model_rule(segmenter.config)
     rows = []
     for subject in subjects:
         row = _evaluate_subject(segmenter, subject, tuple(forms), intensity)

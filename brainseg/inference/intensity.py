@@ -27,13 +27,17 @@ import json
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from brainseg.config import CALIBRATION_KEY
+
 PERCENTILE_RULES = {"percentile80": 80.0, "percentile": 99.0}  # rule -> head percentile mapped to HIGH_LEVEL
 RULES = (*PERCENTILE_RULES, "nyul", "whitestripe", "zscore")
 DEFAULT_RULE = "percentile80"
+RULE_BEFORE_RECORDS = "percentile"  # the rule of calibrated folders written before calibrate recorded one
 CHANNELS = ("t1", "flair", "t1ce")  # the model's inputs: pre-contrast T1, FLAIR, post-contrast T1
 LANDMARKS_FILE = "intensity_landmarks.json"
 LOW_PERCENTILE = 0.1  # of the whole volume -> 0 (background)
@@ -190,6 +194,16 @@ def apply_knots(presented: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarr
         np.add(step, 0.5, out=step)
         out[z] = table[step.astype(np.uint16)]
     return out
+
+
+def model_rule(config: Any) -> str:
+    """The rule a model's scans run under when none is named: the one its threshold was calibrated under
+    (``config.extra["calibration"]["intensity"]``; a folder calibrated before that was recorded:
+    :data:`RULE_BEFORE_RECORDS`), otherwise :data:`DEFAULT_RULE`."""
+    record = (getattr(config, "extra", None) or {}).get(CALIBRATION_KEY)
+    if not record:
+        return DEFAULT_RULE
+    return record.get("intensity", RULE_BEFORE_RECORDS)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from brainseg.inference.geometry import CropBox, Geometry, crop_box, head_bounding_box
-from brainseg.inference.intensity import DEFAULT_RULE, Landmarks, Standardizer, head_mask
+from brainseg.inference.intensity import Landmarks, Standardizer, head_mask, model_rule
 from brainseg.inference.postprocess import binarize
 from brainseg.io.patient_folders import PatientSlices, load_patient_folder, save_png_masks
 from brainseg.io.subjects import SubjectInputs, is_patient_folder_input
@@ -153,18 +153,20 @@ def _model_name(segmenter) -> tuple[str, str | None]:
 
 
 def predict_volume(segmenter, flair: Volume, t1: Volume | None = None, t1ce: Volume | None = None, *,
-                   crop: bool = True, progress: Progress | None = None, intensity: str = DEFAULT_RULE,
+                   crop: bool = True, progress: Progress | None = None, intensity: str | None = None,
                    landmarks: Landmarks | None = None) -> VolumePrediction:
     """Run ``segmenter`` over every axial slice of ``flair`` (+ optional channels on the same grid).
 
     Missing channels get the FLAIR (the model's channels are pre-contrast T1, FLAIR, post-contrast T1;
     the Kaggle dataset fills a missing sequence the same way). ``intensity`` names the rule of
-    :mod:`brainseg.inference.intensity` (``landmarks``: its targets, default the bundled ones). ``progress(done,
-    total)`` is called after each batch of slices. Raises :class:`VolumeError` for channels on another grid.
+    :mod:`brainseg.inference.intensity` (None: :func:`~brainseg.inference.intensity.model_rule`, the rule a
+    calibrated model was calibrated under, else the default; ``landmarks``: its targets, default the bundled
+    ones). ``progress(done, total)`` is called after each batch of slices. Raises :class:`VolumeError` for
+    channels on another grid.
     """
     started = time.perf_counter()
     try:
-        standardizer = Standardizer.named(intensity, landmarks)
+        standardizer = Standardizer.named(intensity or model_rule(getattr(segmenter, "config", None)), landmarks)
     except ValueError as exc:
         raise VolumeError(str(exc)) from None
     for other, what in ((t1, "the T1"), (t1ce, "the post-contrast T1")):
@@ -234,7 +236,7 @@ class SubjectRun:
 
 
 def predict_subject(segmenter, subject: SubjectInputs, *, flair_only: bool = False, crop: bool = True,
-                    intensity: str = DEFAULT_RULE, progress: Progress | None = None) -> SubjectRun:
+                    intensity: str | None = None, progress: Progress | None = None) -> SubjectRun:
     """Read one subject (a Kaggle patient folder, or a FLAIR scan with its optional T1 / T1c / truth files) and run
     ``segmenter`` over it: the one path for ``brainseg predict``, cohorts and calibration."""
     if is_patient_folder_input(subject):

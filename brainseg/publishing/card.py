@@ -8,7 +8,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from brainseg.config import ModelConfig
+from brainseg.config import CALIBRATION_KEY, ModelConfig
 from brainseg.evaluation.forms import SELECTION_FORMS
 from brainseg.evaluation.metrics import METRICS
 from brainseg.publishing.facts import LOG_FILES, TrainingInfo
@@ -17,7 +17,6 @@ LICENSE = "cc-by-nc-sa-4.0"
 TAGS = ["image-segmentation", "medical-imaging", "brain-mri", "glioma", "unet", "pytorch", "safetensors"]
 DATASET_NAME = "LGG MRI Segmentation (Kaggle, TCGA-LGG)"
 DATASET_TYPE = "lgg-mri-segmentation"
-CALIBRATION_KEY = "calibration"  # ``config.extra`` record written by ``brainseg calibrate``
 # The input forms of brainseg.evaluation.forms in the card's words: (title, what the model is given).
 FORM_TEXT = {
     "as_is": ("as is", "the Kaggle slice: pre-contrast T1, FLAIR, post-contrast T1, skull included"),
