@@ -34,7 +34,6 @@ from brainseg.calibration.fit import (
     predict_scan,
     scan_table,
 )
-from brainseg.inference.intensity import DEFAULT_RULE
 from brainseg.inference.segmenter import Segmenter, autocast
 from brainseg.inference.volume import VolumePrediction
 from brainseg.io.subjects import SubjectInputs
@@ -121,7 +120,7 @@ def _stack(calls: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
 
 
 def scan_features(segmenter: Segmenter, subject: SubjectInputs, part: str, *,
-                  flair_only: bool = False, intensity: str = DEFAULT_RULE) -> ScanFeatures:
+                  flair_only: bool = False, intensity: str | None = None) -> ScanFeatures:
     """Run one scan through the pipeline (PyTorch backend), keeping the inputs of ``part``'s first module."""
     if segmenter.backend != "torch":
         raise CalibrationError("--fine-tune needs the PyTorch backend (--backend torch)")
@@ -275,7 +274,7 @@ def fine_tune_leave_one_out(model: nn.Module, scans: Sequence[ScanFeatures], set
 
 
 def features_and_tables(segmenter: Segmenter, subjects: Sequence[SubjectInputs], part: str, grid: Grid, *,
-                        flair_only: bool = False, intensity: str = DEFAULT_RULE,
+                        flair_only: bool = False, intensity: str | None = None,
                         on_scan: Callable[[ScanTable], None] | None = None
                         ) -> tuple[list[ScanFeatures], list[ScanTable]]:
     """Every scan run once (:func:`scan_features`) and its :func:`~brainseg.calibration.fit.scan_table` as the

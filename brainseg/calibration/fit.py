@@ -24,7 +24,6 @@ import torch
 from brainseg.config import CALIBRATION_KEY, ModelConfig
 from brainseg.evaluation.external import DEFAULT_TRUTH_GLOBS
 from brainseg.fileio import atomic_write_text
-from brainseg.inference.intensity import DEFAULT_RULE
 from brainseg.inference.volume import VolumePrediction, predict_subject
 from brainseg.io.subjects import SubjectInputs, find_subjects, is_patient_folder_input
 from brainseg.io.volumes import VolumeError
@@ -185,9 +184,9 @@ def _check_count(n: int, folder: Path) -> None:
 
 
 def predict_scan(segmenter, subject: SubjectInputs, flair_only: bool = False,
-                 intensity: str = DEFAULT_RULE) -> tuple[VolumePrediction, np.ndarray]:
-    """One scan's prediction (the model run once, under the intensity rule ``intensity``) and its ground truth on
-    the input grid."""
+                 intensity: str | None = None) -> tuple[VolumePrediction, np.ndarray]:
+    """One scan's prediction (the model run once, under the intensity rule ``intensity``; None: the model's, as
+    :func:`~brainseg.inference.volume.predict_volume` resolves it) and its ground truth on the input grid."""
     run = predict_subject(segmenter, subject, flair_only=flair_only, intensity=intensity)
     if run.truth is None:
         raise CalibrationError(f"{subject.name}: a patient folder without a *_mask.tif for every slice is not "
@@ -196,7 +195,7 @@ def predict_scan(segmenter, subject: SubjectInputs, flair_only: bool = False,
 
 
 def scan_tables(segmenter, subjects: Sequence[SubjectInputs], grid: Grid, *, flair_only: bool = False,
-                intensity: str = DEFAULT_RULE, on_scan: Callable[[ScanTable], None] | None = None) -> list[ScanTable]:
+                intensity: str | None = None, on_scan: Callable[[ScanTable], None] | None = None) -> list[ScanTable]:
     """:func:`scan_table` of every scan (each run once through ``segmenter``); refuses when fewer than
     :data:`MIN_SCANS` of them hold any labelled voxel."""
     tables = []

@@ -41,7 +41,6 @@ RULE_BEFORE_RECORDS = "percentile"  # the rule of calibrated folders written bef
 CHANNELS = ("t1", "flair", "t1ce")  # the model's inputs: pre-contrast T1, FLAIR, post-contrast T1
 LANDMARKS_FILE = "intensity_landmarks.json"
 LOW_PERCENTILE = 0.1  # of the whole volume -> 0 (background)
-HIGH_PERCENTILE = PERCENTILE_RULES["percentile"]  # inside the head -> HIGH_LEVEL (rule "percentile")
 HIGH_LEVEL = 160.0  # the LGG FLAIR slices' median 99th percentile inside the head
 NYUL_PERCENTILES = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0)
 MODE_BINS = 128  # histogram of the head between its 2nd and 98th percentiles
@@ -63,7 +62,8 @@ def head_mask(presented: np.ndarray) -> np.ndarray:
     return scaled > otsu
 
 
-def to_uint8_channel(presented: np.ndarray, head: np.ndarray, high_percentile: float = HIGH_PERCENTILE) -> np.ndarray:
+def to_uint8_channel(presented: np.ndarray, head: np.ndarray,
+                     high_percentile: float = PERCENTILE_RULES["percentile"]) -> np.ndarray:
     """The percentile rules: the volume's 0.1th percentile -> 0, the head's ``high_percentile`` -> 160, clipped
     to 0..255 (``percentile``: the 99th; ``percentile80``: the 80th)."""
     low = float(np.percentile(presented, LOW_PERCENTILE))
